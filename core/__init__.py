@@ -1,0 +1,32 @@
+"""tuneforge: plugin-based fine-tuning of large language models.
+
+Plugin authors need only what this module exports: ``hookimpl`` and the spec types.
+Importing it stays light (no torch), so the CLI starts fast.
+"""
+
+__version__ = "0.1.0"
+
+from .hookspecs import hookimpl  # noqa: E402
+from .specs import (  # noqa: E402
+    ChatTemplateSpec,
+    ConfigKey,
+    DatasetFormatSpec,
+    MethodSpec,
+    ModelLoaderSpec,
+    QuantizerSpec,
+    Requirement,
+    StageSpec,
+)
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "ChatTemplateSpec",
+    "ConfigKey",
+    "DatasetFormatSpec",
+    "MethodSpec",
+    "ModelLoaderSpec",
+    "QuantizerSpec",
+    "Requirement",
+    "StageSpec",
+]

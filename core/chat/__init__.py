@@ -1,0 +1,1 @@
+"""Inference: generate replies with the planned model, template and adapter."""

@@ -1,0 +1,1 @@
+"""Config: reading, declared keys, validation."""

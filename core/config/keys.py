@@ -1,0 +1,191 @@
+"""The config keys the core owns: model, data, generation, export, evaluation and run selection.
+
+Names are LLaMA-Factory's, so its YAML files parse unchanged. Keys a plugin owns (``lora_rank``,
+``pref_beta``, ...) are declared by that plugin's spec instead; keys of Hugging Face's
+TrainingArguments pass through (see hf_training_args.py).
+
+``effective=False`` marks a key accepted for compatibility that this version does not act on yet;
+`tuneforge check` warns when a config sets one, so nothing is ignored silently.
+"""
+
+from __future__ import annotations
+
+from ..specs import ConfigKey
+
+_STR_OR_LIST = (str, list)
+
+
+def _k(name, type_, default=None, doc="", choices=None, effective=True):
+    return ConfigKey(name=name, type=type_, default=default, doc=doc, choices=choices, effective=effective)
+
+
+RUN_KEYS = (
+    _k("stage", str, "sft", "Training stage plugin to run (pt, sft, ...; `tuneforge plugins --kind stage`)."),
+    _k("finetuning_type", str, "lora", "Fine-tuning method plugin (lora, freeze, full, ...)."),
+    _k("model_loader", str, "huggingface", "Model loader plugin."),
+    _k("disable_plugins", _STR_OR_LIST, None,
+       "Plugins to block: an entry-point or module name, a plugin name, or kind:name (comma list)."),
+    _k("overwrite_output_dir", bool, False,
+       "Start afresh in a non-empty output_dir instead of resuming from its last checkpoint."),
+    _k("plot_loss", bool, False, "Write training_loss.png (and training_eval_loss.png) to output_dir."),
+    _k("warmup_ratio", (int, float), None,
+       "Fraction of the training steps used for learning-rate warmup (passed to the trainer as warmup_steps)."),
+    _k("pure_bf16", bool, False, "Keep weights in bf16 without an fp32 master copy.", effective=False),
+    _k("compute_accuracy", bool, False, "Compute token accuracy during evaluation.", effective=False),
+    _k("disable_shuffling", bool, False, "Do not shuffle the training set.", effective=False),
+    _k("early_stopping_steps", int, None, "Stop when eval loss has not improved for this many evaluations.",
+       effective=False),
+    _k("include_effective_tokens_per_second", bool, False, "Log non-pad tokens per second.", effective=False),
+    _k("use_llama_pro", bool, False, "LLaMA Pro block expansion.", effective=False),
+    _k("use_adam_mini", bool, False, "Adam-mini optimizer.", effective=False),
+    _k("use_muon", bool, False, "Muon optimizer.", effective=False),
+    _k("freeze_vision_tower", bool, True, "Multimodal models: keep the vision tower frozen.", effective=False),
+    _k("freeze_multi_modal_projector", bool, True, "Multimodal models: keep the projector frozen.",
+       effective=False),
+    _k("freeze_language_model", bool, False, "Multimodal models: freeze the language model.", effective=False),
+    _k("use_swanlab", bool, False, "Log to SwanLab.", effective=False),
+)
+
+MODEL_KEYS = (
+    _k("model_name_or_path", str, None, "Local folder or hub id of the base model."),
+    _k("adapter_name_or_path", _STR_OR_LIST, None, "Adapter folder(s) to load (comma list to stack)."),
+    _k("adapter_folder", str, None, "Folder holding several adapters to load.", effective=False),
+    _k("cache_dir", str, None, "Where downloaded models are cached."),
+    _k("use_fast_tokenizer", bool, True, "Use the fast (Rust) tokenizer."),
+    _k("resize_vocab", bool, False, "Resize the embeddings to the tokenizer's vocabulary.", effective=False),
+    _k("split_special_tokens", bool, False, "Tokenise special tokens as plain text.", effective=False),
+    _k("add_tokens", _STR_OR_LIST, None, "Tokens to add to the tokenizer.", effective=False),
+    _k("add_special_tokens", _STR_OR_LIST, None, "Special tokens to add to the tokenizer.", effective=False),
+    _k("new_special_tokens", _STR_OR_LIST, None, "Alias of add_special_tokens.", effective=False),
+    _k("model_revision", str, "main", "Hub revision (branch, tag or commit)."),
+    _k("low_cpu_mem_usage", bool, True, "Load weights without a full random init first."),
+    _k("rope_scaling", str, None, "RoPE scaling: linear, dynamic, yarn, llama3.",
+       choices=(None, "linear", "dynamic", "yarn", "llama3"), effective=False),
+    _k("flash_attn", str, "auto", "Attention implementation: auto, disabled, sdpa, fa2, fa3.",
+       choices=("auto", "disabled", "sdpa", "fa2", "fa3")),
+    _k("shift_attn", bool, False, "LongLoRA shift short attention.", effective=False),
+    _k("mixture_of_depths", str, None, "Mixture-of-depths conversion.", effective=False),
+    _k("use_unsloth", bool, False, "Use unsloth kernels (GPU only).", effective=False),
+    _k("use_unsloth_gc", bool, False, "Unsloth gradient checkpointing.", effective=False),
+    _k("enable_liger_kernel", bool, False, "Use liger kernels (GPU only).", effective=False),
+    _k("moe_aux_loss_coef", float, None, "MoE router auxiliary loss coefficient.", effective=False),
+    _k("disable_gradient_checkpointing", bool, False, "Never enable gradient checkpointing.", effective=False),
+    _k("use_reentrant_gc", bool, True, "Reentrant gradient checkpointing.", effective=False),
+    _k("upcast_layernorm", bool, False, "Keep layer norms in fp32.", effective=False),
+    _k("upcast_lmhead_output", bool, False, "Compute the LM head output in fp32.", effective=False),
+    _k("train_from_scratch", bool, False, "Random-initialise the model from its config."),
+    _k("infer_backend", str, "huggingface", "Inference engine for chat/api/predict.", effective=False),
+    _k("offload_folder", str, "offload", "Where to offload weights.", effective=False),
+    _k("infer_dtype", str, "auto", "Dtype for inference and export: auto, float16, bfloat16, float32.",
+       choices=("auto", "float16", "bfloat16", "float32")),
+    _k("hf_hub_token", str, None, "Hugging Face hub token."),
+    _k("ms_hub_token", str, None, "ModelScope hub token.", effective=False),
+    _k("om_hub_token", str, None, "Modelers hub token.", effective=False),
+    _k("print_param_status", bool, False, "Print every parameter's dtype, device and trainability."),
+    _k("trust_remote_code", bool, False, "Allow model code from the model folder or hub."),
+    _k("quantization_bit", int, None, "Quantize the base model to this many bits on load."),
+    _k("quantization_method", str, "bnb", "Quantizer plugin used when quantization_bit is set."),
+    _k("quantization_type", str, "nf4", "4-bit data type for bitsandbytes.", choices=("nf4", "fp4")),
+    _k("double_quantization", bool, True, "Quantize the quantization constants too."),
+    _k("quantization_device_map", str, None, "Device map for quantized loading (auto).", choices=(None, "auto")),
+    _k("model_max_length", int, None, "Maximum sequence length of the model.", effective=False),
+    _k("device_map", (str, dict), None, "Device map passed to from_pretrained."),
+    _k("compute_dtype", str, None, "Internal: resolved compute dtype.", effective=False),
+    _k("block_diag_attn", bool, False, "Internal: block-diagonal attention for neat packing.", effective=False),
+    _k("image_max_pixels", int, 768 * 768, "Multimodal: maximum image pixels.", effective=False),
+    _k("image_min_pixels", int, 32 * 32, "Multimodal: minimum image pixels.", effective=False),
+    _k("video_max_pixels", int, 256 * 256, "Multimodal: maximum video frame pixels.", effective=False),
+    _k("video_min_pixels", int, 16 * 16, "Multimodal: minimum video frame pixels.", effective=False),
+    _k("video_fps", float, 2.0, "Multimodal: frames per second sampled.", effective=False),
+    _k("video_maxlen", int, 128, "Multimodal: maximum frames.", effective=False),
+    _k("vllm_maxlen", int, 4096, "vLLM: maximum sequence length.", effective=False),
+    _k("vllm_gpu_util", float, 0.7, "vLLM: GPU memory fraction.", effective=False),
+    _k("vllm_enforce_eager", bool, False, "vLLM: disable CUDA graphs.", effective=False),
+    _k("vllm_max_lora_rank", int, 32, "vLLM: maximum LoRA rank.", effective=False),
+    _k("vllm_config", (str, dict), None, "vLLM: extra engine config.", effective=False),
+    _k("sglang_maxlen", int, 4096, "SGLang: maximum sequence length.", effective=False),
+    _k("sglang_mem_fraction", float, 0.7, "SGLang: memory fraction.", effective=False),
+    _k("sglang_tp_size", int, -1, "SGLang: tensor parallel size.", effective=False),
+    _k("sglang_config", (str, dict), None, "SGLang: extra engine config.", effective=False),
+)
+
+DATA_KEYS = (
+    _k("template", str, None, "Chat template plugin; unset: inferred from the tokenizer's own template."),
+    _k("dataset", _STR_OR_LIST, None, "Training dataset names from dataset_info.json (comma list)."),
+    _k("eval_dataset", _STR_OR_LIST, None, "Evaluation dataset names from dataset_info.json."),
+    _k("dataset_dir", str, "data", "Folder holding dataset_info.json and the data files."),
+    _k("media_dir", str, None, "Folder of images/videos for multimodal data.", effective=False),
+    _k("cutoff_len", int, 2048, "Maximum tokens of one training example."),
+    _k("train_on_prompt", bool, False, "Also train on prompt tokens (no -100 mask)."),
+    _k("mask_history", bool, False, "Train only on the last assistant turn.", effective=False),
+    _k("streaming", bool, False, "Stream the dataset instead of loading it.", effective=False),
+    _k("buffer_size", int, 16384, "Shuffle buffer size when streaming.", effective=False),
+    _k("mix_strategy", str, "concat", "How several datasets mix.",
+       choices=("concat", "interleave_under", "interleave_over"), effective=False),
+    _k("interleave_probs", _STR_OR_LIST, None, "Sampling probabilities for interleaving.", effective=False),
+    _k("overwrite_cache", bool, False, "Re-tokenise even when a cached result exists.", effective=False),
+    _k("preprocessing_batch_size", int, 1000, "Rows per tokenisation batch."),
+    _k("preprocessing_num_workers", int, None, "Processes used for tokenisation.", effective=False),
+    _k("max_samples", int, None, "Use at most this many rows of each dataset."),
+    _k("eval_num_beams", int, None, "Beams for generation during predict.", effective=False),
+    _k("ignore_pad_token_for_loss", bool, True, "Mask pad tokens in labels."),
+    _k("val_size", (int, float), 0.0, "Hold out this fraction (<1) or count (>=1) of the data for evaluation."),
+    _k("eval_on_each_dataset", bool, False, "Evaluate each eval dataset separately.", effective=False),
+    _k("packing", bool, None, "Pack several samples into one row.", effective=False),
+    _k("neat_packing", bool, False, "Pack without cross-sample attention.", effective=False),
+    _k("tool_format", str, None, "Tool-call format override.", effective=False),
+    _k("default_system", str, None, "System prompt used when a row has none."),
+    _k("enable_thinking", bool, True, "Thinking models: keep the reasoning block.", effective=False),
+    _k("tokenized_path", str, None, "Save/load tokenised data here.", effective=False),
+    _k("data_shared_file_system", bool, False, "Nodes share one file system for the cache.", effective=False),
+    _k("replace_placeholders", dict, None,
+       "Replace {{key}} in every text of the data, e.g. {name: Greatbot, author: Allen} for identity.json."),
+    _k("skip_bad_rows", bool, False,
+       "Skip rows that fail validation (their count and reasons are reported) instead of stopping."),
+)
+
+GENERATION_KEYS = (
+    _k("do_sample", bool, True, "Sample instead of greedy decoding."),
+    _k("temperature", float, 0.95, "Sampling temperature."),
+    _k("top_p", float, 0.7, "Nucleus sampling probability."),
+    _k("top_k", int, 50, "Top-k sampling."),
+    _k("num_beams", int, 1, "Beam search width."),
+    _k("max_length", int, 1024, "Maximum total tokens including the prompt."),
+    _k("max_new_tokens", int, 1024, "Maximum generated tokens."),
+    _k("repetition_penalty", float, 1.0, "Penalty for repeated tokens."),
+    _k("length_penalty", float, 1.0, "Beam search length penalty."),
+    _k("skip_special_tokens", bool, True, "Drop special tokens from decoded text."),
+)
+
+EXPORT_KEYS = (
+    _k("export_dir", str, None, "Where `tuneforge export` writes the merged model.", effective=False),
+    _k("export_size", int, 5, "Shard size in GB.", effective=False),
+    _k("export_device", str, "cpu", "Device used to merge.", choices=("cpu", "auto"), effective=False),
+    _k("export_quantization_bit", int, None, "Quantize the exported model to this many bits.", effective=False),
+    _k("export_quantization_dataset", str, None, "Calibration data for export quantization.", effective=False),
+    _k("export_quantization_nsamples", int, 128, "Calibration samples.", effective=False),
+    _k("export_quantization_maxlen", int, 1024, "Calibration sequence length.", effective=False),
+    _k("export_legacy_format", bool, False, "Save .bin instead of safetensors.", effective=False),
+    _k("export_hub_model_id", str, None, "Push the export to this hub repo.", effective=False),
+)
+
+EVAL_KEYS = (
+    _k("task", str, None, "Benchmark task name for `tuneforge eval`.", effective=False),
+    _k("task_dir", str, "evaluation", "Folder of benchmark task files.", effective=False),
+    _k("batch_size", int, 4, "Evaluation batch size.", effective=False),
+    _k("lang", str, "en", "Prompt language of the benchmark.", choices=("en", "zh"), effective=False),
+    _k("n_shot", int, 5, "Examples shown before each question.", effective=False),
+    _k("save_dir", str, None, "Where benchmark results are saved.", effective=False),
+    _k("download_mode", str, "reuse_dataset_if_exists", "datasets download mode.", effective=False),
+)
+
+CORE_KEY_GROUPS: dict[str, tuple[ConfigKey, ...]] = {
+    "run": RUN_KEYS,
+    "model": MODEL_KEYS,
+    "data": DATA_KEYS,
+    "generation": GENERATION_KEYS,
+    "export": EXPORT_KEYS,
+    "eval": EVAL_KEYS,
+}
+
+CORE_KEYS: dict[str, ConfigKey] = {k.name: k for group in CORE_KEY_GROUPS.values() for k in group}

@@ -1,0 +1,1 @@
+"""The data pipeline: dataset registry, loading, conversion, rendering and tokenisation."""

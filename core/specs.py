@@ -1,0 +1,164 @@
+"""Typed spec objects that plugins hand to the core.
+
+A registration hook returns these frozen records instead of registering callbacks as a side effect
+of import: the core can list, validate and document a plugin (its keys, its optional dependencies)
+without running any of its heavy code. The work itself sits behind plain callables on the spec,
+which the plugin is free to implement with lazy imports.
+
+Nothing here imports torch: `tuneforge plugins` and `tuneforge check` must stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+#: The six plugin kinds, in the order the pipeline uses them. Keys are the words users type
+#: (`tuneforge plugins --kind method`); values name the config key that selects one, if any.
+KINDS: dict[str, str | None] = {
+    "loader": "model_loader",
+    "quantizer": "quantization_method",
+    "method": "finetuning_type",
+    "template": "template",
+    "format": "formatting",
+    "stage": "stage",
+}
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key a plugin (or the core) owns.
+
+    ``type`` is a python type or a tuple of types the value may have (``int`` is accepted where
+    ``float`` is expected; numeric strings are converted, as Hugging Face's argument parser does).
+    ``effective=False`` marks a key that is accepted so LLaMA-Factory configs parse, but that this
+    version does not act on yet: `check` warns when such a key is set, instead of dropping it silently.
+    """
+
+    name: str
+    type: Any
+    default: Any = None
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    effective: bool = True
+
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        return " | ".join(getattr(t, "__name__", str(t)) for t in types)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An optional module a plugin needs, with the command that installs it."""
+
+    module: str
+    pip: str
+    min_version: str | None = None
+
+    def missing(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is None
+        except (ImportError, ValueError):
+            return True
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """What every plugin kind has in common."""
+
+    kind: ClassVar[str] = ""
+
+    name: str
+    description: str
+    keys: tuple[ConfigKey, ...] = ()
+    requires: tuple[Requirement, ...] = ()
+    #: Reasons the plugin cannot run on this machine at all (e.g. "needs a CUDA GPU"), decided by the
+    #: plugin without importing heavy modules. A non-empty value makes its status `unavailable`.
+    unavailable_reason: Callable[[], str | None] | None = None
+    #: Extra validation run by `check` once the whole config is known: returns problems as strings.
+    validate: Callable[[Any], list[str]] | None = None
+
+    def missing_requirements(self) -> list[Requirement]:
+        return [r for r in self.requires if r.missing()]
+
+
+@dataclass(frozen=True)
+class ModelLoaderSpec(PluginSpec):
+    """Loads the model and tokenizer. ``load(ctx)`` returns ``(model, tokenizer)``."""
+
+    kind: ClassVar[str] = "loader"
+    load: Callable[[Any], tuple[Any, Any]] | None = None
+    load_tokenizer: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class QuantizerSpec(PluginSpec):
+    """Quantizes weights at or after load.
+
+    ``load_kwargs(ctx)`` returns extra ``from_pretrained`` keyword arguments (e.g. a
+    ``quantization_config``); ``after_load(ctx, model)`` may rewrite the loaded model and returns it.
+    """
+
+    kind: ClassVar[str] = "quantizer"
+    bits: tuple[int, ...] = ()
+    load_kwargs: Callable[[Any], dict] | None = None
+    after_load: Callable[[Any, Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec(PluginSpec):
+    """A fine-tuning method: decides which parameters train and how.
+
+    ``apply(ctx, model)`` returns the model to train (e.g. wrapped in a PEFT adapter).
+    ``create_optimizer(ctx, model, training_args)`` optionally returns an optimizer (GaLore-style
+    methods); ``None`` leaves the trainer's default.
+    ``save(ctx, model, output_dir)`` optionally replaces the stage's default saving.
+    ``flag`` names a boolean key that selects this method in LLaMA-Factory configs (``use_galore``).
+    """
+
+    kind: ClassVar[str] = "method"
+    apply: Callable[[Any, Any], Any] | None = None
+    create_optimizer: Callable[[Any, Any, Any], Any] | None = None
+    flag: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatTemplateSpec(PluginSpec):
+    """A chat template. ``definition`` is the plain data the renderer uses (see templates/*.yaml)."""
+
+    kind: ClassVar[str] = "template"
+    definition: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetFormatSpec(PluginSpec):
+    """A dataset format such as alpaca or sharegpt.
+
+    ``convert(row, attr)`` turns one raw row into the common example shape, a dict with ``messages``
+    (list of {"role", "content"}), optional ``system``, ``tools``, ``chosen``/``rejected``, ``kto_tag``
+    or ``text``. It raises :class:`tuneforge.errors.RowError` naming the field and reason on a bad row.
+    """
+
+    kind: ClassVar[str] = "format"
+    convert: Callable[[dict, Any], dict] | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec(PluginSpec):
+    """A training stage (pt, sft, dpo, ...). ``run(ctx)`` trains and returns a metrics dict.
+
+    ``data_kind`` says which rows the stage consumes ("text", "supervised", "pairwise", "kto", ...).
+    """
+
+    kind: ClassVar[str] = "stage"
+    run: Callable[[Any], dict] | None = None
+    data_kind: str = "supervised"
+
+
+SPEC_TYPES: dict[str, type[PluginSpec]] = {
+    cls.kind: cls
+    for cls in (ModelLoaderSpec, QuantizerSpec, MethodSpec, ChatTemplateSpec, DatasetFormatSpec, StageSpec)
+}

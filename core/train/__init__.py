@@ -1,0 +1,1 @@
+"""What every training stage shares: the run pipeline, trainer setup, logs and plots."""

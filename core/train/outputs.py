@@ -1,0 +1,107 @@
+"""Files a run leaves in output_dir, named as LLaMA-Factory names them so its users find them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+LOG_FILE = "trainer_log.jsonl"
+
+
+class TrainerLogCallback(TrainerCallback):
+    """Appends one JSON line per logging step: step, loss, lr, epoch, percentage, times, tokens/s."""
+
+    def __init__(self, output_dir: Path):
+        self.path = Path(output_dir) / LOG_FILE
+        self.start = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+        if state.is_world_process_zero and not args.resume_from_checkpoint and self.path.exists():
+            self.path.unlink()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = time.time() - self.start
+        total = max(state.max_steps, 1)
+        done = max(state.global_step, 1)
+        record = {
+            "current_steps": state.global_step,
+            "total_steps": state.max_steps,
+            "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"),
+            "lr": logs.get("learning_rate"),
+            "epoch": logs.get("epoch", state.epoch),
+            "percentage": round(state.global_step / total * 100, 2),
+            "elapsed_time": _hms(elapsed),
+            "remaining_time": _hms(elapsed / done * (total - state.global_step)),
+        }
+        if state.num_input_tokens_seen:
+            record["tokens_per_second"] = round(state.num_input_tokens_seen / max(elapsed, 1e-9), 2)
+        record = {k: v for k, v in record.items() if v is not None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def plot_loss(output_dir: Path, keys=("loss", "eval_loss")) -> list[Path]:
+    """training_loss.png (and training_eval_loss.png) from trainer_state.json; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot_loss: matplotlib is not installed (pip install matplotlib); no plot written")
+        return []
+    state_file = Path(output_dir) / "trainer_state.json"
+    if not state_file.exists():
+        return []
+    history = json.loads(state_file.read_text())["log_history"]
+    written = []
+    for key in keys:
+        points = [(h["step"], h[key]) for h in history if key in h]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        fig = plt.figure()
+        plt.plot(steps, values, color="#1f77b4", alpha=0.4, label="original")
+        if len(values) > 1:
+            plt.plot(steps, _smooth(values), color="#1f77b4", label="smoothed")
+        plt.title(f"{key} of {output_dir}")
+        plt.xlabel("step")
+        plt.ylabel(key)
+        plt.legend()
+        name = "training_loss.png" if key == "loss" else f"training_{key}.png"
+        fig.savefig(Path(output_dir) / name, format="png", dpi=100)
+        plt.close(fig)
+        written.append(Path(output_dir) / name)
+    return written
+
+
+def _smooth(values, weight: float = 0.6):
+    out, last = [], values[0]
+    for v in values:
+        last = last * weight + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def save_metrics(output_dir: Path, split: str, metrics: dict) -> None:
+    """{split}_results.json plus the merged all_results.json, as the HF Trainer names them."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{split}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    all_path = output_dir / "all_results.json"
+    merged = json.loads(all_path.read_text()) if all_path.exists() else {}
+    merged.update(metrics)
+    all_path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,24 @@
+"""The run: load the planned model, hand it to the stage, tell plugins it ended."""
+
+from __future__ import annotations
+
+from ..plan import Prepared
+from .context import RunContext
+from .model import load_model
+
+
+def run_training(prepared: Prepared) -> dict:
+    import transformers
+
+    transformers.set_seed(prepared.config.seed)
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=True)
+    load_model(ctx)
+    if ctx.config.print_param_status:
+        for name, param in ctx.model.named_parameters():
+            print(f"{name}: {param.dtype} {param.device} trainable={param.requires_grad}")
+    trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in ctx.model.parameters())
+    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)")
+    metrics = ctx.plan.stage.spec.run(ctx) or {}
+    ctx.manager.hook.tuneforge_run_end(ctx=ctx, metrics=metrics)
+    return metrics

@@ -17,7 +17,7 @@ def run(args) -> int:
     print_plan(prepared)
     from ..train.pipeline import run_training
 
-    metrics = run_training(prepared)
+    metrics = run_training(prepared).metrics
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     print(f"done: {shown}")
     print(f"outputs in {prepared.config.get('output_dir')}")

@@ -20,6 +20,7 @@ class RunContext:
     model: Any = None
     tokenizer: Any = None
     template: Any = None  # tuneforge.data.template.Template once resolved
+    metrics: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
 
     @property

@@ -25,12 +25,20 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("remove_unused_columns", False)
     kwargs.setdefault("optim", "adamw_torch")
+    if not _has_accelerator():
+        kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
     kwargs["resume_from_checkpoint"] = None  # resolved by last_checkpoint(); passed to train()
     kwargs.update(overrides)
     try:
         return Seq2SeqTrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
         raise TuneforgeError(f"invalid training arguments: {exc}") from None
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def resume_checkpoint(ctx: RunContext) -> str | None:

@@ -71,6 +71,8 @@ def plot_loss(output_dir: Path, keys=("loss", "eval_loss")) -> list[Path]:
     for key in keys:
         points = [(h["step"], h[key]) for h in history if key in h]
         if not points:
+            if key == "loss":
+                print("plot_loss: no training loss was logged (logging_steps is larger than the steps run); no plot written")
             continue
         steps, values = zip(*points)
         fig = plt.figure()

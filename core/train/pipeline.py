@@ -7,7 +7,8 @@ from .context import RunContext
 from .model import load_model
 
 
-def run_training(prepared: Prepared) -> dict:
+def run_training(prepared: Prepared) -> RunContext:
+    """Train; the returned context holds the trained model, tokenizer and metrics."""
     import transformers
 
     transformers.set_seed(prepared.config.seed)
@@ -19,6 +20,6 @@ def run_training(prepared: Prepared) -> dict:
     trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in ctx.model.parameters())
     print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)")
-    metrics = ctx.plan.stage.spec.run(ctx) or {}
-    ctx.manager.hook.tuneforge_run_end(ctx=ctx, metrics=metrics)
-    return metrics
+    ctx.metrics = ctx.plan.stage.spec.run(ctx) or {}
+    ctx.manager.hook.tuneforge_run_end(ctx=ctx, metrics=ctx.metrics)
+    return ctx

@@ -1,0 +1,792 @@
+"""Deterministic tiny random-weight causal LMs, built offline, for tests, examples and benchmarks.
+
+``build_tiny_model(out_dir, family, size, seed)`` writes a Hugging Face model directory (config,
+generation config, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``,
+``chat_template.jinja``) that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load with no network.
+The weights are random (``torch.manual_seed(seed)`` before construction) and the tokenizer is a
+byte-level BPE trained with the ``tokenizers`` library on a small corpus embedded below, so every
+byte sequence (Chinese included) round-trips. Each family carries the real model's special tokens,
+BOS/EOS/PAD conventions and a chat template written to match the real Hugging Face template.
+Building twice with the same arguments gives byte-identical files.
+
+Family notes (the choices a real checkpoint leaves open):
+
+* ``llama3``: Llama-3/3.1-Instruct special tokens at the end of the vocabulary in the real relative
+  order; bos ``<|begin_of_text|>``, eos ``<|eot_id|>`` (the Instruct convention), pad the dedicated
+  ``<|finetune_right_pad_id|>`` (Llama 3.1). Plain ``tokenizer(text)`` prepends BOS as the real
+  tokenizer does; ``add_special_tokens=False`` (what ``apply_chat_template`` uses) does not. The
+  generation config stops on ``<|end_of_text|>``, ``<|eom_id|>`` and ``<|eot_id|>``. Untied head.
+* ``qwen2`` / ``qwen3``: ChatML tokens at the end of the vocabulary; no BOS; eos ``<|im_end|>``, pad
+  ``<|endoftext|>``. ``<tool_call>``-style and (qwen3) ``<think>`` tokens are added tokens that are
+  *not* special, as in the real tokenizers, so ``decode(skip_special_tokens=True)`` keeps them.
+  qwen2 inserts the default system prompt "You are a helpful assistant." when none is given; qwen3
+  has no default system prompt and honours ``enable_thinking``. Tied embeddings (small Qwen models).
+* ``mistral``: ``<unk>``, ``<s>``, ``</s>``, ``[INST]``... at ids 0.. as in Mistral-7B-Instruct-v0.3;
+  bos ``<s>`` (added on plain encode), eos ``</s>``, pad ``<unk>`` (the real tokenizer has none). The
+  system prompt is prepended to the first user message (v0.3 puts it in the last one; the brief and
+  LLaMA-Factory's template use the first). Tool calls render v0.3-style but without call ids.
+  Untied head, no sliding window.
+* ``gemma``: ``<pad>``, ``<eos>``, ``<bos>``, ``<unk>`` at ids 0-3 as in Gemma; bos ``<bos>`` (added
+  on plain encode), **eos ``<end_of_turn>``** (the turn terminator the instruction-tuned template
+  emits; the real tokenizer_config says ``<eos>`` but its generation config stops on both, as does
+  ours), pad ``<pad>``. The system prompt is prepended to the first user turn (Gemma 3 style).
+  Tied embeddings.
+
+The tokenizer is saved as the generic ``TokenizersBackend`` (transformers 5's name for
+``PreTrainedTokenizerFast``): the model-specific classes (``LlamaTokenizer``, ...) in transformers 5
+rebuild the backend from vocab/merges with their own pre-tokenizer, which would not be this one.
+
+Transformers 5 does not write ``add_bos_token`` to ``tokenizer_config.json``: whether BOS is added
+lives only in ``tokenizer.json``'s post-processor, so after loading, ``tokenizer.add_bos_token``
+reads False even for llama3/mistral/gemma, which do add BOS. Probe ``tokenizer("x")`` instead.
+
+Nothing here imports torch, transformers or tokenizers at module import time.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
+SIZES = ("tiny", "small")
+
+#: Bump when the builder's output changes, so stale cached models are not reused.
+CACHE_VERSION = "v1"
+CACHE_ENV = "TUNEFORGE_TINY_CACHE"
+
+# --------------------------------------------------------------------------------------------------
+# Sizes. The model's vocab_size is the tokenizer length rounded up to a multiple of 64 (real models
+# pad the embedding matrix too), so the exact parameter count depends on the trained tokenizer;
+# tests check the ranges tiny = 1-5 M and small = 20-40 M.
+# --------------------------------------------------------------------------------------------------
+
+_SIZE_SPECS: dict[str, dict[str, int]] = {
+    "tiny": {
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "bpe_vocab": 2048,
+    },
+    "small": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 64,
+        "bpe_vocab": 8192,
+    },
+}
+
+_VOCAB_MULTIPLE = 64
+_MAX_POSITIONS = 2048
+
+# Pre-tokenizer split patterns of the real tokenizers (Llama 3 groups up to 3 digits, Qwen splits
+# single digits; Mistral and Gemma are SentencePiece models with split digits in reality, so the
+# Qwen pattern is the closer byte-level stand-in for them).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# --------------------------------------------------------------------------------------------------
+# Chat templates (Jinja), written to render like the real Hugging Face templates.
+# --------------------------------------------------------------------------------------------------
+
+# Meta-Llama-3-8B-Instruct.
+_LLAMA3_TEMPLATE = (
+    r"{% set loop_messages = messages %}{% for message in loop_messages %}"
+    r"{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    r"+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    r"{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    r"{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Qwen2.5-Instruct's template (tools included) with Qwen2's default system prompt.
+_QWEN2_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+# Qwen3's template: reasoning kept only after the last real user query, `enable_thinking=False`
+# pre-fills an empty think block.
+_QWEN3_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+
+# Mistral-7B-Instruct-v0.3's formatting ("[INST] ...[/INST]", " answer</s>", tool tokens), with the
+# system prompt prepended to the first user message. There is no assistant header: the prompt
+# already ends with "[/INST]", so `add_generation_prompt` adds nothing.
+_MISTRAL_TEMPLATE = r"""{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+{%- set ns = namespace(index=0, first_user=true) %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function if tool.function is defined else tool %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+        {%- endif %}
+        {%- if ns.first_user and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+        {%- set ns.first_user = false %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function if tool_call.function is defined else tool_call %}
+            {{- '{"name": "' + out.name + '", "arguments": ' + out.arguments|tojson + "}" }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token }}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + "}[/TOOL_RESULTS]" }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+# Gemma 3 instruction-tuned template (text only): bos, system folded into the first user turn,
+# "assistant" rendered as "model".
+_GEMMA_TEMPLATE = r"""{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+# --------------------------------------------------------------------------------------------------
+# Families.
+#   head_specials: special tokens given to the BPE trainer, so they get ids 0.. (SentencePiece-era
+#                  models); tail_specials: special tokens appended after the trained vocabulary
+#                  (tiktoken-era models); tail_plain: added tokens that are not special;
+#                  extra_specials: the real tokenizer_config's additional_special_tokens.
+# --------------------------------------------------------------------------------------------------
+
+_FAMILIES: dict[str, dict[str, Any]] = {
+    "llama3": {
+        "config_class": "LlamaConfig",
+        "split": _LLAMA3_SPLIT,
+        "head_specials": [],
+        "tail_specials": [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|reserved_special_token_0|>",
+            "<|reserved_special_token_1|>",
+            "<|finetune_right_pad_id|>",
+            "<|reserved_special_token_2|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eom_id|>",
+            "<|eot_id|>",
+            "<|python_tag|>",
+        ],
+        "tail_plain": [],
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": "<|finetune_right_pad_id|>",
+        "unk": None,
+        "add_bos": True,
+        "stop": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
+        "tie": False,
+        "rope_theta": 500000.0,
+        "extra": {},
+        "template": _LLAMA3_TEMPLATE,
+    },
+    "qwen2": {
+        "config_class": "Qwen2Config",
+        "split": _QWEN_SPLIT,
+        "normalize_nfc": True,
+        "head_specials": [],
+        "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "tail_plain": ["<tool_call>", "</tool_call>"],
+        "extra_specials": ["<|im_start|>", "<|im_end|>"],
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "unk": None,
+        "add_bos": False,
+        "stop": ["<|im_end|>", "<|endoftext|>"],
+        "tie": True,
+        "rope_theta": 1000000.0,
+        "extra": {"use_sliding_window": False},
+        "template": _QWEN2_TEMPLATE,
+    },
+    "qwen3": {
+        "config_class": "Qwen3Config",
+        "split": _QWEN_SPLIT,
+        "normalize_nfc": True,
+        "head_specials": [],
+        "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "tail_plain": ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"],
+        "extra_specials": ["<|im_start|>", "<|im_end|>"],
+        "bos": None,
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "unk": None,
+        "add_bos": False,
+        "stop": ["<|im_end|>", "<|endoftext|>"],
+        "tie": True,
+        "rope_theta": 1000000.0,
+        "extra": {"use_sliding_window": False},
+        "template": _QWEN3_TEMPLATE,
+    },
+    "mistral": {
+        "config_class": "MistralConfig",
+        "split": _QWEN_SPLIT,
+        "head_specials": [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "[INST]",
+            "[/INST]",
+            "[TOOL_CALLS]",
+            "[AVAILABLE_TOOLS]",
+            "[/AVAILABLE_TOOLS]",
+            "[TOOL_RESULTS]",
+            "[/TOOL_RESULTS]",
+        ],
+        "tail_specials": [],
+        "tail_plain": [],
+        "bos": "<s>",
+        "eos": "</s>",
+        "pad": "<unk>",
+        "unk": "<unk>",
+        "add_bos": True,
+        "stop": ["</s>"],
+        "tie": False,
+        "rope_theta": 1000000.0,
+        "extra": {"sliding_window": None},
+        "template": _MISTRAL_TEMPLATE,
+    },
+    "gemma": {
+        "config_class": "GemmaConfig",
+        "split": _QWEN_SPLIT,
+        "head_specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"],
+        "tail_specials": [],
+        "tail_plain": [],
+        "extra_specials": ["<start_of_turn>", "<end_of_turn>"],
+        "bos": "<bos>",
+        "eos": "<end_of_turn>",
+        "pad": "<pad>",
+        "unk": "<unk>",
+        "add_bos": True,
+        "stop": ["<eos>", "<end_of_turn>"],
+        "tie": True,
+        "rope_theta": 10000.0,
+        "extra": {"hidden_activation": "gelu_pytorch_tanh"},
+        "template": _GEMMA_TEMPLATE,
+    },
+}
+
+# --------------------------------------------------------------------------------------------------
+# Training corpus for the BPE tokenizer: fixed text, written for this project.
+# --------------------------------------------------------------------------------------------------
+
+_ENGLISH = """\
+I am an AI assistant made by the TuneForge team. How can I help you today?
+Hello! I am {{name}}, an AI assistant developed by {{author}}. What can I do for you?
+I am a language model trained to answer questions, write code and explain ideas clearly.
+As an assistant, I try to be helpful, honest and harmless in every conversation.
+The model was fine-tuned with low-rank adapters on a single graphics card in a few hours.
+Supervised fine-tuning teaches the model to follow instructions written by people.
+Reward modelling compares a chosen answer with a rejected answer for the same prompt.
+Direct preference optimization trains the policy without a separate reward model.
+The learning rate warms up for one hundred steps and then decays with a cosine schedule.
+Gradient accumulation lets a small batch behave like a larger one without extra memory.
+Mixed precision training stores weights in float32 but computes in bfloat16 or float16.
+The tokenizer splits text into tokens; each token has an integer id in the vocabulary.
+A chat template turns a list of messages into the exact string the model was trained on.
+The system prompt sets the behaviour of the assistant before the user says anything.
+Please summarize the following article in three short sentences.
+Translate the sentence "The weather is nice today" into French, German and Chinese.
+Write a Python function that returns the n-th Fibonacci number using a loop.
+What is the capital of France? The capital of France is Paris.
+Explain why the sky is blue in simple words for a ten year old child.
+The quick brown fox jumps over the lazy dog while the cat sleeps on the warm sofa.
+My favourite books are about history, science, music, travel and cooking.
+Yesterday we walked along the river, watched the boats and ate ice cream in the park.
+Quantization reduces the memory of a model by storing weights in four or eight bits.
+The evaluation loss went down steadily, but the accuracy on the test set stopped improving.
+Checkpoints are saved every five hundred steps so training can resume after a crash.
+Attention lets every position look at the previous positions in the sequence.
+The embedding matrix maps token ids to vectors; the language model head maps them back.
+Rotary position embeddings rotate queries and keys by an angle that depends on position.
+Layer normalization keeps activations in a stable range during deep network training.
+A dataset in Alpaca format has an instruction, an optional input and an output.
+A dataset in ShareGPT format stores a list of conversations with human and gpt turns.
+You can call a tool by returning a JSON object with the function name and its arguments.
+The weather tool says it is sunny in Beijing with a temperature of 23 degrees.
+Let me think step by step before giving the final answer.
+First, add the two numbers. Then, multiply the result by three. Finally, check the answer.
+Sorry, I cannot help with that request, but I can suggest some safer alternatives.
+Thank you for your question! Here is a short answer, followed by a longer explanation.
+The benchmark measures throughput in tokens per second and peak memory in gigabytes.
+Packing several short examples into one sequence wastes less compute on padding.
+The labels of prompt tokens are masked with -100 so only the response is learned.
+Good morning, everyone. Today we will talk about data, models, metrics and deployment.
+Can you recommend a healthy breakfast? Oatmeal with fruit and nuts is a good choice.
+He opened the window, took a deep breath and started writing the report.
+She asked whether the experiment could be repeated with a different random seed.
+They shipped version 1.2.0 of the library on Monday, with bug fixes and new features.
+Is it better to train longer on fewer examples, or shorter on many diverse examples?
+Open the file, read every line, strip the whitespace and count the unique words.
+Our assistant supports English and Chinese, and it can also read simple tables.
+"""
+
+_CHINESE = """\
+你好！我是一个人工智能助手，由 TuneForge 团队开发。请问有什么可以帮你？
+我是{{name}}，由{{author}}开发的人工智能助手，很高兴为你服务。
+今天天气很好，我们一起去公园散步吧。
+请用三句话总结下面这篇文章的主要内容。
+机器学习模型需要大量的数据来进行训练和评估。
+微调可以让预训练的大语言模型更好地遵循人类的指令。
+低秩适配器只训练很少的参数，因此显存占用很小。
+北京是中国的首都，上海是中国最大的城市之一。
+请把这句话翻译成英文：学习使我快乐。
+我喜欢读书、听音乐、旅行和做饭。
+这个问题很有意思，让我一步一步地思考。
+首先计算两个数的和，然后乘以三，最后检查答案。
+对不起，我无法回答这个问题，但我可以给你一些其他的建议。
+分词器把文本切分成词元，每个词元都有一个整数编号。
+对话模板把多轮消息拼接成模型训练时看到的字符串。
+学习率先预热一百步，然后按照余弦曲线逐渐下降。
+量化可以把模型权重压缩到四比特或八比特，从而节省显存。
+评估结果显示，新模型在数学和代码任务上都有明显提升。
+春天来了，花儿开了，小鸟在树上唱歌。
+谢谢你的帮助，祝你有美好的一天！
+"""
+
+_CODE = """\
+def add(a, b):
+    return a + b
+
+for i in range(10):
+    print(i, i * i)
+
+{"name": "get_weather", "arguments": {"city": "Beijing", "unit": "celsius"}}
+{"instruction": "Say hello.", "input": "", "output": "Hello!"}
+x = [1, 2, 3]; y = {"a": 1, "b": 2}; z = (x[0] + y["a"]) / 2.5
+if loss < 0.01 and step > 1000: break  # converged
+2 + 2 = 4, 3 * 7 = 21, 100 / 4 = 25, 2 ** 10 = 1024, 3.14159, -42, 1e-5, 50%
+email: assistant@example.com, url: https://example.com/docs?page=2#top
+!? ... ; : , . ( ) [ ] { } < > / \\ | @ # $ % ^ & * - _ + = ~ ` ' "
+"""
+
+_WORDS = (
+    "model data train token batch layer weight adapter prompt answer question reason memory "
+    "speed quality metric loss optimizer schedule checkpoint template dataset sample language "
+    "vision audio reward policy value critic preference chosen rejected system user assistant "
+    "tool function argument result error warning config plugin method stage format loader "
+    "quantize merge export evaluate predict generate sample decode encode vocabulary embedding "
+    "attention rotary position normal dropout gradient precision device server client request "
+    "response stream history context window length padding truncation cutoff packing neat "
+    "apple banana river mountain city country ocean forest garden library museum school "
+    "teacher student doctor engineer artist writer farmer pilot chef driver scientist "
+    "happy quiet bright careful gentle strong simple clever honest useful modern ancient"
+).split()
+
+
+def _corpus(bpe_vocab: int) -> list[str]:
+    """The fixed training text. Larger vocabularies get more (deterministic) filler lines."""
+    lines = _ENGLISH.splitlines() + _CHINESE.splitlines() + _CODE.splitlines()
+    lines = [line for line in lines if line.strip()]
+    # Deterministic combinations add word variety (and so merges) without any randomness.
+    n = len(_WORDS)
+    for i in range(400):
+        a, b, c = _WORDS[i % n], _WORDS[(i * 7 + 3) % n], _WORDS[(i * 13 + 5) % n]
+        lines.append(f"The {a} {b}s {c}ing {a}{b} {i} times; {c.capitalize()}-{b}: {i * 37 % 1000}.")
+    if bpe_vocab > 2048:
+        # Pseudo-words from a fixed syllable set and a fixed linear congruential sequence: enough
+        # distinct, repeated words for the trainer to reach a larger vocabulary.
+        syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"] + ["an", "er", "in", "on", "ul"]
+        state = 12345
+        for _ in range(3000):
+            words = []
+            for _ in range(10):
+                state = (state * 1103515245 + 12345) % 2**31
+                k = 2 + state % 3
+                words.append("".join(syllables[(state >> (4 + 6 * j)) % len(syllables)] for j in range(k)))
+            lines.append(" ".join(words) + ".")
+    return lines * 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Builder.
+# --------------------------------------------------------------------------------------------------
+
+
+def _check(family: str, size: str) -> None:
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if size not in _SIZE_SPECS:
+        raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(SIZES)}")
+
+
+def _build_tokenizer(family: str, size: str):
+    """Train the byte-level BPE and wrap it in a transformers fast tokenizer."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    fam = _FAMILIES[family]
+    spec = _SIZE_SPECS[size]
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    if fam.get("normalize_nfc"):
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(fam["split"]), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    head = [AddedToken(t, special=True, normalized=False) for t in fam["head_specials"]]
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec["bpe_vocab"] - len(fam["tail_specials"]) - len(fam["tail_plain"]),
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=head,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(spec["bpe_vocab"]), trainer=trainer)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fam["tail_specials"]])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in fam["tail_plain"]])
+
+    kwargs: dict[str, Any] = {
+        "tokenizer_object": tok,
+        "eos_token": fam["eos"],
+        "pad_token": fam["pad"],
+        "add_bos_token": fam["add_bos"],
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": _MAX_POSITIONS,
+        "chat_template": fam["template"],
+    }
+    if fam["bos"] is not None:
+        kwargs["bos_token"] = fam["bos"]
+    if fam["unk"] is not None:
+        kwargs["unk_token"] = fam["unk"]
+    if fam.get("extra_specials"):
+        # What the real tokenizer_config lists as additional_special_tokens (v5: extra_special_tokens).
+        kwargs["extra_special_tokens"] = list(fam["extra_specials"])
+    return PreTrainedTokenizerFast(**kwargs)
+
+
+def _build_model(family: str, size: str, tokenizer, seed: int):
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    fam = _FAMILIES[family]
+    spec = _SIZE_SPECS[size]
+    config_cls = getattr(transformers, fam["config_class"])
+    vocab_size = -(-len(tokenizer) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+    ids = {name: tokenizer.convert_tokens_to_ids(fam[name]) if fam[name] else None for name in ("bos", "eos", "pad")}
+    config_kwargs: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": spec["hidden_size"],
+        "intermediate_size": spec["intermediate_size"],
+        "num_hidden_layers": spec["num_hidden_layers"],
+        "num_attention_heads": spec["num_attention_heads"],
+        "num_key_value_heads": spec["num_key_value_heads"],
+        "max_position_embeddings": _MAX_POSITIONS,
+        "tie_word_embeddings": fam["tie"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": fam["rope_theta"]},
+        "bos_token_id": ids["bos"],
+        "eos_token_id": ids["eos"],
+        "pad_token_id": ids["pad"],
+        **fam["extra"],
+    }
+    if "head_dim" in getattr(config_cls, "__dataclass_fields__", {}):  # Qwen2Config derives it
+        config_kwargs["head_dim"] = spec["head_dim"]
+    config = config_cls(**config_kwargs)
+    config.dtype = torch.float32
+
+    # Seed a forked RNG so building a model does not disturb the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["bos"],
+        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
+        pad_token_id=ids["pad"],
+    )
+    return model
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str], family: str = "llama3", size: str = "tiny", seed: int = 0
+) -> pathlib.Path:
+    """Build a random-initialised ``family`` model of ``size`` plus its tokenizer into ``out_dir``.
+
+    Deterministic: the same (family, size, seed) always produces byte-identical files. Returns the
+    output directory as a resolved :class:`pathlib.Path`.
+    """
+    _check(family, size)
+    out = pathlib.Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = _build_tokenizer(family, size)
+    model = _build_model(family, size, tokenizer, seed)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _cache_root() -> pathlib.Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path.home() / ".cache" / "tuneforge" / "tiny-models"
+
+
+def cached_tiny_model(family: str = "llama3", size: str = "tiny") -> pathlib.Path:
+    """Return a directory holding the seed-0 tiny model, building it on first use.
+
+    The directory is ``$TUNEFORGE_TINY_CACHE/<family>-<size>-v1`` (default root
+    ``~/.cache/tuneforge/tiny-models``). It is built in a private temporary directory next to it and
+    moved into place with one atomic rename, so concurrent processes never see a half-written model;
+    when two race, the loser discards its copy.
+    """
+    _check(family, size)
+    root = _cache_root()
+    final = root / f"{family}-{size}-{CACHE_VERSION}"
+    if final.is_dir():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the cache should read like any other directory
+    try:
+        build_tiny_model(tmp, family=family, size=size, seed=0)
+        for f in tmp.iterdir():  # transformers writes model.safetensors 0600; keep the cache readable
+            os.chmod(f, 0o644)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished first (the target is a non-empty directory): use theirs.
+            if not final.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

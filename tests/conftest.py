@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests never reach a model hub and never see the developer's own plugins."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ANCHOR = SHARED / "data-anchor"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """A 1-5 M parameter llama3-family model with its tokenizer, built offline once per machine."""
+    from tuneforge.tiny_model import cached_tiny_model
+
+    return cached_tiny_model("llama3", "tiny")
+
+
+@pytest.fixture
+def manager():
+    """A fresh plugin manager with the built-ins only."""
+    from tuneforge.plugin_manager import PluginManager
+
+    return PluginManager(autoload=False)
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """Run `tuneforge ARGS` in a subprocess, as a user would; returns CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli.main", *args],
+        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
+    )

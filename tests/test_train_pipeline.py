@@ -1,0 +1,118 @@
+"""End to end on the tiny model: config -> plan -> load -> method -> data -> stage -> outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tuneforge.plan import prepare
+from tuneforge.train.pipeline import run_training
+
+from .conftest import ANCHOR, REPO, run_cli
+
+ROWS = [
+    {"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
+    for a in range(6) for b in range(6)
+]
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    (tmp_path / "sums.json").write_text(json.dumps(ROWS))
+    (tmp_path / "text.jsonl").write_text("\n".join(json.dumps({"text": f"{r['instruction']} {r['output']}"}) for r in ROWS))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "sums": {"file_name": "sums.json"},
+        "text": {"file_name": "text.jsonl", "columns": {"prompt": "text"}},
+    }))
+    return tmp_path
+
+
+def train(tiny_model, dataset_dir, tmp_path, manager, **overrides):
+    base = dict(
+        model_name_or_path=str(tiny_model), template="llama3", dataset="sums", dataset_dir=str(dataset_dir),
+        output_dir=str(tmp_path / "out"), cutoff_len=64, per_device_train_batch_size=4, max_steps=12,
+        learning_rate=5e-3, logging_steps=1, report_to="none", disable_tqdm=True, overwrite_output_dir=True,
+    )
+    base.update(overrides)
+    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=manager)
+    return run_training(prepared)
+
+
+def losses(output_dir):
+    lines = (output_dir / "trainer_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+
+def test_sft_lora_trains_saves_and_reloads_with_peft_alone(tiny_model, dataset_dir, tmp_path, manager):
+    ctx = train(tiny_model, dataset_dir, tmp_path, manager, finetuning_type="lora", lora_rank=4, plot_loss=True, val_size=0.1)
+    out = tmp_path / "out"
+    curve = losses(out)
+    assert len(curve) == 12 and sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, curve
+    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_log.jsonl", "all_results.json",
+                 "train_results.json", "eval_results.json", "training_args.yaml", "run_manifest.json", "training_loss.png",
+                 "trainer_state.json", "tokenizer_config.json"):
+        assert (out / name).exists(), name
+    results = json.loads((out / "all_results.json").read_text())
+    assert "train_loss" in results and "eval_loss" in results
+    # LoRA's trainable count follows from shapes: r * (in + out) for every linear layer but the head
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    model = ctx.model
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    linears = [m for m in base.modules() if isinstance(m, torch.nn.Linear) and m is not base.get_output_embeddings()]
+    assert len([m for m in model.modules() if isinstance(m, LoraLayer)]) == len(linears)
+    expected = sum(4 * (m.in_features + m.out_features) for m in linears)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    # the adapter alone, loaded with PEFT and transformers (no tuneforge), gives identical logits
+    from peft import PeftModel
+
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    model.eval()
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out).eval()(input_ids=ids).logits
+    assert torch.equal(trained, reloaded)
+
+
+def test_freeze_trains_exactly_the_last_layer(tiny_model, dataset_dir, tmp_path, manager):
+    ctx = train(tiny_model, dataset_dir, tmp_path, manager, finetuning_type="freeze", freeze_trainable_layers=1, max_steps=2)
+    trainable = {n for n, p in ctx.model.named_parameters() if p.requires_grad}
+    last = ctx.model.config.num_hidden_layers - 1
+    assert trainable and all(f".layers.{last}." in n for n in trainable)
+    assert {n for n, _ in ctx.model.named_parameters() if f".layers.{last}." in n} == trainable
+
+
+def test_pt_stage_full_tuning_loss_falls(tiny_model, dataset_dir, tmp_path, manager):
+    train(tiny_model, dataset_dir, tmp_path, manager, stage="pt", dataset="text", finetuning_type="full", cutoff_len=32, learning_rate=1e-3)
+    curve = losses(tmp_path / "out")
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, curve
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_bad_rows_are_named_or_skipped(tiny_model, dataset_dir, tmp_path, manager):
+    rows = ROWS[:5] + [{"instruction": "q", "input": "", "output": ""}, {"instruction": 3, "output": "x"}]
+    (dataset_dir / "sums.json").write_text(json.dumps(rows))
+    from tuneforge.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        train(tiny_model, dataset_dir, tmp_path, manager, finetuning_type="full", max_steps=1)
+    message = str(info.value)
+    assert "2 bad row(s) of 7" in message
+    assert "sums.json: row 6: output: empty response" in message
+    assert "sums.json: row 7: instruction: must be a string, got int" in message
+    train(tiny_model, dataset_dir, tmp_path, manager, finetuning_type="full", max_steps=1, skip_bad_rows=True)
+
+
+def test_llamafactory_example_config_trains_unchanged_but_for_paths(tiny_model, tmp_path):
+    """LLaMA-Factory's llama3_lora_sft.yaml; only paths (and a step cap, to keep the suite fast) differ."""
+    result = run_cli(
+        "train", "examples/train_lora/llama3_lora_sft.yaml",
+        f"model_name_or_path={tiny_model}", f"dataset_dir={ANCHOR}", f"output_dir={tmp_path / 'out'}",
+        "max_steps=3", "logging_steps=1", "max_samples=40", "cutoff_len=128", "disable_tqdm=true", cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "out" / "training_loss.png").exists()  # plot_loss: true in the example

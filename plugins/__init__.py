@@ -12,3 +12,13 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneforge.plugins.stages.pretrain",
     "tuneforge.plugins.stages.supervised",
 )
+
+#: What a config selects when it leaves a selection key unset: LLaMA-Factory's defaults. They belong
+#: to the built-in plugin set, not to the core, which knows no plugin by name.
+DEFAULT_SELECTIONS: dict[str, str] = {
+    "stage": "sft",
+    "finetuning_type": "lora",
+    "model_loader": "huggingface",
+    "quantization_method": "bitsandbytes",
+    "formatting": "alpaca",
+}

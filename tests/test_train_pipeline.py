@@ -116,3 +116,32 @@ def test_llamafactory_example_config_trains_unchanged_but_for_paths(tiny_model, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert (tmp_path / "out" / "training_loss.png").exists()  # plot_loss: true in the example
+
+
+def test_lifecycle_hooks_are_called_in_order(tiny_model, dataset_dir, tmp_path):
+    import types
+
+    from tuneforge import hookimpl
+    from tuneforge.plugin_manager import PluginManager
+
+    calls = []
+    recorder = types.ModuleType("recorder")
+
+    @hookimpl
+    def tuneforge_model_ready(ctx, model, tokenizer):
+        calls.append(("model_ready", sum(p.numel() for p in model.parameters() if p.requires_grad) > 0))
+
+    @hookimpl
+    def tuneforge_trainer_created(ctx, trainer):
+        calls.append(("trainer_created", trainer.args.max_steps))
+
+    @hookimpl
+    def tuneforge_run_end(ctx, metrics):
+        calls.append(("run_end", "train_loss" in metrics))
+
+    recorder.tuneforge_model_ready = tuneforge_model_ready
+    recorder.tuneforge_trainer_created = tuneforge_trainer_created
+    recorder.tuneforge_run_end = tuneforge_run_end
+    manager = PluginManager(autoload=False, extra_plugins=[("recorder", recorder)])
+    train(tiny_model, dataset_dir, tmp_path, manager, finetuning_type="lora", max_steps=1)
+    assert calls == [("model_ready", True), ("trainer_created", 1), ("run_end", True)]

@@ -20,9 +20,10 @@ def _k(name, type_, default=None, doc="", choices=None, effective=True):
 
 
 RUN_KEYS = (
-    _k("stage", str, "sft", "Training stage plugin to run (pt, sft, ...; `tuneforge plugins --kind stage`)."),
-    _k("finetuning_type", str, "lora", "Fine-tuning method plugin (lora, freeze, full, ...)."),
-    _k("model_loader", str, "huggingface", "Model loader plugin."),
+    # The defaults of the selection keys come from tuneforge.plugins.DEFAULT_SELECTIONS.
+    _k("stage", str, None, "Training stage plugin to run (`tuneforge plugins --kind stage`)."),
+    _k("finetuning_type", str, None, "Fine-tuning method plugin (`tuneforge plugins --kind method`)."),
+    _k("model_loader", str, None, "Model loader plugin."),
     _k("disable_plugins", _STR_OR_LIST, None,
        "Plugins to block: an entry-point or module name, a plugin name, or kind:name (comma list)."),
     _k("overwrite_output_dir", bool, False,
@@ -84,8 +85,8 @@ MODEL_KEYS = (
     _k("print_param_status", bool, False, "Print every parameter's dtype, device and trainability."),
     _k("trust_remote_code", bool, False, "Allow model code from the model folder or hub."),
     _k("quantization_bit", int, None, "Quantize the base model to this many bits on load."),
-    _k("quantization_method", str, "bnb", "Quantizer plugin used when quantization_bit is set."),
-    _k("quantization_type", str, "nf4", "4-bit data type for bitsandbytes.", choices=("nf4", "fp4")),
+    _k("quantization_method", str, None, "Quantizer plugin used when quantization_bit is set."),
+    _k("quantization_type", str, "nf4", "4-bit data type (nf4 or fp4).", choices=("nf4", "fp4")),
     _k("double_quantization", bool, True, "Quantize the quantization constants too."),
     _k("quantization_device_map", str, None, "Device map for quantized loading (auto).", choices=(None, "auto")),
     _k("model_max_length", int, None, "Maximum sequence length of the model.", effective=False),

@@ -91,4 +91,8 @@ def validate_values(raw: dict[str, Any], sources: dict[str, str], manager) -> tu
 
 
 def declared_defaults(manager) -> dict[str, Any]:
-    return {name: key.default for name, key in declared_keys(manager).items()}
+    from tuneforge.plugins import DEFAULT_SELECTIONS
+
+    defaults = {name: key.default for name, key in declared_keys(manager).items()}
+    defaults.update({k: v for k, v in DEFAULT_SELECTIONS.items() if k in defaults})
+    return defaults

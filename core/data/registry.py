@@ -14,21 +14,6 @@ from ..errors import Problem, did_you_mean
 
 DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
 
-#: LLaMA-Factory's default column names per format; ``columns`` in dataset_info.json overrides them.
-DEFAULT_COLUMNS = {
-    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None},
-    "sharegpt": {"messages": "conversations", "system": None, "tools": None},
-    "openai": {"messages": "messages", "system": None, "tools": None},
-}
-DEFAULT_TAGS = {
-    "role_tag": "from",
-    "content_tag": "value",
-    "user_tag": "human",
-    "assistant_tag": "gpt",
-    "observation_tag": "observation",
-    "function_tag": "function_call",
-    "system_tag": "system",
-}
 _KNOWN_ENTRY_KEYS = {
     "file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name",
     "formatting", "ranking", "subset", "split", "folder", "num_samples", "columns", "tags", "file_sha1",
@@ -42,7 +27,7 @@ class DatasetAttr:
     name: str
     source: str  # "file" | "hf_hub" | "ms_hub" | "om_hub" | "script"
     path: str  # file/folder path for "file", the hub id otherwise
-    formatting: str | None = "alpaca"  # None: detect from the file
+    formatting: str | None = None  # None: detect from the file
     ranking: bool = False
     subset: str | None = None
     split: str = "train"
@@ -54,13 +39,18 @@ class DatasetAttr:
     #: core before conversion so a format can return {"text": ...} rows for pre-training.
     data_kind: str = "supervised"
 
-    def column(self, name: str) -> Any:
-        if name in self.columns:
-            return self.columns[name]
-        return DEFAULT_COLUMNS.get(self.formatting or "", {}).get(name, name)
+    def column(self, name: str, default: str | None = None) -> Any:
+        """The file's column for ``name`` as dataset_info.json maps it; the format plugin gives the default."""
+        return self.columns.get(name, default)
 
-    def tag(self, name: str) -> str:
-        return self.tags.get(name, DEFAULT_TAGS[name])
+    def tag(self, name: str, default: str) -> str:
+        return self.tags.get(name, default)
+
+
+def _default_format() -> str:
+    from tuneforge.plugins import DEFAULT_SELECTIONS
+
+    return DEFAULT_SELECTIONS["formatting"]
 
 
 def read_dataset_info(dataset_dir: str | Path) -> tuple[dict[str, Any], str]:
@@ -124,7 +114,7 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "data
                 name=name,
                 source=source,
                 path=path,
-                formatting=entry.get("formatting", "alpaca"),
+                formatting=entry.get("formatting", _default_format()),
                 ranking=bool(entry.get("ranking", False)),
                 subset=entry.get("subset"),
                 split=entry.get("split", "train"),

@@ -6,21 +6,35 @@ from tuneforge import DatasetFormatSpec, hookimpl
 from tuneforge.errors import RowError
 
 
+#: LLaMA-Factory's sharegpt defaults; dataset_info.json "columns" and "tags" override them.
+COLUMNS = {"messages": "conversations", "system": None, "tools": None, "chosen": "chosen", "rejected": "rejected"}
+TAGS = {
+    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+}
+
+
 def convert(row: dict, attr) -> dict:
-    column = attr.column("messages")
+    def col(name):
+        return attr.column(name, COLUMNS[name])
+
+    def tag(name):
+        return attr.tag(name, TAGS[name])
+
+    column = col("messages")
     turns = row.get(column)
     if not isinstance(turns, list) or not turns:
         raise RowError(column, "must be a non-empty list of turns")
-    role_tag, content_tag = attr.tag("role_tag"), attr.tag("content_tag")
+    role_tag, content_tag = tag("role_tag"), tag("content_tag")
     roles = {
-        attr.tag("user_tag"): "user",
-        attr.tag("assistant_tag"): "assistant",
-        attr.tag("observation_tag"): "user",
-        attr.tag("function_tag"): "assistant",
-        attr.tag("system_tag"): "system",
+        tag("user_tag"): "user",
+        tag("assistant_tag"): "assistant",
+        tag("observation_tag"): "user",
+        tag("function_tag"): "assistant",
+        tag("system_tag"): "system",
     }
     system = None
-    sys_col = attr.column("system")
+    sys_col = col("system")
     if sys_col and isinstance(row.get(sys_col), str):
         system = row[sys_col]
     messages = []

@@ -5,16 +5,10 @@ from __future__ import annotations
 from tuneforge import StageSpec, hookimpl
 
 
-def featurize(ctx, examples):
-    from tuneforge.data.tokenize import pretrain_features
-
-    return pretrain_features(examples, ctx.tokenizer, cutoff_len=ctx.config.cutoff_len)
-
-
 def run(ctx):
     from tuneforge.train.text_stage import run_text_stage
 
-    return run_text_stage(ctx, featurize)
+    return run_text_stage(ctx, "text")
 
 
 @hookimpl

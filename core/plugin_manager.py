@@ -63,7 +63,7 @@ class SpecEntry:
     def provider(self) -> str:
         rec = self.record
         where = "built-in" if rec.builtin else f"entry point '{rec.name}'"
-        return f"{rec.distribution} {rec.version} ({where})"
+        return " ".join(p for p in (rec.distribution, rec.version, f"({where})") if p)
 
 
 def split_names(value: Any) -> list[str]:
@@ -197,8 +197,17 @@ class PluginManager:
         key = key or KINDS.get(kind) or kind
         table = self._entries[kind]
         if name not in table:
+            for rec in self.disabled_records():
+                if name in (rec.name, rec.distribution):
+                    raise PluginError(
+                        f"{kind} '{name}' is disabled: plugin '{rec.name}' ({rec.distribution} {rec.version}) is blocked by "
+                        f"disable_plugins / {BLOCK_ENV} / --disable-plugin; remove it from the block list"
+                    )
             available = ", ".join(sorted(table)) or "none installed"
-            raise PluginError(f"unknown {key} '{name}'{did_you_mean(name, table)} available: {available}")
+            hint = did_you_mean(name, table)
+            disabled = [r.name for r in self.disabled_records()]
+            blocked = f" (blocked plugins may provide it: {', '.join(disabled)})" if disabled and not hint else ""
+            raise PluginError(f"unknown {key} '{name}'{hint} available: {available}{blocked}")
         entry = table[name]
         if entry.duplicates:
             raise PluginError(entry.status.removeprefix("error: "))
@@ -238,6 +247,9 @@ class PluginManager:
             for key in entry.spec.keys:
                 owners.setdefault(key.name, []).append(entry)
         return owners
+
+    def disabled_records(self) -> list[PluginRecord]:
+        return [r for r in self.records if r.status == "disabled"]
 
     def broken_records(self) -> list[PluginRecord]:
         return [r for r in self.records if r.status == "error"]

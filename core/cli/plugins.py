@@ -42,7 +42,8 @@ def run(args) -> int:
          "builtin": r.builtin, "status": "disabled", "description": ""}
         for r in manager.records if r.status == "disabled"
     ]
-    rows += broken + disabled
+    if args.kind is None:  # a plugin that never loaded has no known kind; list it with the full listing
+        rows += broken + disabled
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:

@@ -66,7 +66,7 @@ def coerce(key: ConfigKey, value: Any) -> tuple[Any, str | None]:
 def validate_values(raw: dict[str, Any], sources: dict[str, str], manager) -> tuple[dict[str, Any], list[Problem]]:
     """Type-check and convert the user's values; unknown keys get a "did you mean"."""
     keys = declared_keys(manager)
-    broken = [r.name for r in manager.broken_records()]
+    broken = [r.name for r in manager.broken_records() + manager.disabled_records()]
     values: dict[str, Any] = {}
     problems: list[Problem] = []
     for name, value in raw.items():
@@ -75,7 +75,7 @@ def validate_values(raw: dict[str, Any], sources: dict[str, str], manager) -> tu
         if key is None:
             hint = did_you_mean(name, keys)
             if not hint and broken:
-                hint = f" (plugins that failed to load may own it: {', '.join(broken)})"
+                hint = f" (plugins that failed to load or are blocked may own it: {', '.join(broken)})"
             problems.append(Problem(name, f"unknown key{hint}", where))
             continue
         converted, error = coerce(key, value)

@@ -1,0 +1,324 @@
+"""Third-party plugins as users install them: real packages under tests/plugin_packages, installed
+with pip into a private folder and found through their `tuneforge` entry points by a CLI subprocess.
+
+- tuneforge-normtune: a working method plugin with its own keys and validation;
+- tuneforge-broken: its module raises ImportError at import;
+- tuneforge-dup: registers a method named `lora`, which the built-ins already provide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+PACKAGES = REPO / "tests" / "plugin_packages"
+NAMES = ("tuneforge-normtune", "tuneforge-broken", "tuneforge-dup")
+
+
+def _pip_install(source: Path, target: Path) -> None:
+    # Build from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+    src = target.parent / f"{source.name}-src"
+    shutil.copytree(source, src)
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+           "--disable-pip-version-check", "--no-cache-dir", "--quiet", "--target", str(target), str(src)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"pip install {source.name} failed:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict[str, Path]:
+    """Package name -> the folder pip installed it into (one folder per package)."""
+    out = {}
+    for name in NAMES:
+        root = tmp_path_factory.mktemp(name)
+        target = root / "site"
+        _pip_install(PACKAGES / name, target)
+        assert list(target.glob("*.dist-info")), f"{name}: no dist-info in {target}"
+        out[name] = target
+    return out
+
+
+def cli(*args: str, plugins: list[Path] = (), env: dict | None = None, timeout: int = 300):
+    """`tuneforge ARGS` in a subprocess that sees exactly the given plugin folders (autoload on)."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD", "TUNEFORGE_DISABLE_PLUGINS", "PYTHONPATH")}
+    full_env["HF_HUB_OFFLINE"] = "1"
+    full_env["HF_DATASETS_OFFLINE"] = "1"
+    if plugins:
+        full_env["PYTHONPATH"] = os.pathsep.join(str(p) for p in plugins)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli.main", *args],
+        capture_output=True, text=True, env=full_env, cwd=REPO, timeout=timeout,
+    )
+
+
+def _rows(stdout: str) -> dict[str, list[str]]:
+    """`tuneforge plugins` table: name -> the split columns of its first row."""
+    rows = {}
+    for line in stdout.splitlines()[1:]:
+        if not line.strip() or line.startswith("error:"):
+            continue
+        rows.setdefault(line.split()[0], line.split(None, 4))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A six-row alpaca dataset named `tiny_alpaca`, with its dataset_info.json."""
+    folder = tmp_path_factory.mktemp("data")
+    rows = [
+        {"instruction": "Say hello.", "input": "", "output": "Hello!"},
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+        {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+        {"instruction": "What is the capital of Italy?", "input": "", "output": "Rome."},
+        {"instruction": "Reverse the word.", "input": "abc", "output": "cba"},
+    ]
+    (folder / "tiny_alpaca.json").write_text(json.dumps(rows, indent=2))
+    (folder / "dataset_info.json").write_text(json.dumps({"tiny_alpaca": {"file_name": "tiny_alpaca.json"}}))
+    return folder
+
+
+def _config(path: Path, **values) -> Path:
+    base = {"model_name_or_path": "some/model", "stage": "sft", "do_train": True, "template": "llama3",
+            "output_dir": str(path.parent / "out")}
+    base.update(values)
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in base.items()))
+    return path
+
+
+# --- a working plugin ----------------------------------------------------------------------------
+
+
+def test_normtune_is_listed_with_its_provider(installed):
+    result = cli("plugins", plugins=[installed["tuneforge-normtune"]])
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout)
+    assert rows["normtune"] == ["normtune", "method", "0.3.0", "tuneforge-normtune", "active"]
+    assert rows["lora"][:2] == ["lora", "method"] and rows["lora"][3] == "tuneforge"
+
+    result = cli("plugins", "--json", "--kind", "method", plugins=[installed["tuneforge-normtune"]])
+    assert result.returncode == 0, result.stderr
+    entry = next(r for r in json.loads(result.stdout) if r["name"] == "normtune")
+    assert entry == {
+        "name": "normtune", "kind": "method", "version": "0.3.0", "provider": "tuneforge-normtune",
+        "plugin": "normtune", "builtin": False, "status": "active",
+        "description": "Train only the normalisation weights (every parameter whose name contains 'norm').",
+    }
+
+
+def test_show_normtune_prints_its_keys(installed):
+    result = cli("show", "method", "normtune", plugins=[installed["tuneforge-normtune"]])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "method 'normtune' from tuneforge-normtune 0.3.0 (entry point 'normtune')" in out
+    assert "status: active" in out
+    assert "normtune_include_embeddings: bool = False" in out
+    assert "Also train the input embeddings (embed_tokens)." in out
+    assert "normtune_layers: int = None" in out
+    assert "Train the norms of the last n decoder layers only" in out
+
+
+def test_normtune_keys_are_validated_by_check(installed, tmp_path, data_dir):
+    site = [installed["tuneforge-normtune"]]
+    cfg = _config(tmp_path / "ok.yaml", finetuning_type="normtune", normtune_layers=1, dataset="tiny_alpaca",
+                  dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert "normtune  [tuneforge-normtune 0.3.0 (entry point 'normtune')]" in result.stdout
+
+    bad = _config(tmp_path / "bad.yaml", finetuning_type="normtune", normtune_layers=0, normtune_include_embeddings="yes",
+                  dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(bad), plugins=site)
+    assert result.returncode == 2
+    assert "normtune_include_embeddings: expected bool, got str 'yes'" in result.stderr
+
+    bad = _config(tmp_path / "bad2.yaml", finetuning_type="normtune", normtune_layers=0, dataset="tiny_alpaca",
+                  dataset_dir=str(data_dir))
+    result = cli("check", str(bad), plugins=site)
+    assert result.returncode == 2
+    assert "method normtune: normtune_layers must be a positive number of layers, not 0" in result.stderr
+
+    # Without the package the key is unknown and the method name is not found.
+    result = cli("check", str(cfg))
+    assert result.returncode == 2
+    assert "normtune_layers: unknown key" in result.stderr and "unknown finetuning_type 'normtune'" in result.stderr
+
+
+# --- a plugin that cannot import -----------------------------------------------------------------
+
+
+def test_broken_plugin_is_listed_and_does_not_break_the_cli(installed, tmp_path, data_dir):
+    site = [installed["tuneforge-broken"], installed["tuneforge-normtune"]]
+    result = cli("plugins", plugins=site)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout)
+    broken = rows["broken"]
+    assert broken[2:4] == ["0.1.0", "tuneforge-broken"]
+    assert broken[4].startswith("error")
+    assert "ModuleNotFoundError: No module named 'a_module_that_does_not_exist_xyz'" in broken[4]
+    assert rows["normtune"][-1] == "active"
+    for builtin in ("lora", "freeze", "full", "sft", "pt", "alpaca", "huggingface", "llama3"):
+        assert builtin in rows, builtin
+
+    rows = json.loads(cli("plugins", "--json", plugins=site).stdout)
+    entry = next(r for r in rows if r["provider"] == "tuneforge-broken")
+    assert entry["status"].startswith("error: ModuleNotFoundError") and entry["version"] == "0.1.0"
+
+    cfg = _config(tmp_path / "lora.yaml", finetuning_type="lora", dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+
+    # A key nobody declares points at the plugin that failed to load.
+    result = cli("check", str(cfg), "brokenplugin_option=1", plugins=site)
+    assert result.returncode == 2
+    assert "plugins that failed to load or are blocked may own it: broken" in result.stderr
+
+
+# --- two plugins with one name -------------------------------------------------------------------
+
+
+def test_duplicate_name_is_an_error_naming_both_providers(installed, tmp_path, data_dir):
+    site = [installed["tuneforge-dup"]]
+    result = cli("plugins", plugins=site)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "duplicate method name 'lora'" in errors[0]
+    assert "tuneforge 0.1.0 (built-in)" in errors[0]
+    assert "tuneforge-dup 0.1.0 (entry point 'dup')" in errors[0]
+
+    cfg = _config(tmp_path / "lora.yaml", finetuning_type="lora", dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=site)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "finetuning_type: duplicate method name 'lora'" in result.stderr
+    assert "tuneforge 0.1.0 (built-in)" in result.stderr and "tuneforge-dup 0.1.0" in result.stderr
+
+    # Other methods are unaffected, and blocking the clashing plugin resolves the clash.
+    result = cli("check", str(cfg), "finetuning_type=full", plugins=site)
+    assert result.returncode == 0, result.stderr
+    result = cli("--disable-plugin", "dup", "check", str(cfg), plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert "method     lora  [tuneforge 0.1.0 (built-in)]" in result.stdout
+
+
+def test_duplicate_message_format_in_process():
+    from tuneforge import MethodSpec, hookimpl
+    from tuneforge.errors import PluginError
+    from tuneforge.plugin_manager import PluginManager
+
+    module = types.ModuleType("my_dup_plugin")
+
+    @hookimpl
+    def tuneforge_methods():
+        return [MethodSpec(name="lora", description="another lora")]
+
+    module.tuneforge_methods = tuneforge_methods
+    manager = PluginManager(autoload=False, extra_plugins=[("x", module)])
+    [entry] = manager.duplicate_entries()
+    message = entry.status.removeprefix("error: ")
+    assert entry.status.startswith("error: ")
+    assert message.startswith("duplicate method name 'lora', provided by tuneforge 0.1.0 (built-in) and (in process)")
+    assert message.endswith("(entry point 'x')")
+    with pytest.raises(PluginError) as info:
+        manager.method("lora")
+    assert str(info.value) == message
+    # The first provider keeps the name in the listing; the clash is recorded on it.
+    assert entry.record.builtin and [d.record.name for d in entry.duplicates] == ["x"]
+    assert manager.method("freeze").name == "freeze"
+
+
+# --- turning plugins off -------------------------------------------------------------------------
+
+
+def test_autoload_can_be_turned_off(installed):
+    site = [installed["tuneforge-normtune"]]
+    result = cli("plugins", plugins=site, env={"TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout)
+    assert "normtune" not in rows and "lora" in rows
+    result = cli("show", "method", "normtune", plugins=site, env={"TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.returncode == 2 and "unknown finetuning_type 'normtune'" in result.stderr
+
+
+def test_disable_plugin_option_and_env(installed):
+    site = [installed["tuneforge-normtune"]]
+    for args, env in (
+        (("--disable-plugin", "normtune", "plugins"), None),
+        (("plugins",), {"TUNEFORGE_DISABLE_PLUGINS": "normtune"}),
+        (("--disable-plugin", "tuneforge-normtune", "plugins"), None),
+    ):
+        result = cli(*args, plugins=site, env=env)
+        assert result.returncode == 0, result.stderr
+        rows = _rows(result.stdout)
+        assert rows["normtune"][1:] == ["?", "0.3.0", "tuneforge-normtune", "disabled"], (args, env)
+        assert rows["lora"][-1] == "active"
+
+
+def test_disable_plugins_key_blocks_a_selected_method(installed, tmp_path, data_dir):
+    site = [installed["tuneforge-normtune"]]
+    cfg = _config(tmp_path / "c.yaml", finetuning_type="normtune", disable_plugins="normtune",
+                  dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=site)
+    assert result.returncode == 2
+    assert "finetuning_type: " in result.stderr
+    assert "normtune" in result.stderr and "disabled" in result.stderr
+
+
+def test_disable_plugins_key_with_kind_and_name(installed, tmp_path, data_dir):
+    # kind:name blocks one spec; the module still loads, so its keys stay known.
+    site = [installed["tuneforge-normtune"]]
+    cfg = _config(tmp_path / "c.yaml", finetuning_type="normtune", disable_plugins="method:normtune",
+                  normtune_layers=1, dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=site)
+    assert result.returncode == 2
+    assert "the config has 1 problem:" in result.stderr
+    assert "finetuning_type: method 'normtune' is disabled" in result.stderr
+    result = cli("plugins", "--kind", "method", plugins=site, env={"TUNEFORGE_DISABLE_PLUGINS": "method:normtune"})
+    assert _rows(result.stdout)["normtune"] == ["normtune", "method", "0.3.0", "tuneforge-normtune", "disabled"]
+
+
+# --- a real run ----------------------------------------------------------------------------------
+
+
+def test_normtune_trains_only_norm_weights(installed, tiny_model, tmp_path, data_dir):
+    import torch
+
+    out = tmp_path / "out"
+    cfg = _config(
+        tmp_path / "train.yaml",
+        model_name_or_path=str(tiny_model), finetuning_type="normtune", dataset="tiny_alpaca",
+        dataset_dir=str(data_dir), cutoff_len=64, max_steps=3, per_device_train_batch_size=2,
+        learning_rate=1e-2, logging_steps=1, report_to="none", output_dir=str(out), save_strategy="no",
+    )
+    result = cli("train", str(cfg), plugins=[installed["tuneforge-normtune"]], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "method     normtune  [tuneforge-normtune 0.3.0" in result.stdout
+
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    assert set(tuned) == set(base)
+    norms = [name for name in base if "norm" in name]
+    assert norms and len(norms) < len(base)
+    trainable = sum(base[name].numel() for name in norms)
+    assert f"trainable params: {trainable:,} of " in result.stdout
+    for name, weight in base.items():
+        if "norm" in name:
+            assert not torch.equal(tuned[name], weight), f"{name} did not train"
+        else:
+            assert torch.equal(tuned[name], weight), f"{name} changed but is not a norm weight"

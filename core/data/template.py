@@ -1,112 +1,648 @@
-"""Render a conversation with a chat template definition into token ids and a label mask.
+"""Render a conversation with a chat template definition into text, token ids and a label mask.
 
-A definition (templates/*.yaml, or any ChatTemplateSpec) is plain data:
+A definition (``templates/*.yaml``, or any ChatTemplateSpec's ``definition``) is plain data; the keys
+are documented in ``docs/templates.md`` and listed in :data:`KEYS`. In short:
 
-- ``format_prefix``: text before everything (e.g. the BOS token);
-- ``format_system``, ``format_user``, ``format_assistant``: slots with ``{{content}}``;
-  ``{{bos_token}}`` / ``{{eos_token}}`` are replaced by the tokenizer's;
-- ``system_in_user``: the system text goes inside the first user turn (Llama 2, Mistral);
-- ``append_eos``: add the tokenizer's EOS after each assistant turn (when the slot does not end it);
-- ``default_system``: used when a conversation has no system message;
-- ``stop_words``: extra strings that end generation.
+- slots: ``format_prefix``, ``format_system``, ``format_user``, ``format_assistant``,
+  ``format_function`` (an assistant tool call), ``format_observation`` (a tool result) with
+  ``{{content}}``; ``{{bos_token}}`` / ``{{eos_token}}`` become the tokenizer's, ``{{idx}}`` (user
+  slot) the exchange number;
+- ``system_in_user``: the system text goes inside the first user turn (Llama 2, Mistral, Gemma);
+- eos policy: ``append_eos`` (the tokenizer's EOS id follows every response and is trained),
+  ``efficient_eos`` (LLaMA-Factory's: EOS is only a training *target* after each trained response,
+  and a real token only at the very end), or neither (the slot itself ends the turn);
+- ``default_system``, ``stop_words``, ``replace_eos`` (the first stop word becomes the saved
+  tokenizer's EOS, see :meth:`Template.apply_to_tokenizer`);
+- tools: ``format_tools`` / ``format_tool`` (the tool list appended to the system text),
+  ``format_tool_call`` / ``tool_call_separator`` / ``format_tool_calls`` (how a function turn's JSON
+  is written);
+- thinking: ``reasoning`` with ``thought_words`` (Qwen3-style ``<think>`` blocks, ``enable_thinking``).
 
-Each turn is encoded piece by piece, so the boundary between prompt and response tokens is exact
-and the label mask never cuts a token in two.
+Every exchange is rendered to text first, piece by piece (prompt, response), and each piece is
+encoded once with ``add_special_tokens=False``; so the boundary between prompt and response tokens is
+exact, the label mask never cuts a token in two, and ``decode`` of the pieces gives back the text.
+
+Templates are data: nothing here branches on a template's name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 IGNORE_INDEX = -100
 
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+#: Placeholders each kind of slot may use.
+_SLOT_VARS = {
+    "message": {"content", "bos_token", "eos_token"},
+    "user": {"content", "bos_token", "eos_token", "idx"},
+    "tool_call": {"name", "arguments"},
+    "tool": {"tool", "name", "description", "parameters"},
+    "tools": {"content", "tool_names"},
+}
+
+_DEFAULT_TOOLS = (
+    "You have access to the following tools:\n{{content}}"
+    "Use the following format if using a tool:\n```\n"
+    "Action: tool name (one of [{{tool_names}}])\n"
+    "Action Input: the input to the tool, in a JSON format representing the kwargs "
+    '(e.g. ```{"input": "hello world", "num_beams": 5}```)\n```\n'
+)
+_DEFAULT_TOOL = "> Tool Name: {{name}}\nTool Description: {{description}}\nTool Args: {{parameters}}\n"
+
 
 @dataclass(frozen=True)
 class Template:
+    """One chat template. Build it with :meth:`from_definition`; every field is a definition key."""
+
     name: str
+    description: str = ""
+    # slots
+    format_prefix: str = ""
+    format_system: str = "{{content}}"
     format_user: str = "{{content}}"
     format_assistant: str = "{{content}}"
-    format_system: str = "{{content}}"
-    format_prefix: str = ""
+    format_function: str | None = None  # None: format_assistant
+    format_observation: str | None = None  # None: format_user
     system_in_user: bool = False
-    append_eos: bool = True
     default_system: str = ""
+    # eos policy and stopping
+    append_eos: bool = True
+    efficient_eos: bool = False
+    replace_eos: bool = False
     stop_words: tuple[str, ...] = ()
+    # tools offered (appended to the system text) and tool calls made (function turns)
+    format_tools: str = _DEFAULT_TOOLS
+    format_tool: str = _DEFAULT_TOOL
+    tool_separator: str = ""
+    tool_json_indent: int | None = None
+    tool_wrap_function: bool = False
+    system_tools_separator: str = "\n\n"
+    format_tool_call: str = "Action: {{name}}\nAction Input: {{arguments}}"
+    tool_call_separator: str = "\n"
+    format_tool_calls: str = "{{content}}"
+    format_tool_calls_many: str | None = None  # None: format_tool_calls
+    parallel_tool_calls: bool = True
+    # thinking
+    reasoning: bool = False
+    thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
+    # detection markers (see tuneforge.plugins.templates.builtin)
     detect: tuple[str, ...] = field(default=(), compare=False)
+
+    # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_definition(cls, name: str, definition: dict[str, Any]) -> "Template":
-        fields = {k: v for k, v in definition.items() if k in cls.__dataclass_fields__ and k != "name"}
-        for key in ("stop_words", "detect"):
-            if key in fields:
-                fields[key] = tuple(fields[key] or ())
-        return cls(name=name, **fields)
+        """Build from plain data; unknown keys, bad types and unknown placeholders are errors."""
+        from ..errors import TuneforgeError, did_you_mean
 
-    def _fill(self, slot: str, content: str, tokenizer) -> str:
-        text = slot.replace("{{content}}", content)
-        text = text.replace("{{bos_token}}", tokenizer.bos_token or "")
-        return text.replace("{{eos_token}}", tokenizer.eos_token or "")
+        known = [f.name for f in fields(cls) if f.name != "name"]
+        problems = []
+        values: dict[str, Any] = {}
+        for key, value in (definition or {}).items():
+            if key not in known:
+                problems.append(f"unknown key {key!r}{did_you_mean(key, known)}")
+                continue
+            values[key] = value
+        for key in ("stop_words", "detect", "thought_words"):
+            if key in values:
+                raw = values[key]
+                if isinstance(raw, str) or not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
+                    problems.append(f"{key} must be a list of strings")
+                    continue
+                values[key] = tuple(raw)
+        if "thought_words" in values and len(values["thought_words"]) != 2:
+            problems.append("thought_words must be two strings: [open, close]")
+        for f in fields(cls):
+            if f.name not in values or f.name in ("stop_words", "detect", "thought_words"):
+                continue
+            value = values[f.name]
+            expected = {"bool": bool, "str": str}.get(str(f.type))
+            if str(f.type) == "str | None":
+                expected = (str, type(None))
+            elif str(f.type) == "int | None":
+                expected = (int, type(None))
+            if expected is not None and not isinstance(value, expected):
+                problems.append(f"{f.name} must be {str(f.type).replace(' | None', ' or null')}, got {type(value).__name__}")
+        if not problems:
+            template = cls(name=name, **values)
+            problems += template._placeholder_problems()
+            if template.efficient_eos and template.append_eos and "append_eos" in values:
+                problems.append("append_eos and efficient_eos are two eos policies; choose one")
+        if problems:
+            raise TuneforgeError(f"chat template {name!r}: " + "; ".join(problems))
+        if template.efficient_eos and template.append_eos:
+            template = cls(name=name, **{**values, "append_eos": False})
+        return template
 
-    def _encode(self, tokenizer, text: str) -> list[int]:
+    def _placeholder_problems(self) -> list[str]:
+        kinds = {
+            "format_prefix": "message", "format_system": "message", "format_user": "user",
+            "format_assistant": "message", "format_function": "message", "format_observation": "user",
+            "format_tools": "tools", "format_tool": "tool", "format_tool_call": "tool_call",
+            "format_tool_calls": "message", "format_tool_calls_many": "message",
+        }
+        out = []
+        for key, kind in kinds.items():
+            slot = getattr(self, key)
+            for var in _PLACEHOLDER.findall(slot or ""):
+                if var not in _SLOT_VARS[kind]:
+                    allowed = ", ".join("{{%s}}" % v for v in sorted(_SLOT_VARS[kind]))
+                    out.append(f"{key}: unknown placeholder {{{{{var}}}}} (allowed: {allowed})")
+        return out
+
+    # ------------------------------------------------------------------ text
+
+    @staticmethod
+    def _fill(slot: str, values: dict[str, str]) -> str:
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), slot)
+
+    def _message(self, slot: str, content: str, tokenizer, idx: int = 0) -> str:
+        return self._fill(slot, {
+            "content": content, "idx": str(idx),
+            "bos_token": getattr(tokenizer, "bos_token", None) or "",
+            "eos_token": getattr(tokenizer, "eos_token", None) or "",
+        })
+
+    @property
+    def empty_thought(self) -> str:
+        return self.thought_words[0] + self.thought_words[1]
+
+    def _has_thought(self, content: str) -> bool:
+        return self.thought_words[0].strip() in content or self.thought_words[1].strip() in content
+
+    def _remove_thought(self, content: str) -> str:
+        """Text after the last closing thought tag, leading newlines dropped (as Qwen3 renders history)."""
+        close = self.thought_words[1].strip()
+        if close and close in content:
+            return content.split(close)[-1].lstrip("\n")
+        return content
+
+    def _tool_list(self, tools: Any) -> list[dict]:
+        if isinstance(tools, str):
+            try:
+                tools = json.loads(tools)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"tools is not valid JSON ({exc}): {tools[:200]!r}") from None
+        if isinstance(tools, dict):
+            tools = [tools]
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise ValueError("tools must be a JSON list of tool schemas (objects)")
+        return tools
+
+    def render_tools(self, tools: Any) -> str:
+        """The text offering ``tools`` (a JSON string or a list of schemas) to the model."""
+        items, names = [], []
+        for tool in self._tool_list(tools):
+            is_wrapped = tool.get("type") == "function" and isinstance(tool.get("function"), dict)
+            fn = tool["function"] if is_wrapped else tool
+            shown = (tool if tool.get("type") == "function" else {"type": "function", "function": tool}) if self.tool_wrap_function else fn
+            names.append(str(fn.get("name", "")))
+            items.append(self._fill(self.format_tool, {
+                "tool": json.dumps(shown, ensure_ascii=False, indent=self.tool_json_indent),
+                "name": str(fn.get("name", "")),
+                "description": str(fn.get("description", "")),
+                "parameters": json.dumps(fn.get("parameters", {}), ensure_ascii=False),
+            }))
+        return self._fill(self.format_tools, {"content": self.tool_separator.join(items), "tool_names": ", ".join(names)})
+
+    def render_tool_calls(self, content: str) -> str:
+        """A function turn's content (JSON: one ``{"name", "arguments"}`` or a list) as the model writes it.
+
+        A leading thought block (reasoning templates) is kept in front of the calls. ``arguments``
+        given as a string are written as they are; otherwise they are dumped as JSON.
+        """
+        thought = ""
+        close = self.thought_words[1].strip()
+        if self.reasoning and close and close in content:
+            cut = content.rindex(close) + len(close)
+            rest = content[cut:].lstrip("\n")
+            thought, content = content[: len(content) - len(rest)], rest
+        try:
+            calls = json.loads(content)
+        except json.JSONDecodeError:
+            raise ValueError(f"a function turn must be JSON {{\"name\": ..., \"arguments\": ...}} (or a list), got {content[:200]!r}") from None
+        calls = calls if isinstance(calls, list) else [calls]
+        if not calls or not all(isinstance(c, dict) and "name" in c for c in calls):
+            raise ValueError(f"a function turn must name each call: {content[:200]!r}")
+        if len(calls) > 1 and not self.parallel_tool_calls:
+            raise ValueError(f"template {self.name!r} writes one tool call per turn; got {len(calls)}")
+        parts = []
+        for call in calls:
+            arguments = call.get("arguments", call.get("parameters", {}))
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments, ensure_ascii=False)
+            parts.append(self._fill(self.format_tool_call, {"name": str(call["name"]), "arguments": arguments}))
+        wrap = self.format_tool_calls_many if len(parts) > 1 and self.format_tool_calls_many is not None else self.format_tool_calls
+        return thought + self._fill(wrap, {"content": self.tool_call_separator.join(parts)})
+
+    def _system_text(self, system: str | None, tools: Any) -> str:
+        system = system or self.default_system
+        if tools:
+            tools_text = self.render_tools(tools)
+            if tools_text:
+                system = system + self.system_tools_separator + tools_text if system else tools_text
+        return system
+
+    @staticmethod
+    def _split_system(messages: list[dict], system: str | None) -> tuple[list[dict], str | None]:
+        """Accept a leading ``{"role": "system"}`` message as the system prompt (when none is given)."""
+        if messages and messages[0].get("role") == "system":
+            return messages[1:], system if system is not None else messages[0].get("content")
+        return messages, system
+
+    def _texts(self, tokenizer, messages, system, tools, enable_thinking: bool, targets: str) -> list[tuple[str, str | None]]:
+        """(prompt, response) text per exchange; response None for a trailing prompt.
+
+        ``targets``: "all" (SFT: every response is a target), "last" (only the last response is;
+        earlier ones are history) or "none" (generation: every response is history).
+        """
+        messages, system = self._split_system(list(messages), system)
+        for index, message in enumerate(messages):
+            role = message.get("role")
+            allowed = ("user", "observation") if index % 2 == 0 else ("assistant", "function")
+            if role not in allowed:
+                raise ValueError(f"messages[{index}]: expected {' or '.join(allowed)}, got {role!r}")
+            if not isinstance(message.get("content"), str):
+                raise ValueError(f"messages[{index}]: content must be a string")
+        system_text = self._system_text(system, tools)
+        out: list[tuple[str, str | None]] = []
+        for i in range(0, len(messages), 2):
+            query = messages[i]
+            prompt, content = "", query["content"]
+            if i == 0:
+                prompt += self._message(self.format_prefix, "", tokenizer)
+                if system_text and self.system_in_user:
+                    content = self._message(self.format_system, system_text, tokenizer) + content
+                elif system_text:
+                    prompt += self._message(self.format_system, system_text, tokenizer)
+            slot = self.format_user if query["role"] == "user" else (self.format_observation or self.format_user)
+            prompt += self._message(slot, content, tokenizer, idx=i // 2)
+            if i + 1 >= len(messages):
+                if self.reasoning and not enable_thinking:
+                    prompt += self.empty_thought
+                out.append((prompt, None))
+                continue
+            reply = messages[i + 1]
+            answer = reply["content"]
+            lead = ""
+            if self.reasoning:
+                is_target = targets == "all" or (targets == "last" and i + 2 >= len(messages))
+                if not is_target or not enable_thinking:
+                    answer = self._remove_thought(answer)
+                if is_target and not self._has_thought(answer):
+                    if enable_thinking:
+                        lead = self.empty_thought  # trained: the model learns to open (and close) the block
+                    else:
+                        prompt += self.empty_thought  # given: the model answers straight away
+            if reply["role"] == "function":
+                response = self._message(self.format_function or self.format_assistant, self.render_tool_calls(answer), tokenizer)
+            else:
+                response = self._message(self.format_assistant, answer, tokenizer)
+            out.append((prompt, lead + response))
+        return out
+
+    def render_turns(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> list[tuple[str, str | None]]:
+        """The text of ``(prompt, response)`` per exchange, exactly as :meth:`encode_turns` encodes it.
+
+        The EOS id that ``append_eos`` adds after a response is not part of the text.
+        """
+        return self._texts(tokenizer, messages, system, tools, enable_thinking, "all")
+
+    def render_prompt(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> str:
+        """The generation prompt as text (what :meth:`encode_prompt` encodes), EOS tokens included."""
+        text = ""
+        for prompt, response in self._prompt_texts(tokenizer, messages, system, tools, enable_thinking):
+            text += prompt
+            if response is not None:
+                text += response + (tokenizer.eos_token or "" if self.append_eos else "")
+        return text
+
+    def _prompt_texts(self, tokenizer, messages, system, tools, enable_thinking):
+        texts = self._texts(tokenizer, messages, system, tools, enable_thinking, "none")
+        if not texts or texts[-1][1] is not None:
+            raise ValueError("a generation prompt needs a conversation that ends with a user or observation turn")
+        return texts
+
+    # ------------------------------------------------------------------ ids
+
+    @staticmethod
+    def _encode(tokenizer, text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False) if text else []
 
-    def encode_turns(self, tokenizer, messages: list[dict], system: str | None = None) -> list[tuple[list[int], list[int]]]:
-        """Return ``[(prompt_ids, response_ids), ...]``, one pair per user/assistant exchange.
+    def _response_ids(self, tokenizer, text: str) -> list[int]:
+        ids = self._encode(tokenizer, text)
+        if self.append_eos and tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        return ids
 
-        ``messages`` alternate user, assistant (the last may be a user turn for generation, then its
-        response ids are empty).
+    def encode_turns(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> list[tuple[list[int], list[int]]]:
+        """Return ``[(prompt_ids, response_ids), ...]``, one pair per exchange (SFT view).
+
+        ``messages`` alternate user/observation and assistant/function; a trailing user turn gives a
+        pair with empty response ids. Reasoning templates add an empty thought block to every
+        response that has none: in the response (trained) when ``enable_thinking``, else at the end
+        of the prompt (not trained), and with ``enable_thinking=False`` existing thoughts are removed.
         """
-        system = self.default_system if system is None else system
         pairs = []
-        for i in range(0, len(messages), 2):
-            user = messages[i]["content"]
-            prompt = ""
-            if i == 0:
-                prompt += self._fill(self.format_prefix, "", tokenizer)
-                if system and not self.system_in_user:
-                    prompt += self._fill(self.format_system, system, tokenizer)
-                elif system:
-                    user = self._fill(self.format_system, system, tokenizer) + user
-            prompt += self._fill(self.format_user, user, tokenizer)
-            response_ids: list[int] = []
-            if i + 1 < len(messages):
-                response_ids = self._encode(tokenizer, self._fill(self.format_assistant, messages[i + 1]["content"], tokenizer))
-                if self.append_eos and tokenizer.eos_token_id is not None:
-                    response_ids.append(tokenizer.eos_token_id)
-            pairs.append((self._encode(tokenizer, prompt), response_ids))
+        for prompt, response in self._texts(tokenizer, messages, system, tools, enable_thinking, "all"):
+            pairs.append((self._encode(tokenizer, prompt), [] if response is None else self._response_ids(tokenizer, response)))
         return pairs
 
-    def encode_supervised(
-        self, tokenizer, messages: list[dict], system: str | None, cutoff_len: int, train_on_prompt: bool = False
-    ) -> tuple[list[int], list[int]]:
-        """Token ids and labels for SFT: every assistant turn trains; prompts are masked with -100.
+    def encode_oneturn(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> tuple[list[int], list[int]]:
+        """``(prompt_ids, response_ids)`` where only the last response is the target (preference data).
 
-        Truncation to ``cutoff_len`` drops whole later turns first, then cuts the last kept turn's
-        response (never its prompt), so a kept response always has its question.
+        Earlier responses are history: reasoning templates drop their thoughts, as at inference.
         """
+        texts = self._texts(tokenizer, messages, system, tools, enable_thinking, "last")
+        if not texts or texts[-1][1] is None:
+            raise ValueError("encode_oneturn needs a conversation that ends with an assistant or function turn")
+        prompt_ids: list[int] = []
+        for prompt, response in texts[:-1]:
+            prompt_ids += self._encode(tokenizer, prompt) + self._response_ids(tokenizer, response)
+        prompt_ids += self._encode(tokenizer, texts[-1][0])
+        return prompt_ids, self._response_ids(tokenizer, texts[-1][1])
+
+    def encode_prompt(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> list[int]:
+        """Ids for generation: the history plus the last user (or observation) turn, ready for the reply.
+
+        History responses are rendered as at inference (reasoning templates drop their thoughts);
+        with ``enable_thinking=False`` a reasoning template ends the prompt with an empty thought block.
+        """
+        ids: list[int] = []
+        for prompt, response in self._prompt_texts(tokenizer, messages, system, tools, enable_thinking):
+            ids += self._encode(tokenizer, prompt)
+            if response is not None:
+                ids += self._response_ids(tokenizer, response)
+        return ids
+
+    def encode_supervised(
+        self,
+        tokenizer,
+        messages: list[dict],
+        system: str | None = None,
+        cutoff_len: int = 2048,
+        train_on_prompt: bool = False,
+        *,
+        tools: Any = None,
+        mask_history: bool = False,
+        enable_thinking: bool = True,
+    ) -> tuple[list[int], list[int]]:
+        """Token ids and labels for SFT.
+
+        Labels: prompt tokens are ``IGNORE_INDEX`` (-100) unless ``train_on_prompt``; every response
+        trains, or only the last one with ``mask_history``. EOS: with ``append_eos`` the EOS id ends
+        every response (and trains with it); with ``efficient_eos`` (LLaMA-Factory's policy) the EOS
+        is not put between turns: the label of the first prompt token after a trained response is
+        the EOS id (the model learns to stop there), and one real EOS ends the sequence.
+        ``train_on_prompt`` cannot be combined with ``efficient_eos``.
+
+        Truncation to ``cutoff_len`` (one EOS reserved for ``efficient_eos``):
+
+        - Exchanges are taken in order; with ``mask_history`` from the last one backwards, so the
+          trained exchange is always kept, and earlier exchanges are kept only whole.
+        - Each exchange gets the room left; when it does not fit, the room is split as in
+          LLaMA-Factory: a short response (under half the room) is kept whole, else a short prompt is,
+          else both are cut in proportion to their lengths.
+        - A cut prompt loses its *start* (system text, the beginning of the question), never its end,
+          so the assistant header stays right before its response; a cut response loses its end.
+        - An exchange whose response would get no token is dropped with everything after it, so a
+          prompt is never kept without its response. The exchange that was cut is the last one kept;
+          with ``efficient_eos`` the final EOS follows it only if its response was kept whole.
+
+        A conversation whose first exchange cannot keep a single response token gives no trained
+        label at all (callers drop such rows).
+        """
+        if train_on_prompt and self.efficient_eos:
+            from ..errors import TuneforgeError
+
+            raise TuneforgeError(f"template {self.name!r} uses efficient_eos, which does not support train_on_prompt")
+        turns = [(p, r) for p, r in self.encode_turns(tokenizer, messages, system, tools, enable_thinking=enable_thinking) if r]
+        eos_id = tokenizer.eos_token_id
+        final_eos = self.efficient_eos and eos_id is not None
+        budget = cutoff_len - (1 if final_eos else 0)
+        order = list(range(len(turns)))[::-1] if mask_history else list(range(len(turns)))
+        kept: dict[int, tuple[list[int], list[int], bool]] = {}
+        used = 0
+        for rank, index in enumerate(order):
+            prompt_ids, response_ids = turns[index]
+            room = budget - used
+            if room <= 0:
+                break
+            if mask_history and rank > 0:
+                if len(prompt_ids) + len(response_ids) > room:
+                    break
+                source_len, target_len = len(prompt_ids), len(response_ids)
+            else:
+                source_len, target_len = split_budget(len(prompt_ids), len(response_ids), room)
+                if target_len == 0:
+                    break
+            whole = target_len == len(response_ids)
+            kept[index] = (prompt_ids[len(prompt_ids) - source_len :], response_ids[:target_len], whole)
+            used += source_len + target_len
+            if source_len < len(prompt_ids) or not whole:
+                break
         input_ids: list[int] = []
         labels: list[int] = []
-        for prompt_ids, response_ids in self.encode_turns(tokenizer, messages, system):
-            room = cutoff_len - len(input_ids)
-            if room <= len(prompt_ids):
-                break
-            response_ids = response_ids[: room - len(prompt_ids)]
+        last = len(turns) - 1
+        previous_trained = False
+        for index in sorted(kept):
+            prompt_ids, response_ids, whole = kept[index]
+            prompt_labels = list(prompt_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
+            if self.efficient_eos and previous_trained and prompt_labels:
+                prompt_labels[0] = eos_id
+            trained = not mask_history or index == last
             input_ids += prompt_ids + response_ids
-            labels += (prompt_ids if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)) + response_ids
+            labels += prompt_labels + (list(response_ids) if trained else [IGNORE_INDEX] * len(response_ids))
+            previous_trained = trained and whole
+        if final_eos and kept and previous_trained:
+            input_ids.append(eos_id)
+            labels.append(eos_id)
         return input_ids, labels
 
-    def encode_prompt(self, tokenizer, messages: list[dict], system: str | None = None) -> list[int]:
-        """Ids for generation: the whole history plus the last user turn, ready for the reply."""
-        ids: list[int] = []
-        for prompt_ids, response_ids in self.encode_turns(tokenizer, messages, system):
-            ids += prompt_ids + response_ids
-        return ids
-
     def stop_token_ids(self, tokenizer) -> list[int]:
+        """EOS plus every stop word that is a single token of this tokenizer."""
         ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         for word in self.stop_words:
-            token_id = tokenizer.convert_tokens_to_ids(word)
-            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in ids:
+            token_id = _single_token_id(tokenizer, word)
+            if token_id is not None and token_id not in ids:
                 ids.append(token_id)
         return ids
+
+    # ------------------------------------------------------------------ jinja
+
+    def to_jinja(self) -> str:
+        """A Hugging Face chat template (Jinja) that renders like :meth:`render_prompt`.
+
+        Understands ``system``/``user``/``assistant`` messages, Hugging Face tool calls
+        (``assistant`` with ``tool_calls``, results as ``tool`` messages; ``observation`` works too), the
+        ``tools`` argument, and ``enable_thinking`` for reasoning templates. ``add_generation_prompt``
+        adds nothing of its own (our user slot already opens the assistant turn), except the empty
+        thought block when ``enable_thinking`` is false. A ``function`` message is written through
+        the function slot as it is (Jinja cannot parse its JSON).
+        """
+        j = _JinjaWriter(self)
+        return j.build()
+
+    def apply_to_tokenizer(self, tokenizer) -> None:
+        """Write :meth:`to_jinja` into ``tokenizer.chat_template`` (and, for ``replace_eos`` templates,
+        make the first stop word the tokenizer's EOS when it is already one token of the vocabulary),
+        so a saved tokenizer renders at inference exactly what training rendered."""
+        tokenizer.chat_template = self.to_jinja()
+        if self.replace_eos and self.stop_words:
+            word = self.stop_words[0]
+            if tokenizer.eos_token != word and _single_token_id(tokenizer, word) is not None:
+                tokenizer.eos_token = word
+
+
+def split_budget(source_len: int, target_len: int, room: int) -> tuple[int, int]:
+    """How many prompt and response tokens of one exchange fit in ``room`` (LLaMA-Factory's rule)."""
+    if target_len * 2 < room:
+        max_target = room
+    elif source_len * 2 < room:
+        max_target = room - source_len
+    else:
+        max_target = int(room * (target_len / max(source_len + target_len, 1)))
+    new_target = min(max_target, target_len)
+    new_source = min(max(room - new_target, 0), source_len)
+    return new_source, new_target
+
+
+def _single_token_id(tokenizer, word: str) -> int | None:
+    token_id = tokenizer.convert_tokens_to_ids(word)
+    if not isinstance(token_id, int) or token_id < 0:
+        return None
+    if getattr(tokenizer, "unk_token_id", None) is not None and token_id == tokenizer.unk_token_id and word != tokenizer.unk_token:
+        return None
+    return token_id
+
+
+def _jinja_str(text: str) -> str:
+    """A Jinja string literal (Jinja unescapes literals with Python's unicode-escape)."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return "'" + escaped + "'"
+
+
+class _JinjaWriter:
+    """Turns a Template's slots into one Jinja chat template. Every output is a ``{{- ... -}}`` or
+    ``{%- ... -%}`` tag, so Hugging Face's trim/lstrip settings cannot add whitespace."""
+
+    def __init__(self, template: Template):
+        self.t = template
+
+    def expr(self, slot: str, variables: dict[str, str]) -> str:
+        pieces, pos = [], 0
+        for match in _PLACEHOLDER.finditer(slot):
+            if match.start() > pos:
+                pieces.append(_jinja_str(slot[pos : match.start()]))
+            pieces.append("(" + variables[match.group(1)] + ")")
+            pos = match.end()
+        if pos < len(slot):
+            pieces.append(_jinja_str(slot[pos:]))
+        return " ~ ".join(pieces) if pieces else "''"
+
+    def msg(self, slot: str, content: str, idx: str = "0") -> str:
+        return self.expr(slot, {"content": content, "bos_token": "_bos", "eos_token": "_eos", "idx": idx})
+
+    def build(self) -> str:
+        t = self.t
+        eos_after = " ~ _eos" if t.append_eos else ""
+        out = [
+            "{%- set _bos = bos_token if bos_token is defined and bos_token is not none else '' -%}",
+            "{%- set _eos = eos_token if eos_token is defined and eos_token is not none else '' -%}",
+            "{%- set ns = namespace(system=" + _jinja_str(t.default_system) + ", items='', names='') -%}",
+            "{%- if messages and messages[0]['role'] == 'system' -%}",
+            "{%- if messages[0]['content'] -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}",
+            "{%- set loop_messages = messages[1:] -%}",
+            "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}",
+            # tools offered
+            "{%- if tools is defined and tools -%}",
+            "{%- for _t in tools -%}",
+            "{%- if _t['type'] is defined and _t['type'] == 'function' and _t['function'] is defined -%}"
+            "{%- set _fn = _t['function'] -%}{%- else -%}{%- set _fn = _t -%}{%- endif -%}",
+        ]
+        if t.tool_wrap_function:
+            out.append("{%- if _t['type'] is defined and _t['type'] == 'function' -%}{%- set _shown = _t -%}"
+                       "{%- else -%}{%- set _shown = {'type': 'function', 'function': _t} -%}{%- endif -%}")
+        else:
+            out.append("{%- set _shown = _fn -%}")
+        indent = "" if t.tool_json_indent is None else f"(indent={int(t.tool_json_indent)})"
+        item = self.expr(t.format_tool, {
+            "tool": f"_shown | tojson{indent}",
+            "name": "_fn['name'] if _fn['name'] is defined else ''",
+            "description": "_fn['description'] if _fn['description'] is defined else ''",
+            "parameters": "(_fn['parameters'] if _fn['parameters'] is defined else {}) | tojson",
+        })
+        out += [
+            "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_separator) + " if not loop.first else '') ~ " + item + " -%}",
+            "{%- set ns.names = ns.names ~ (', ' if not loop.first else '') ~ (_fn['name'] if _fn['name'] is defined else '') -%}",
+            "{%- endfor -%}",
+            "{%- set _tools_text = " + self.expr(t.format_tools, {"content": "ns.items", "tool_names": "ns.names"}) + " -%}",
+            "{%- if ns.system -%}{%- set ns.system = ns.system ~ " + _jinja_str(t.system_tools_separator) + " ~ _tools_text -%}"
+            "{%- else -%}{%- set ns.system = _tools_text -%}{%- endif -%}",
+            "{%- endif -%}",
+        ]
+        if t.format_prefix:
+            out.append("{{- " + self.msg(t.format_prefix, "''") + " -}}")
+        if not t.system_in_user:
+            out.append("{%- if ns.system -%}{{- " + self.msg(t.format_system, "ns.system") + " -}}{%- endif -%}")
+        out += [
+            "{%- for message in loop_messages -%}",
+            "{%- set content = message['content'] if message['content'] is string else '' -%}",
+        ]
+        if t.system_in_user:
+            out.append("{%- if loop.first and ns.system -%}{%- set content = " + self.msg(t.format_system, "ns.system") + " ~ content -%}{%- endif -%}")
+        idx = "(loop.index0 // 2) | string"
+        out += [
+            "{%- if message['role'] == 'user' -%}",
+            "{{- " + self.msg(t.format_user, "content", idx) + " -}}",
+            "{%- elif message['role'] == 'tool' or message['role'] == 'observation' -%}",
+            "{{- " + self.msg(t.format_observation or t.format_user, "content", idx) + " -}}",
+            "{%- elif message['role'] == 'assistant' or message['role'] == 'function' -%}",
+        ]
+        if t.reasoning:
+            open_tag, close_tag = (_jinja_str(w.strip()) for w in t.thought_words)
+            out += [
+                "{%- set _last = loop.last -%}",
+                "{%- if not _last or (enable_thinking is defined and enable_thinking is false) -%}",
+                "{%- if " + close_tag + " in content -%}{%- set content = content.split(" + close_tag + ")[-1].lstrip('\\n') -%}{%- endif -%}",
+                "{%- endif -%}",
+                "{%- if _last and " + open_tag + " not in content and " + close_tag + " not in content -%}"
+                "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}",
+            ]
+        call = self.expr(t.format_tool_call, {
+            "name": "_c['name']",
+            "arguments": "_c['arguments'] if _c['arguments'] is string else (_c['arguments'] | tojson)",
+        })
+        many = t.format_tool_calls_many if t.format_tool_calls_many is not None else t.format_tool_calls
+        function_slot = t.format_function or t.format_assistant
+        out += [
+            "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}",
+            "{%- set ns.items = '' -%}",
+            "{%- for _tc in message['tool_calls'] -%}",
+            "{%- set _c = _tc['function'] if _tc['function'] is defined else _tc -%}",
+            "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_call_separator) + " if not loop.first else '') ~ " + call + " -%}",
+            "{%- endfor -%}",
+            "{%- if message['tool_calls'] | length > 1 -%}{%- set _calls = " + self.expr(many, {"content": "ns.items"}) + " -%}"
+            "{%- else -%}{%- set _calls = " + self.expr(t.format_tool_calls, {"content": "ns.items"}) + " -%}{%- endif -%}",
+            "{{- " + self.msg(function_slot, "_calls") + eos_after + " -}}",
+            "{%- elif message['role'] == 'function' -%}",
+            "{{- " + self.msg(function_slot, "content") + eos_after + " -}}",
+            "{%- else -%}",
+            "{{- " + self.msg(t.format_assistant, "content") + eos_after + " -}}",
+            "{%- endif -%}",
+            "{%- endif -%}",
+            "{%- endfor -%}",
+        ]
+        if t.reasoning:
+            out.append("{%- if add_generation_prompt and enable_thinking is defined and enable_thinking is false -%}"
+                       "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}")
+        return "\n".join(out) + "\n"
+
+
+#: Every key a template definition may use (the Template fields but ``name``).
+KEYS = tuple(f.name for f in fields(Template) if f.name != "name")

@@ -1,10 +1,11 @@
 """The built-in chat templates: every templates/*.yaml file becomes a ChatTemplateSpec.
 
-Adding a model family is adding a YAML file; no code changes.
+Adding a model family is adding a YAML file (keys: docs/templates.md); no code changes.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 
 import yaml
@@ -12,12 +13,18 @@ import yaml
 from tuneforge import ChatTemplateSpec, hookimpl
 
 
-def _definitions() -> dict[str, dict]:
-    out = {}
+@lru_cache(maxsize=1)
+def _load() -> tuple[tuple[str, dict], ...]:
+    out = []
     for item in sorted(resources.files("tuneforge.templates").iterdir(), key=lambda p: p.name):
         if item.name.endswith(".yaml"):
-            out[item.name[: -len(".yaml")]] = yaml.safe_load(item.read_text(encoding="utf-8")) or {}
-    return out
+            out.append((item.name[: -len(".yaml")], yaml.safe_load(item.read_text(encoding="utf-8")) or {}))
+    return tuple(out)
+
+
+def _definitions() -> dict[str, dict]:
+    """Template name -> its definition (a fresh copy; the YAML files are read once)."""
+    return {name: dict(d) for name, d in _load()}
 
 
 @hookimpl
@@ -28,16 +35,28 @@ def tuneforge_chat_templates():
     ]
 
 
+def detect_template(source: str, definitions: dict[str, dict]) -> str | None:
+    """The template whose ``detect`` markers all occur in ``source``; the most specific one wins.
+
+    Specificity is the number of markers, then their total length (so ``qwen``'s two markers beat
+    ``chatml``'s one on a Qwen template); a template without markers is never detected.
+    """
+    best, best_score = None, (0, 0)
+    for name, d in sorted(definitions.items()):
+        markers = d.get("detect") or []
+        if markers and all(m in source for m in markers):
+            score = (len(markers), sum(len(m) for m in markers))
+            if score > best_score:
+                best, best_score = name, score
+    return best
+
+
 @hookimpl(trylast=True)
 def tuneforge_detect_template(tokenizer):
     """Match the tokenizer's own Jinja template against each definition's ``detect`` markers."""
     source = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(source, dict):  # named templates: {"default": ..., "tool_use": ...}
+        source = source.get("default") or ""
     if not isinstance(source, str) or not source:
         return None
-    best, best_hits = None, 0
-    for name, d in _definitions().items():
-        markers = d.get("detect") or []
-        hits = sum(1 for m in markers if m in source)
-        if markers and hits == len(markers) and hits > best_hits:
-            best, best_hits = name, hits
-    return best
+    return detect_template(source, _definitions())

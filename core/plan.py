@@ -34,6 +34,9 @@ class Plan:
     template: SpecEntry | None  # None: inferred from the tokenizer at run time
     datasets: list[DatasetPlan] = field(default_factory=list)
     eval_datasets: list[DatasetPlan] = field(default_factory=list)
+    #: The checkpoint is already quantized (its config.json has a quantization_config); the quantizer,
+    #: if any, is the plugin that recognised it.
+    prequantized: str | None = None
 
     def entries(self) -> list[SpecEntry]:
         out = [self.loader, self.quantizer, self.method, self.template, self.stage]
@@ -43,7 +46,11 @@ class Plan:
     def describe(self) -> list[tuple[str, str, str]]:
         """(role, name, provider) rows for printing."""
         rows = [("loader", self.loader.name, self.loader.provider)]
-        rows.append(("quantizer", self.quantizer.name, self.quantizer.provider) if self.quantizer else ("quantizer", "none", "-"))
+        if self.prequantized:
+            who = self.quantizer.name if self.quantizer else "no installed plugin recognises it"
+            rows.append(("quantizer", f"checkpoint already quantized ({self.prequantized}); {who}", self.quantizer.provider if self.quantizer else "-"))
+        else:
+            rows.append(("quantizer", self.quantizer.name, self.quantizer.provider) if self.quantizer else ("quantizer", "none", "-"))
         rows.append(("method", self.method.name, self.method.provider))
         if self.template:
             rows.append(("template", self.template.name, self.template.provider))
@@ -130,7 +137,18 @@ def _resolve_plan(config: Config, manager: PluginManager) -> tuple[Plan | None, 
         method = _select(manager, "method", "finetuning_type", config, problems)
     loader = _select(manager, "loader", "model_loader", config, problems)
     quantizer = None
-    if config.quantization_bit is not None:
+    prequantized = _checkpoint_quantization(config)
+    if prequantized is not None:
+        quant_method = str(prequantized.get("quant_method", "unknown"))
+        if config.quantization_bit is not None:
+            problems.append(Problem("quantization_bit", f"{config.model_name_or_path} is already quantized ({quant_method}); remove quantization_bit (and quantization_method) to train on it as it is", config.where("quantization_bit")))
+        for entry in manager.entries("quantizer"):
+            if entry.spec.recognizes is not None and entry.spec.recognizes(prequantized):
+                quantizer = entry
+                if entry.status != "active":
+                    problems.append(Problem("model_name_or_path", f"the checkpoint is quantized with {quant_method}; quantizer '{entry.name}' is {entry.status}"))
+                break
+    elif config.quantization_bit is not None:
         quantizer = _select(manager, "quantizer", "quantization_method", config, problems)
         if quantizer and quantizer.spec.bits and config.quantization_bit not in quantizer.spec.bits:
             problems.append(Problem("quantization_bit", f"{quantizer.name} supports {', '.join(map(str, quantizer.spec.bits))} bits, not {config.quantization_bit}", config.where("quantization_bit")))
@@ -156,7 +174,24 @@ def _resolve_plan(config: Config, manager: PluginManager) -> tuple[Plan | None, 
     eval_sets = datasets("eval_dataset")
     if None in (stage, method, loader):
         return None, problems
-    return Plan(stage, method, loader, quantizer, template, train_sets, eval_sets), problems
+    plan = Plan(stage, method, loader, quantizer, template, train_sets, eval_sets)
+    plan.prequantized = str(prequantized.get("quant_method", "unknown")) if prequantized is not None else None
+    return plan, problems
+
+
+def _checkpoint_quantization(config: Config) -> dict | None:
+    """The quantization_config of a local checkpoint's config.json, read without transformers."""
+    import json
+
+    path = config.model_name_or_path
+    if not path or not (Path(path) / "config.json").is_file():
+        return None
+    try:
+        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    quantization = data.get("quantization_config")
+    return quantization if isinstance(quantization, dict) else None
 
 
 def _warnings(config: Config, plan: Plan, manager: PluginManager) -> list[str]:

@@ -100,12 +100,17 @@ class QuantizerSpec(PluginSpec):
 
     ``load_kwargs(ctx)`` returns extra ``from_pretrained`` keyword arguments (e.g. a
     ``quantization_config``); ``after_load(ctx, model)`` may rewrite the loaded model and returns it.
+    ``recognizes(quantization_config)`` says whether a checkpoint's own ``quantization_config`` (from
+    its config.json) was written by this method, so an already-quantized model is planned without any key.
+    ``export_quantize(ctx, model_dir, out_dir)`` quantizes a saved model for `tuneforge export`.
     """
 
     kind: ClassVar[str] = "quantizer"
     bits: tuple[int, ...] = ()
     load_kwargs: Callable[[Any], dict] | None = None
     after_load: Callable[[Any, Any], Any] | None = None
+    recognizes: Callable[[dict], bool] | None = None
+    export_quantize: Callable[[Any, str, str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from .config.loader import parse_overrides, read_config_file
 from .config.model import Config
 from .config.validate import declared_defaults, validate_values
-from .data.registry import DatasetAttr, resolve_datasets
+from .data.registry import DatasetAttr, data_problems, resolve_datasets
 from .errors import ConfigError, PluginError, Problem
 from .plugin_manager import PluginManager, SpecEntry, split_names
 
@@ -37,9 +37,11 @@ class Plan:
     #: The checkpoint is already quantized (its config.json has a quantization_config); the quantizer,
     #: if any, is the plugin that recognised it.
     prequantized: str | None = None
+    #: The inference engine (``infer_backend``); planned only for chat, api and predictions.
+    engine: SpecEntry | None = None
 
     def entries(self) -> list[SpecEntry]:
-        out = [self.loader, self.quantizer, self.method, self.template, self.stage]
+        out = [self.loader, self.quantizer, self.method, self.template, self.stage, self.engine]
         out += [d.format for d in self.datasets + self.eval_datasets]
         return [e for e in out if e is not None]
 
@@ -61,6 +63,8 @@ class Plan:
                 fmt = f"{d.format.name} [{d.format.provider}]" if d.format else "format detected from the file"
                 rows.append((label, f"{d.attr.name} ({d.attr.source}: {d.attr.path})", fmt))
         rows.append(("stage", self.stage.name, self.stage.provider))
+        if self.engine is not None:
+            rows.append(("engine", self.engine.name, self.engine.provider))
         return rows
 
 
@@ -79,7 +83,10 @@ def prepare(
     manager: PluginManager | None = None,
     blocked: list[str] = (),
     require: tuple[str, ...] = ("model_name_or_path",),
+    inference: bool = False,
 ) -> Prepared:
+    """Read, validate and resolve a config. ``inference=True`` (chat, api, predict) also plans the
+    inference engine selected by ``infer_backend``."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -98,8 +105,9 @@ def prepare(
         if config.get(key) in (None, ""):
             problems.append(Problem(key, "is required"))
 
-    plan, plan_problems = _resolve_plan(config, manager)
+    plan, plan_problems = _resolve_plan(config, manager, inference=inference)
     problems += plan_problems
+    problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
     if plan is not None:
         for entry in plan.entries():
             if entry.spec.validate is not None:
@@ -126,7 +134,7 @@ def _select(manager: PluginManager, kind: str, key: str, config: Config, problem
         return None
 
 
-def _resolve_plan(config: Config, manager: PluginManager) -> tuple[Plan | None, list[Problem]]:
+def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = False) -> tuple[Plan | None, list[Problem]]:
     problems: list[Problem] = []
     stage = _select(manager, "stage", "stage", config, problems)
     # A method's own flag (LLaMA-Factory's use_galore: true) selects it over finetuning_type.
@@ -172,9 +180,11 @@ def _resolve_plan(config: Config, manager: PluginManager) -> tuple[Plan | None, 
 
     train_sets = datasets("dataset")
     eval_sets = datasets("eval_dataset")
-    if None in (stage, method, loader):
+    engine = _select(manager, "engine", "infer_backend", config, problems) if inference else None
+    if None in (stage, method, loader) or (inference and engine is None):
         return None, problems
     plan = Plan(stage, method, loader, quantizer, template, train_sets, eval_sets)
+    plan.engine = engine
     plan.prequantized = str(prequantized.get("quant_method", "unknown")) if prequantized is not None else None
     return plan, problems
 

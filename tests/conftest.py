@@ -12,6 +12,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD", "1")
+# Tokenised-data cache: one fresh folder per test session, never the user's ~/.cache.
+if "TUNEFORGE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["TUNEFORGE_CACHE"] = tempfile.mkdtemp(prefix="tuneforge-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

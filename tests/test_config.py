@@ -33,8 +33,11 @@ def test_llamafactory_example_parses_unchanged_but_for_paths(tiny_model, manager
     rows = {role: name for role, name, _ in prepared.plan.describe() if role != "dataset"}
     assert rows["method"] == "lora" and rows["template"] == "llama3" and rows["stage"] == "sft"
     assert [d.attr.name for d in prepared.plan.datasets] == ["identity", "alpaca_en_demo"]
-    # keys accepted for compatibility but not acted on are said out loud
-    assert any(w.startswith("preprocessing_num_workers") for w in prepared.warnings)
+    # LLaMA-Factory's example sets nothing we ignore
+    assert prepared.warnings == []
+    # a key accepted for compatibility but not acted on is said out loud
+    prepared = prepare(LF_EXAMPLE, [f"model_name_or_path={tiny_model}", f"dataset_dir={ANCHOR}", "use_llama_pro=true"], manager=manager)
+    assert any(w.startswith("use_llama_pro") and "has no effect" in w for w in prepared.warnings)
 
 
 def test_three_mistakes_reported_in_one_message(tmp_path, manager):

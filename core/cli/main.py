@@ -14,7 +14,11 @@ from ..errors import TuneforgeError
 SUBCOMMANDS = {
     "train": "train",
     "check": "check",
+    "data": "data",
     "chat": "chat",
+    "api": "api",
+    "eval": "eval",
+    "export": "export",
     "plugins": "plugins",
     "show": "show",
     "tiny-model": "tiny_model",

@@ -1,17 +1,41 @@
 """Build what a stage trains on: examples -> features (ids, labels) -> train/eval splits + collator.
 
-Stages call :func:`build_datasets` with the kind of rows they consume; everything about files,
-formats, templates, truncation, packing and caching stays behind it.
+Stages call :func:`build_datasets` with the kind of rows they consume ("text", "supervised",
+"pairwise", "kto"); everything about files, formats, templates, truncation, packing and caching
+stays behind it. The order, as in LLaMA-Factory:
+
+1. ``tokenized_path`` that exists: load it and skip everything else;
+2. ``streaming``: an ``IterableDataset`` read, converted and tokenised lazily (needs max_steps);
+3. otherwise the cache (cache.py) or: read and convert every dataset (bad rows reported together),
+   mix them (``mix_strategy``: concat, interleave_under, interleave_over with ``interleave_probs``),
+   tokenise with ``datasets.map(batched=True, num_proc=preprocessing_num_workers)``, pack, and save
+   the result in the cache;
+4. hold out ``val_size`` (a fraction, or a row count) when no eval_dataset is named;
+5. ``tokenized_path`` that does not exist yet: save train/validation there.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
-from .loading import load_examples
+from ..errors import ConfigError, DataError
+from . import cache
+from .collator import COLLATORS
+from .loading import load_examples, skip_summary, stream_examples
+from .packing import pack_batch
+from .registry import data_problems, interleave_probabilities
 from .template import IGNORE_INDEX
-from .tokenize import pretrain_features, split_eval, supervised_features
+from .tokenize import BATCH_FUNCTIONS, Settings, text_batch
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,43 +45,225 @@ class DatasetSplits:
     collator: Any
 
 
-class PadCollator:
-    """Right-pads input_ids/attention_mask/labels of a batch to its longest row."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, features):
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": [], "attention_mask": [], "labels": []}
-        for f in features:
-            pad = width - len(f["input_ids"])
-            batch["input_ids"].append(f["input_ids"] + [self.pad_token_id] * pad)
-            batch["attention_mask"].append(f["attention_mask"] + [0] * pad)
-            batch["labels"].append(f["labels"] + [IGNORE_INDEX] * pad)
-        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+def _say(message: str) -> None:
+    logger.info(message)
+    print(message, flush=True)
 
 
-def _featurize(ctx, kind: str, examples: list[dict]) -> list[dict]:
-    config = ctx.config
+def make_collator(ctx, kind: str):
+    pad = ctx.tokenizer.pad_token_id
+    label_pad = IGNORE_INDEX if ctx.config.ignore_pad_token_for_loss else pad
+    return COLLATORS[kind](pad, label_pad_token_id=label_pad)
+
+
+def featurizer(ctx, kind: str, settings: Settings):
+    """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``."""
     if kind == "text":
-        return pretrain_features(examples, ctx.tokenizer, cutoff_len=config.cutoff_len)
-    if kind == "supervised":
-        return supervised_features(
-            examples, ctx.template, ctx.tokenizer,
-            cutoff_len=config.cutoff_len, train_on_prompt=config.train_on_prompt, default_system=config.default_system,
-        )
-    raise ValueError(f"no featurizer for data kind '{kind}'")
+        return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings)
+    if kind not in BATCH_FUNCTIONS:
+        raise ValueError(f"no featurizer for data kind '{kind}'")
+    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings)
+
+
+def _examples_dataset(examples: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"_example": [json.dumps(e, ensure_ascii=False) for e in examples]})
+
+
+def _mix(parts: list, config, strategy: str | None = None):
+    """One dataset from several: concatenated, or interleaved (under: stop at the first exhausted,
+    over: oversample until all are exhausted), as LLaMA-Factory's merge_dataset does."""
+    from datasets import concatenate_datasets, interleave_datasets
+
+    strategy = strategy or config.mix_strategy
+    if len(parts) == 1:
+        return parts[0]
+    if strategy == "concat":
+        return concatenate_datasets(parts)
+    return interleave_datasets(
+        parts, probabilities=interleave_probabilities(config), seed=config.seed,
+        stopping_strategy="first_exhausted" if strategy == "interleave_under" else "all_exhausted",
+    )
+
+
+def _map_kwargs(config, rows: int | None, fingerprint: str) -> dict:
+    kwargs: dict[str, Any] = {"batched": True, "batch_size": config.preprocessing_batch_size}
+    if rows is None:  # IterableDataset: lazy, no workers, no progress bar
+        return kwargs
+    # Each worker gets at least one whole batch, and no more workers than cores: for small data,
+    # starting processes costs more than it saves.
+    batches = -(-rows // max(1, config.preprocessing_batch_size))
+    workers = min(config.preprocessing_num_workers or 1, os.cpu_count() or 1, batches)
+    if workers > 1:
+        kwargs["num_proc"] = workers
+    kwargs.update(load_from_cache_file=False, new_fingerprint=fingerprint)
+    return kwargs
+
+
+def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str):
+    """Tokenise (and pack) a dataset of JSON examples; report rows that lose every trained token."""
+    config = ctx.config
+    features = raw.map(featurizer(ctx, kind, settings), remove_columns=["_example"], desc=f"Tokenising {label}",
+                       **_map_kwargs(config, len(raw), f"{fingerprint[:24]}-{label.split()[0]}-tokens"))
+    if kind != "text":
+        dropped = len(raw) - len(features)
+        if dropped:
+            _say(f"{label}: {dropped} of {len(raw)} row(s) dropped: no response token is left within cutoff_len={settings.cutoff_len} "
+                 f"(the prompt alone fills it); raise cutoff_len to keep them")
+        if not len(features):
+            raise DataError(f"{label}: no row has a response token within cutoff_len={settings.cutoff_len}; raise cutoff_len "
+                            f"(`tuneforge data CONFIG` shows the token lengths)")
+    if settings.packing and kind == "supervised":
+        before = len(features)
+        features = features.map(partial(pack_batch, cutoff_len=settings.cutoff_len, neat=settings.neat_packing),
+                                desc=f"Packing {label}", **_map_kwargs(config, before, f"{fingerprint[:24]}-{label.split()[0]}-packed"))
+        _say(f"{label}: packed {before} samples into {len(features)} rows of at most {settings.cutoff_len} tokens"
+             + (" (neat: no attention across samples)" if settings.neat_packing else ""))
+    return features
+
+
+def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tuple[Any, list[str]]:
+    """``(DatasetDict with "train" and maybe "eval", notes)`` from the files, without any cache."""
+    from datasets import DatasetDict
+
+    fingerprint = fingerprint or uuid.uuid4().hex
+    notes: list[str] = []
+    out = {}
+    for split, plans in (("train", ctx.plan.datasets), ("eval", ctx.plan.eval_datasets)):
+        if not plans:
+            continue
+        results = load_examples(ctx, plans, kind)
+        notes += [skip_summary(r) for r in results if r.bad]
+        parts = [_examples_dataset(r.examples) for r in results]
+        raw = _mix(parts, ctx.config, strategy=None if split == "train" else "concat")
+        out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data", fingerprint)
+    if "train" not in out:
+        raise DataError("no training dataset: set dataset: (names from dataset_info.json, or a data file)")
+    return DatasetDict(out), notes
+
+
+@contextmanager
+def _main_process_first(config):
+    """Under torchrun, one process per node (or one in all, data_shared_file_system) builds the cache
+    while the others wait, then load it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.main_process_first() if config.data_shared_file_system else state.local_main_process_first():
+        yield
+
+
+def cached_features(ctx, kind: str, settings: Settings):
+    """The features from the cache when an entry matches, else built and stored."""
+    config = ctx.config
+    key, parts = cache.cache_key(ctx, kind, settings)
+    path = cache.entry_path(key) if key else None
+    if path is not None and not config.overwrite_cache:
+        found = cache.load(path)
+        if found is not None:
+            features, meta = found
+            _say(f"loaded tokenised dataset from cache {path}")
+            for note in meta.get("notes", []):
+                _say(f"{note} [when the cache was built]")
+            return features
+    features, notes = preprocess(ctx, kind, settings, fingerprint=key or "")
+    if path is None:
+        _say("tokenised data is not cached: hub datasets cannot be hashed before download")
+        return features
+    cache.save(path, features, {"key": key, "inputs": parts, "notes": notes, "rows": {k: len(v) for k, v in features.items()}})
+    _say(f"saved tokenised dataset to cache {path} (set overwrite_cache: true to rebuild)")
+    return features
+
+
+def _split(train, val_size, seed: int):
+    count = int(val_size) if val_size >= 1 else val_size
+    if isinstance(count, int) and count >= len(train):
+        raise DataError(f"val_size={val_size} holds out every one of the {len(train)} training rows")
+    split = train.train_test_split(test_size=count, seed=seed)
+    return split["train"], split["test"]
+
+
+def _load_tokenized(path: str):
+    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+
+    data = load_from_disk(path)
+    if isinstance(data, Dataset):
+        return data, None
+    if not isinstance(data, DatasetDict) or "train" not in data:
+        raise DataError(f"tokenized_path {path} holds no 'train' split (it should be a saved DatasetDict)")
+    evals = [data[k] for k in sorted(data) if k == "validation" or k == "eval" or k.startswith("validation_")]
+    return data["train"], (concatenate_datasets(evals) if len(evals) > 1 else evals[0] if evals else None)
+
+
+def _streaming_source(token: str, kind: str, index: int, split: str):
+    ctx = _STREAMS[token]
+    plans = ctx.plan.datasets if split == "train" else ctx.plan.eval_datasets
+    for example in stream_examples(ctx, plans[index], kind):
+        yield {"_example": json.dumps(example, ensure_ascii=False)}
+
+
+#: Run contexts of the streams in flight: the generator `datasets` calls takes a token, not the
+#: context, so nothing heavy is hashed or pickled. Kept for the life of the process: the stream may
+#: be iterated again (every epoch, every evaluation) as long as its dataset exists.
+_STREAMS: dict[str, Any] = {}
+
+
+def _streaming(ctx, kind: str, settings: Settings) -> tuple[Any, Any]:
+    from datasets import IterableDataset
+
+    config = ctx.config
+    token = uuid.uuid4().hex
+    _STREAMS[token] = ctx
+    out = {}
+    for split, plans in (("train", ctx.plan.datasets), ("eval", ctx.plan.eval_datasets)):
+        if not plans:
+            continue
+        parts = [IterableDataset.from_generator(_streaming_source, gen_kwargs={"token": token, "kind": kind, "index": i, "split": split})
+                 for i in range(len(plans))]
+        raw = _mix(parts, config, strategy=None if split == "train" else "concat")
+        features = raw.map(featurizer(ctx, kind, settings), remove_columns=["_example"], **_map_kwargs(config, None, ""))
+        if settings.packing and kind == "supervised":
+            features = features.map(partial(pack_batch, cutoff_len=settings.cutoff_len, neat=settings.neat_packing),
+                                    **_map_kwargs(config, None, ""))
+        out[split] = features
+    train, evaluation = out["train"], out.get("eval")
+    if evaluation is None and config.val_size:
+        train = train.shuffle(buffer_size=config.buffer_size, seed=config.seed)
+        evaluation, train = train.take(int(config.val_size)), train.skip(int(config.val_size))
+    _say("streaming the training data: rows are read, converted and tokenised as training consumes them")
+    return train, evaluation
 
 
 def build_datasets(ctx, kind: str) -> DatasetSplits:
-    """Train and eval features for ``kind`` ("text" or "supervised"), with val_size held out."""
+    """Train and eval features for ``kind``, with val_size held out, and the collator for them."""
     config = ctx.config
-    train = _featurize(ctx, kind, load_examples(ctx, ctx.plan.datasets))
-    evaluation = _featurize(ctx, kind, load_examples(ctx, ctx.plan.eval_datasets)) if ctx.plan.eval_datasets else []
-    if not evaluation and config.val_size:
-        train, evaluation = split_eval(train, config.val_size, config.seed)
-    print(f"training rows: {len(train)}" + (f", evaluation rows: {len(evaluation)}" if evaluation else ""))
-    return DatasetSplits(train, evaluation or None, PadCollator(ctx.tokenizer.pad_token_id))
+    problems = data_problems(config, kind)
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings.from_config(config, kind)
+    collator = make_collator(ctx, kind)
+    tokenized = config.tokenized_path
+    if tokenized and Path(tokenized).is_dir() and any(Path(tokenized).iterdir()):
+        train, evaluation = _load_tokenized(tokenized)
+        _say(f"loaded tokenised dataset from {tokenized} (tokenized_path: the dataset, template and cutoff settings are not re-applied)")
+        return DatasetSplits(train, evaluation, collator)
+    if config.streaming:
+        train, evaluation = _streaming(ctx, kind, settings)
+        return DatasetSplits(train, evaluation, collator)
+
+    with _main_process_first(config):
+        features = cached_features(ctx, kind, settings)
+    train, evaluation = features["train"], features["eval"] if "eval" in features else None
+    if evaluation is None and config.val_size:
+        train, evaluation = _split(train, config.val_size, config.seed)
+    if tokenized:
+        from datasets import DatasetDict
+
+        DatasetDict({"train": train, **({"validation": evaluation} if evaluation is not None else {})}).save_to_disk(tokenized)
+        _say(f"saved tokenised dataset to {tokenized}; runs with tokenized_path: {tokenized} load it and skip preprocessing")
+    _say(f"training rows: {len(train)}" + (f", evaluation rows: {len(evaluation)}" if evaluation is not None else ""))
+    return DatasetSplits(train, evaluation, collator)

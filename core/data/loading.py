@@ -1,103 +1,245 @@
 """Read dataset files, convert each row with its format plugin, and report bad rows precisely.
 
-Every bad row is reported as ``file:row N: field: reason`` (up to a limit, all in one error); with
-``skip_bad_rows: true`` they are dropped and counted instead. Nothing is dropped silently.
+Every bad row is reported as ``file: row N: field: reason`` (N counts the rows of that file from 1;
+up to a limit per dataset, every dataset in one error). With ``skip_bad_rows: true`` they are dropped,
+and how many and why is printed. Nothing is dropped silently, and no error is ever a bare
+"no valid samples".
+
+Local json, jsonl and txt are read here directly (so a row with a wrong type is reported as that row,
+not as an Arrow schema error for the whole file); csv, parquet and arrow go through `datasets`, as
+do hub datasets.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import DataError, RowError, TuneforgeError
-from .registry import DatasetAttr
+from .example import check_example, kind_of
+from .registry import DATA_FILE_SUFFIXES, DatasetAttr
 
 logger = logging.getLogger(__name__)
 MAX_REPORTED_ROWS = 20
+_DATASETS_BUILDERS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 
 
-def read_rows(attr: DatasetAttr) -> list[dict]:
-    """All rows of a dataset as dicts. Local files are read directly; hub ids go through `datasets`."""
-    if attr.source != "file":
-        return _read_hub(attr)
+@dataclass(frozen=True)
+class BadRow:
+    file: str
+    row: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: row {self.row}: {self.field}: {self.reason}"
+
+
+@dataclass
+class Rows:
+    """The raw rows of one dataset and the file each came from."""
+
+    rows: list[Any] = field(default_factory=list)
+    files: list[tuple[int, str]] = field(default_factory=list)  # (index of the file's first row, path)
+
+    def add(self, path: str, rows: list[Any]) -> None:
+        self.files.append((len(self.rows), path))
+        self.rows += rows
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """(file, 1-based row number within that file) of row ``index``."""
+        start, path = 0, ""
+        for first, name in self.files:
+            if first > index:
+                break
+            start, path = first, name
+        return path, index - start + 1
+
+
+@dataclass
+class Converted:
+    """One dataset after conversion: the examples kept and the rows that failed."""
+
+    attr: DatasetAttr
+    examples: list[dict]
+    checked: int  # rows converted (after num_samples / max_samples)
+    total: int  # rows in the files
+    bad: list[BadRow]
+
+    def reasons(self) -> list[tuple[str, int]]:
+        """("field: reason", count) of the bad rows, most frequent first."""
+        return Counter(f"{b.field}: {b.reason}" for b in self.bad).most_common()
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _files(attr: DatasetAttr) -> list[Path]:
     path = Path(attr.path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    rows: list[dict] = []
-    for file in files:
-        rows += _read_file(file)
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    unsupported = [p.name for p in files if p.suffix.lower() not in DATA_FILE_SUFFIXES]
+    if unsupported:
+        raise DataError(f"dataset '{attr.name}': {path} holds files of unsupported types: {', '.join(unsupported[:5])} "
+                        f"(json, jsonl, csv, parquet, arrow, txt)")
+    if not files:
+        raise DataError(f"dataset '{attr.name}': folder {path} holds no data files")
+    return files
+
+
+def data_files(attr: DatasetAttr) -> list[Path]:
+    """The local files of a dataset (empty for hub datasets)."""
+    return _files(attr) if attr.source == "file" else []
+
+
+def read_rows(attr: DatasetAttr, config=None) -> Rows:
+    """All rows of a dataset. Local files are read directly; hub ids go through `datasets`."""
+    rows = Rows()
+    if attr.source != "file":
+        rows.add(attr.path, _hub_dataset(attr, config, streaming=False).to_list())
+        return rows
+    for file in _files(attr):
+        rows.add(str(file), list(_iter_file(file)))
     return rows
 
 
-def _read_file(path: Path) -> list[dict]:
+def iter_rows(attr: DatasetAttr, config=None) -> Iterator[tuple[str, int, Any]]:
+    """``(file, row number, row)`` one at a time, for streaming."""
+    if attr.source != "file":
+        for number, row in enumerate(_hub_dataset(attr, config, streaming=True), start=1):
+            yield attr.path, number, row
+        return
+    for file in _files(attr):
+        for number, row in enumerate(_iter_file(file, streaming=True), start=1):
+            yield str(file), number, row
+
+
+def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            text = path.read_text(encoding="utf-8")
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                data = [json.loads(line) for line in text.splitlines() if line.strip()]
-            if isinstance(data, dict):
-                data = [data]
-            return list(data)
-        if suffix == ".jsonl":
-            rows = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if not text.lstrip().startswith("{"):
+                raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+            yield from _json_lines(path, text.splitlines())  # JSON lines in a .json file
+            return
+        yield from ([data] if isinstance(data, dict) else data if isinstance(data, list) else [data])
+    elif suffix == ".jsonl":
+        with open(path, encoding="utf-8") as handle:
+            yield from _json_lines(path, handle)
+    elif suffix == ".txt":
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
                 if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            return rows
-        if suffix == ".txt":
-            return [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                    yield {"text": line.rstrip("\n")}
+    elif suffix in _DATASETS_BUILDERS:
         import datasets
 
-        kind = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}.get(suffix)
-        if kind is None:
-            raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
-        return list(datasets.load_dataset(kind, data_files=str(path), split="train"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        ds = datasets.load_dataset(_DATASETS_BUILDERS[suffix], data_files=str(path), split="train", streaming=streaming)
+        yield from (ds if streaming else ds.to_list())
+    else:
+        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
 
 
-def _read_hub(attr: DatasetAttr) -> list[dict]:
-    import datasets
+def _json_lines(path: Path, lines) -> Iterator[Any]:
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
 
-    if attr.source != "hf_hub":
-        raise TuneforgeError(f"dataset '{attr.name}': {attr.source} datasets are not supported yet; use hf_hub_url or file_name")
-    ds = datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split)
-    return list(ds)
 
+def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
+    """A hub dataset through `datasets` (or ModelScope); not reachable in tests, kept real for users."""
+    cache_dir = config.get("cache_dir") if config is not None else None
+    if attr.source == "hf_hub":
+        import datasets
 
-def convert_rows(rows: list[dict], attr: DatasetAttr, convert, *, skip_bad_rows: bool, placeholders: dict | None = None) -> list[dict]:
-    examples, bad = [], []
-    for index, row in enumerate(rows):
+        token = config.get("hf_hub_token") if config is not None else None
+        return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
+                                     cache_dir=cache_dir, token=token, streaming=streaming)
+    if attr.source == "ms_hub":
         try:
-            if not isinstance(row, dict):
-                raise RowError("(row)", f"must be an object, got {type(row).__name__}")
-            example = convert(row, attr)
-        except RowError as exc:
-            bad.append((index + 1, exc.field, exc.reason))
-            continue
-        if placeholders:
-            example = _replace(example, placeholders)
-        examples.append(example)
-    if bad:
-        lines = [f"{attr.path}: row {n}: {field}: {reason}" for n, field, reason in bad[:MAX_REPORTED_ROWS]]
-        more = f"\n  ... and {len(bad) - MAX_REPORTED_ROWS} more" if len(bad) > MAX_REPORTED_ROWS else ""
-        if not skip_bad_rows:
-            raise DataError(
-                f"dataset '{attr.name}' has {len(bad)} bad row(s) of {len(rows)}:\n  " + "\n  ".join(lines) + more
-                + "\nfix them, or set skip_bad_rows: true to skip them"
-            )
-        logger.warning("dataset '%s': skipped %d bad row(s) of %d:\n  %s%s", attr.name, len(bad), len(rows), "\n  ".join(lines), more)
-        print(f"dataset '{attr.name}': skipped {len(bad)} bad row(s) of {len(rows)} (skip_bad_rows)")
-    if not examples:
-        raise DataError(f"dataset '{attr.name}' ({attr.path}) has no usable rows")
-    return examples
+            from modelscope import MsDataset
+        except ImportError:
+            raise TuneforgeError(f"dataset '{attr.name}' is on ModelScope; install it: pip install modelscope") from None
+        token = config.get("ms_hub_token") if config is not None else None
+        ds = MsDataset.load(dataset_name=attr.path, subset_name=attr.subset, data_dir=attr.folder, split=attr.split,
+                            cache_dir=cache_dir, token=token, use_streaming=streaming)
+        return ds.to_hf_dataset() if hasattr(ds, "to_hf_dataset") else ds
+    if attr.source == "om_hub":
+        try:
+            from openmind import OmDataset
+        except ImportError:
+            raise TuneforgeError(f"dataset '{attr.name}' is on Modelers (openmind); install it: pip install openmind") from None
+        return OmDataset.load_dataset(path=attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
+                                      cache_dir=cache_dir, streaming=streaming)
+    raise TuneforgeError(f"dataset '{attr.name}': {attr.source} datasets are not supported (datasets 5 runs no loading scripts); "
+                         "use file_name or hf_hub_url")
+
+
+# --- conversion -------------------------------------------------------------------------------
+
+
+def select_indices(count: int, attr: DatasetAttr, config) -> list[int]:
+    """Which rows are used: ``num_samples`` (sampled with the seed, repeating rows past the end, as
+    LLaMA-Factory does), then the first ``max_samples``."""
+    indices = list(range(count))
+    if attr.num_samples is not None:
+        rng = random.Random(config.seed)
+        rng.shuffle(indices)
+        indices = indices[: attr.num_samples]
+        if attr.num_samples > count and count:
+            indices += [rng.randrange(count) for _ in range(attr.num_samples - count)]
+    if config.max_samples is not None:
+        indices = indices[: config.max_samples]
+    return indices
+
+
+def check_kind(attr: DatasetAttr, kind: str) -> None:
+    """The dataset fits what the stage consumes (a dataset-level error, before any row is read)."""
+    attr.data_kind = kind
+    have = kind_of(attr)
+    if kind == "text" or have == kind:
+        return
+    needs = {
+        "supervised": "conversations with responses (no ranking, no kto_tag)",
+        "pairwise": "preference rows: set \"ranking\": true and the chosen/rejected columns in dataset_info.json",
+        "kto": "rows with a kto_tag column (\"columns\": {\"kto_tag\": \"label\"} in dataset_info.json)",
+    }[kind]
+    raise DataError(f"dataset '{attr.name}' has {have} rows, but this stage trains on {kind} data: {needs}")
+
+
+def resolve_format(ctx, plan, first_row):
+    """The format spec of a planned dataset; detected from the first row when the plan left it open."""
+    if plan.format is not None:
+        return plan.format.spec
+    attr = plan.attr
+    name = ctx.manager.hook.tuneforge_detect_dataset_format(path=attr.path, row=first_row if isinstance(first_row, dict) else {})
+    if name is None:
+        raise DataError(f"{attr.path}: cannot tell the format of this file; register it in dataset_info.json with 'formatting'")
+    attr.formatting = name
+    return ctx.manager.format(name)
+
+
+def convert_row(row: Any, attr: DatasetAttr, convert, kind: str, placeholders: dict | None) -> dict:
+    """One raw row to a checked example; raises RowError."""
+    if not isinstance(row, dict):
+        raise RowError("(row)", f"must be an object, got {type(row).__name__}")
+    example = convert(row, attr)
+    if placeholders:
+        example = _replace(example, placeholders)
+    check_example(example, kind_of(attr))
+    return example
 
 
 def _replace(value: Any, placeholders: dict) -> Any:
@@ -112,25 +254,86 @@ def _replace(value: Any, placeholders: dict) -> Any:
     return value
 
 
-def load_examples(ctx, dataset_plans) -> list[dict]:
-    """Converted examples of every planned dataset, concatenated, each capped at max_samples."""
+def convert_dataset(ctx, plan, kind: str, *, every_row: bool = False) -> Converted:
+    """Read and convert one planned dataset. ``every_row`` checks rows past max_samples too (the doctor)."""
+    attr = plan.attr
     config = ctx.config
-    out: list[dict] = []
-    for plan in dataset_plans:
-        attr = plan.attr
-        attr.data_kind = ctx.plan.stage.spec.data_kind
-        rows = read_rows(attr)
-        if attr.num_samples is not None:
-            rows = rows[: attr.num_samples]
-        if config.max_samples is not None:
-            rows = rows[: config.max_samples]
-        if plan.format is not None:
-            spec = plan.format.spec
-        else:
-            name = ctx.manager.hook.tuneforge_detect_dataset_format(path=attr.path, row=rows[0] if rows else {})
-            if name is None:
-                raise DataError(f"{attr.path}: cannot tell the format of this file; name it in dataset_info.json with 'formatting'")
-            spec = ctx.manager.format(name)
-            attr.formatting = name
-        out += convert_rows(rows, attr, spec.convert, skip_bad_rows=config.skip_bad_rows, placeholders=config.replace_placeholders)
-    return out
+    check_kind(attr, kind)
+    rows = read_rows(attr, config)
+    if not rows.rows:
+        raise DataError(f"dataset '{attr.name}' ({attr.path}) has no rows")
+    spec = resolve_format(ctx, plan, rows.rows[0])
+    selected = select_indices(len(rows.rows), attr, config)
+    wanted = set(selected)
+    examples_at: dict[int, dict] = {}
+    bad: list[BadRow] = []
+    for index in range(len(rows.rows)) if every_row else sorted(wanted):
+        try:
+            examples_at[index] = convert_row(rows.rows[index], attr, spec.convert, kind, config.replace_placeholders)
+        except RowError as exc:
+            bad.append(BadRow(*rows.locate(index), exc.field, exc.reason))
+    examples = [examples_at[i] for i in selected if i in examples_at]
+    checked = len(rows.rows) if every_row else len(wanted)
+    return Converted(attr, examples, checked, len(rows.rows), bad)
+
+
+def bad_rows_message(results: list[Converted]) -> str:
+    blocks = []
+    for result in results:
+        if not result.bad:
+            continue
+        lines = [str(b) for b in result.bad[:MAX_REPORTED_ROWS]]
+        if len(result.bad) > MAX_REPORTED_ROWS:
+            lines.append(f"... and {len(result.bad) - MAX_REPORTED_ROWS} more")
+        blocks.append(f"dataset '{result.attr.name}' has {len(result.bad)} bad row(s) of {result.checked}:\n  " + "\n  ".join(lines))
+    return "\n".join(blocks)
+
+
+def skip_summary(result: Converted) -> str:
+    why = "; ".join(f"{n}x {reason}" for reason, n in result.reasons()[:5])
+    return f"dataset '{result.attr.name}': skipped {len(result.bad)} bad row(s) of {result.checked} (skip_bad_rows): {why}"
+
+
+def load_examples(ctx, dataset_plans, kind: str = "supervised") -> list[Converted]:
+    """Converted examples of every planned dataset; one DataError naming every bad row of every dataset."""
+    results = [convert_dataset(ctx, plan, kind) for plan in dataset_plans]
+    message = bad_rows_message(results)
+    if message and not ctx.config.skip_bad_rows:
+        raise DataError(message + "\nfix them, or set skip_bad_rows: true to skip them")
+    for result in results:
+        if result.bad:
+            logger.warning("%s", bad_rows_message([result]))
+            print(skip_summary(result))
+        if not result.examples:
+            raise DataError(f"dataset '{result.attr.name}' ({result.attr.path}): all {result.checked} rows are bad; "
+                            f"the first: {result.bad[0] if result.bad else '-'}")
+    return results
+
+
+def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
+    """Examples of one dataset, converted as they are read (streaming). A bad row stops the run with
+    its file:row error, or is skipped with a warning under skip_bad_rows."""
+    attr = plan.attr
+    config = ctx.config
+    check_kind(attr, kind)
+    spec = None
+    skipped = 0
+    produced = 0
+    for file, number, row in iter_rows(attr, config):
+        if config.max_samples is not None and produced >= config.max_samples:
+            return
+        if spec is None:
+            spec = resolve_format(ctx, plan, row)
+        try:
+            example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders)
+        except RowError as exc:
+            bad = BadRow(file, number, exc.field, exc.reason)
+            if not config.skip_bad_rows:
+                raise DataError(f"dataset '{attr.name}': {bad}\n(streaming stops at the first bad row; "
+                                "`tuneforge data CONFIG streaming=false` lists them all; or set skip_bad_rows: true)") from None
+            skipped += 1
+            if skipped <= MAX_REPORTED_ROWS:
+                logger.warning("dataset '%s': skipped bad row %s", attr.name, bad)
+            continue
+        produced += 1
+        yield example

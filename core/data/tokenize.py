@@ -1,44 +1,164 @@
-"""Turn converted examples into model inputs for the stages that train on text."""
+"""Turn converted examples into model inputs: ids and labels for each kind of stage.
+
+The functions named ``*_batch`` take a batch of JSON-encoded examples (``{"_example": [str, ...]}``,
+the column :mod:`tuneforge.data.dataset` maps over with ``datasets.map(batched=True)``) and return
+the feature columns, LLaMA-Factory's names throughout:
+
+- supervised: ``input_ids``, ``attention_mask``, ``labels`` (prompt tokens -100 unless
+  ``train_on_prompt``; ``mask_history`` trains only the last turn; truncation to ``cutoff_len`` is the
+  template's, which drops later turns first and never cuts a prompt from its response); rows left
+  with no trained token are dropped (and counted by the caller);
+- text (pre-training): every text plus EOS, concatenated and cut into ``cutoff_len`` blocks (the
+  last, shorter block of each batch is kept); with ``packing: false``, each text truncated alone;
+- pairwise: ``chosen_*`` and ``rejected_*`` ids/mask/labels, only the reply trained;
+- kto: the conversation's ids/mask/labels, ``kl_*`` the same prompt with another row's reply (the
+  batch reversed, as LLaMA-Factory does) for the KL estimate, and ``kto_tags``.
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
 from .template import IGNORE_INDEX
 
-
-def supervised_features(examples: list[dict], template, tokenizer, *, cutoff_len: int, train_on_prompt: bool, default_system: str | None) -> list[dict]:
-    features = []
-    for example in examples:
-        system = example.get("system") or default_system
-        input_ids, labels = template.encode_supervised(tokenizer, example["messages"], system, cutoff_len, train_on_prompt)
-        if any(label != IGNORE_INDEX for label in labels):
-            features.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels})
-    return features
+#: What the whole length is measured against when the doctor wants untruncated lengths.
+NO_CUTOFF = 1 << 30
 
 
-def pretrain_features(examples: list[dict], tokenizer, *, cutoff_len: int) -> list[dict]:
-    """Concatenate every text (each followed by EOS) and cut it into blocks of cutoff_len tokens."""
-    stream: list[int] = []
-    for example in examples:
-        text = example.get("text")
-        if text is None:
-            text = "\n".join(m["content"] for m in example["messages"])
-        stream += tokenizer.encode(text, add_special_tokens=False)
-        if tokenizer.eos_token_id is not None:
-            stream.append(tokenizer.eos_token_id)
-    blocks = [stream[i : i + cutoff_len] for i in range(0, len(stream), cutoff_len)]
-    blocks = [b for b in blocks if len(b) == cutoff_len] or blocks[:1]
-    return [{"input_ids": b, "attention_mask": [1] * len(b), "labels": list(b)} for b in blocks]
+@dataclass(frozen=True)
+class Settings:
+    """The config values tokenisation depends on (they are part of the cache key)."""
+
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    enable_thinking: bool = True
+    default_system: str | None = None
+    packing: bool = False  # text: concatenate-and-chunk; supervised: many samples per row
+    neat_packing: bool = False
+
+    @classmethod
+    def from_config(cls, config, kind: str) -> "Settings":
+        neat = bool(config.neat_packing) and kind == "supervised"
+        packing = config.packing
+        if kind == "text":
+            packing = True if packing is None else bool(packing)  # pre-training concatenates by default
+        else:
+            packing = bool(packing or neat) and kind == "supervised"
+        return cls(
+            cutoff_len=int(config.cutoff_len),
+            train_on_prompt=bool(config.train_on_prompt),
+            mask_history=bool(config.mask_history),
+            enable_thinking=True if config.enable_thinking is None else bool(config.enable_thinking),
+            default_system=config.default_system,
+            packing=packing,
+            neat_packing=neat,
+        )
 
 
-def split_eval(features: list[dict], val_size: float | int, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out val_size (a fraction below 1, or a row count) for evaluation, deterministically."""
-    if not val_size:
-        return features, []
-    import random
+@lru_cache(maxsize=None)
+def _parameters(cls, method: str) -> tuple[frozenset, bool]:
+    params = inspect.signature(getattr(cls, method)).parameters
+    return frozenset(params), any(p.kind is p.VAR_KEYWORD for p in params.values())
 
-    count = int(round(len(features) * val_size)) if val_size < 1 else int(val_size)
-    count = max(1, min(count, len(features) - 1))
-    order = list(range(len(features)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:count])
-    return [f for i, f in enumerate(features) if i not in held], [f for i, f in enumerate(features) if i in held]
+
+def template_kwargs(template, method: str, **wanted) -> dict:
+    """The keyword arguments of ``wanted`` that ``template.<method>`` accepts.
+
+    Templates from plugins may predate a keyword (tools, mask_history, enable_thinking); they get
+    only what they take. Values at their defaults are what such a template does anyway.
+    """
+    names, var_kw = _parameters(type(template), method)
+    return {k: v for k, v in wanted.items() if var_kw or k in names}
+
+
+def encode_conversation(template, tokenizer, example: dict, settings: Settings, *, cutoff_len: int | None = None,
+                        mask_history: bool | None = None) -> tuple[list[int], list[int]]:
+    """Ids and labels of one conversation example (supervised shape), through the template."""
+    system = example.get("system") or settings.default_system
+    kwargs = template_kwargs(
+        template, "encode_supervised",
+        tools=example.get("tools") or None,
+        mask_history=settings.mask_history if mask_history is None else mask_history,
+        enable_thinking=settings.enable_thinking,
+    )
+    return template.encode_supervised(
+        tokenizer, example["messages"], system, settings.cutoff_len if cutoff_len is None else cutoff_len,
+        settings.train_on_prompt, **kwargs,
+    )
+
+
+def _reply(example: dict, key: str) -> dict:
+    return {**example, "messages": example["messages"] + [{"role": "assistant", "content": example[key]}]}
+
+
+def _trained(labels: list[int]) -> bool:
+    return any(label != IGNORE_INDEX for label in labels)
+
+
+def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for text in batch["_example"]:
+        input_ids, labels = encode_conversation(template, tokenizer, json.loads(text), settings)
+        if _trained(labels):
+            out["input_ids"].append(input_ids)
+            out["attention_mask"].append([1] * len(input_ids))
+            out["labels"].append(labels)
+    return out
+
+
+def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+    out = {f"{side}_{name}": [] for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")}
+    for text in batch["_example"]:
+        example = json.loads(text)
+        encoded = {side: encode_conversation(template, tokenizer, _reply(example, side), settings, mask_history=True)
+                   for side in ("chosen", "rejected")}
+        if all(_trained(labels) for _, labels in encoded.values()):
+            for side, (input_ids, labels) in encoded.items():
+                out[f"{side}_input_ids"].append(input_ids)
+                out[f"{side}_attention_mask"].append([1] * len(input_ids))
+                out[f"{side}_labels"].append(labels)
+    return out
+
+
+def kto_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+    examples = [json.loads(text) for text in batch["_example"]]
+    others = examples[::-1]
+    names = ("input_ids", "attention_mask", "labels")
+    out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": []}
+    for example, other in zip(examples, others):
+        input_ids, labels = encode_conversation(template, tokenizer, example, settings, mask_history=True)
+        kl_example = {**example, "messages": example["messages"][:-1] + other["messages"][-1:]}
+        kl_ids, kl_labels = encode_conversation(template, tokenizer, kl_example, settings, mask_history=True)
+        if _trained(labels):
+            for prefix, ids, labs in (("", input_ids, labels), ("kl_", kl_ids, kl_labels)):
+                out[f"{prefix}input_ids"].append(ids)
+                out[f"{prefix}attention_mask"].append([1] * len(ids))
+                out[f"{prefix}labels"].append(labs)
+            out["kto_tags"].append(bool(example["kto_tag"]))
+    return out
+
+
+def text_token_ids(texts: list[str], tokenizer) -> list[list[int]]:
+    """Each text's ids followed by EOS (one batched tokenizer call)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    eos = tokenizer.eos_token_id
+    return [list(row) + ([eos] if eos is not None else []) for row in ids]
+
+
+def text_batch(batch: dict, *, tokenizer, settings: Settings) -> dict:
+    texts = [json.loads(text)["text"] for text in batch["_example"]]
+    rows = text_token_ids(texts, tokenizer)
+    size = settings.cutoff_len
+    if settings.packing:
+        stream = [token for row in rows for token in row]
+        blocks = [stream[i : i + size] for i in range(0, len(stream), size)]
+    else:
+        blocks = [row[:size] for row in rows]
+    return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
+
+
+BATCH_FUNCTIONS = {"supervised": supervised_batch, "pairwise": pairwise_batch, "kto": kto_batch}

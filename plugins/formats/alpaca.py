@@ -1,59 +1,83 @@
-"""Alpaca rows: instruction / input / output, optional system and history (pairs of earlier turns)."""
+"""Alpaca rows: instruction / input / output, optional system, tools and history (earlier turns).
+
+As in LLaMA-Factory: the prompt is ``instruction`` and ``input`` joined by a newline; ``history`` is a
+list of ``[instruction, response]`` pairs before it. ``ranking: true`` rows carry ``chosen`` and
+``rejected`` strings (or an ``output`` list ``[chosen, rejected]``, the older layout); a ``kto_tag``
+column makes a KTO row (the response is desirable when true). For pre-training (``pt``) the text is
+the prompt (``columns: {prompt: text}`` points it at a ``text`` column; a row with only ``text`` works
+too).
+"""
 
 from __future__ import annotations
 
 from tuneforge import DatasetFormatSpec, hookimpl
+from tuneforge.data.example import bool_field, json_text_field, text_field
 from tuneforge.errors import RowError
 
-
-def _text(row: dict, column: str | None, field: str, required: bool) -> str:
-    if not column:
-        return ""
-    value = row.get(column)
-    if value is None:
-        if required:
-            raise RowError(column, f"missing ({field})")
-        return ""
-    if not isinstance(value, str):
-        raise RowError(column, f"must be a string, got {type(value).__name__}")
-    return value
-
-
 #: LLaMA-Factory's column names for alpaca files; dataset_info.json "columns" overrides them.
-COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None,
-           "chosen": "chosen", "rejected": "rejected"}
+COLUMNS = {
+    "prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None,
+    "tools": None, "chosen": "chosen", "rejected": "rejected", "kto_tag": None,
+}
+
+
+def _history(row: dict, column: str | None) -> list[dict]:
+    if not column or not row.get(column):
+        return []
+    history = row[column]
+    messages = []
+    if not isinstance(history, list):
+        raise RowError(column, f"must be a list of [instruction, response] pairs, got {type(history).__name__}")
+    for index, pair in enumerate(history):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(t, str) for t in pair):
+            raise RowError(f"{column}[{index}]", "must be an [instruction, response] pair of strings")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return messages
 
 
 def convert(row: dict, attr) -> dict:
     def col(name):
         return attr.column(name, COLUMNS[name])
 
-    messages = []
-    history_col = col("history")
-    history = row.get(history_col) if history_col else None
-    if history:
-        if not isinstance(history, list) or not all(isinstance(t, (list, tuple)) and len(t) == 2 for t in history):
-            raise RowError(history_col, "must be a list of [instruction, response] pairs")
-        for old_prompt, old_response in history:
-            messages += [{"role": "user", "content": str(old_prompt)}, {"role": "assistant", "content": str(old_response)}]
-    prompt = _text(row, col("prompt"), "prompt", required=True)
-    query = _text(row, col("query"), "query", required=False)
+    prompt_col = col("prompt")
+    if attr.data_kind == "text" and prompt_col not in row and "prompt" not in attr.columns and "text" in row:
+        prompt_col = "text"
+    prompt = text_field(row, prompt_col, required=True, what="prompt")
+    query = text_field(row, col("query"), required=False)
     content = "\n".join(part for part in (prompt, query) if part)
-    if not content:
-        raise RowError(col("prompt"), "empty prompt")
+    if not content.strip():
+        raise RowError(prompt_col, "empty prompt")
     if attr.data_kind == "text":
         return {"text": content}
-    messages.append({"role": "user", "content": content})
-    system = _text(row, col("system"), "system", required=False) or None
+
+    messages = _history(row, col("history")) + [{"role": "user", "content": content}]
+    example = {
+        "messages": messages,
+        "system": text_field(row, col("system"), required=False) or None,
+        "tools": json_text_field(row, col("tools")),
+    }
     if attr.ranking:
-        chosen = _text(row, col("chosen"), "chosen", required=True)
-        rejected = _text(row, col("rejected"), "rejected", required=True)
-        return {"messages": messages, "system": system, "chosen": chosen, "rejected": rejected}
-    response = _text(row, col("response"), "response", required=True)
+        response = row.get(col("response"))
+        if col("chosen") not in row and isinstance(response, list):  # older layout: output: [chosen, rejected]
+            if len(response) != 2 or not all(isinstance(r, str) for r in response):
+                raise RowError(col("response"), "a ranking row's output list must be [chosen, rejected] strings")
+            chosen, rejected = response
+        else:
+            chosen = text_field(row, col("chosen"), required=True, what="chosen")
+            rejected = text_field(row, col("rejected"), required=True, what="rejected")
+        for name, value in (("chosen", chosen), ("rejected", rejected)):
+            if not value.strip():
+                raise RowError(col(name), "empty response")
+        example.update(chosen=chosen, rejected=rejected)
+        return example
+
+    response = text_field(row, col("response"), required=True, what="response")
     if not response.strip():
         raise RowError(col("response"), "empty response")
     messages.append({"role": "assistant", "content": response})
-    return {"messages": messages, "system": system}
+    if col("kto_tag"):
+        example["kto_tag"] = bool_field(row, col("kto_tag"))
+    return example
 
 
 @hookimpl
@@ -61,7 +85,7 @@ def tuneforge_dataset_formats():
     return [
         DatasetFormatSpec(
             name="alpaca",
-            description="instruction/input/output rows (LLaMA-Factory's alpaca format), with optional system and history.",
+            description="instruction/input/output rows (LLaMA-Factory's alpaca format), with optional system, tools and history.",
             convert=convert,
         )
     ]
@@ -69,6 +93,6 @@ def tuneforge_dataset_formats():
 
 @hookimpl(trylast=True)
 def tuneforge_detect_dataset_format(path, row):
-    if isinstance(row, dict) and "instruction" in row and "output" in row:
+    if isinstance(row, dict) and (("instruction" in row and "output" in row) or set(row) == {"text"}):
         return "alpaca"
     return None

@@ -1,0 +1,184 @@
+"""The data doctor behind `tuneforge data CONFIG`: check the data before any training.
+
+It validates every row of every dataset (not only the max_samples used), prints the row counts per
+dataset, token-length statistics of the rows training would use (min / median / p95 / max of the
+untruncated length, how many rows cutoff_len truncates and how many it empties), what packing would
+make of them, whether the tokenised cache already holds them, and one rendered example with the
+trained (label) tokens marked: ``[[like this]]``, or green on a terminal. Only the tokenizer is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from functools import partial
+
+from .loading import Converted, bad_rows_message, convert_dataset
+from .packing import greedy_knapsack
+from .template import IGNORE_INDEX
+from .tokenize import NO_CUTOFF, Settings, encode_conversation, text_token_ids
+
+GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
+
+
+def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind: str) -> dict:
+    """Per example: untruncated length, length within cutoff_len, trained tokens within cutoff_len."""
+    examples = [json.loads(text) for text in batch["_example"]]
+    out = {"full": [], "kept": [], "trained": []}
+    if kind == "text":
+        for ids in text_token_ids([e["text"] for e in examples], tokenizer):
+            out["full"].append(len(ids))
+            out["kept"].append(min(len(ids), settings.cutoff_len))
+            out["trained"].append(min(len(ids), settings.cutoff_len))
+        return out
+    for example in examples:
+        variants = [example]
+        if kind == "pairwise":
+            variants = [{**example, "messages": example["messages"] + [{"role": "assistant", "content": example[side]}]}
+                        for side in ("chosen", "rejected")]
+        mask = True if kind in ("pairwise", "kto") else None
+        full, kept, trained = [], [], []
+        for variant in variants:
+            full_ids, _ = encode_conversation(template, tokenizer, variant, settings, cutoff_len=NO_CUTOFF, mask_history=mask)
+            ids, labels = encode_conversation(template, tokenizer, variant, settings, mask_history=mask)
+            full.append(len(full_ids))
+            kept.append(len(ids))
+            trained.append(sum(label != IGNORE_INDEX for label in labels))
+        out["full"].append(max(full))
+        out["kept"].append(max(kept))
+        out["trained"].append(min(trained))
+    return out
+
+
+def render_marked(tokenizer, ids: list[int], labels: list[int], color: bool) -> str:
+    """The decoded ids with every run of trained tokens wrapped in [[...]] (or coloured)."""
+    pieces, run, trained = [], [], None
+    for token, label in zip(ids, labels):
+        is_trained = label != IGNORE_INDEX
+        if trained is not None and is_trained != trained:
+            pieces.append((trained, run))
+            run = []
+        run.append(token)
+        trained = is_trained
+    if run:
+        pieces.append((trained, run))
+    text = []
+    for is_trained, tokens in pieces:
+        decoded = tokenizer.decode(tokens, skip_special_tokens=False)
+        text.append((f"{GREEN}{decoded}{RESET}" if color else f"[[{decoded}]]") if is_trained else decoded)
+    return "".join(text)
+
+
+def _percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+
+def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
+    """Print the report; 0 when training would start, 1 when bad rows would stop it."""
+    from .cache import cache_key, entry_path
+    from .dataset import _examples_dataset, _map_kwargs
+    from .registry import data_problems
+
+    config = ctx.config
+    say = Report()
+    problems = data_problems(config, kind)
+    if problems:
+        from ..errors import ConfigError
+
+        raise ConfigError(problems)
+    settings = Settings.from_config(config, kind)
+    template_name = getattr(ctx.template, "name", "?") if kind != "text" else "(none: pre-training text)"
+    say(f"data check for stage '{ctx.plan.stage.name}' ({kind} rows), template {template_name}, cutoff_len {settings.cutoff_len}")
+
+    groups: list[tuple[str, list[Converted]]] = []
+    for label, plans in (("dataset", ctx.plan.datasets), ("eval_dataset", ctx.plan.eval_datasets)):
+        results = [convert_dataset(ctx, plan, kind, every_row=True) for plan in plans]
+        for r in results:
+            used = f", {len(r.examples)} used (num_samples/max_samples)" if len(r.examples) != r.total - len(r.bad) else ""
+            state = f"{len(r.bad)} bad" if r.bad else "all valid"
+            say(f"{label} '{r.attr.name}' ({r.attr.path}, {r.attr.formatting}): {r.total} rows, {state}{used}")
+        groups.append((label, results))
+    all_results = [r for _, results in groups for r in results]
+    bad = sum(len(r.bad) for r in all_results)
+    if bad:
+        say(bad_rows_message(all_results))
+
+    say()
+    unit = "texts" if kind == "text" else "rows"
+    say(f"token lengths of the {unit} training uses (untruncated; cutoff_len={settings.cutoff_len}):")
+    fn = partial(lengths_batch, template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, kind=kind)
+    kept_all: list[int] = []
+    for result in all_results:
+        if not result.examples:
+            continue
+        raw = _examples_dataset(result.examples)
+        stats = raw.map(fn, remove_columns=["_example"], desc=f"Measuring {result.attr.name}",
+                        **_map_kwargs(config, len(raw), f"doctor-{len(raw)}"))
+        full, kept, trained = stats["full"], stats["kept"], stats["trained"]
+        truncated = sum(1 for n in full if n > settings.cutoff_len)
+        emptied = sum(1 for n in trained if n == 0)
+        say(f"  {result.attr.name}: {len(full)} {unit}  min {min(full)}  median {int(statistics.median(full))}  "
+            f"p95 {_percentile(full, 0.95)}  max {max(full)}")
+        say(f"    truncated by cutoff_len: {truncated} ({100 * truncated / len(full):.1f}%)"
+            + (f"; left with no trained token (dropped): {emptied}" if kind != "text" else "")
+            + (f"; trained tokens {sum(trained):,} of {sum(kept):,}" if kind != "text" else ""))
+        if kind == "text":
+            total = sum(full)
+            say(f"    {total:,} tokens -> about {max(1, -(-total // settings.cutoff_len)) if settings.packing else len(full)} "
+                f"training rows of up to {settings.cutoff_len} tokens" + (" (concatenated and chunked)" if settings.packing else ""))
+        kept_all += [k for k, t in zip(kept, trained) if t]
+    if settings.packing and kind == "supervised" and kept_all:
+        size = max(1, config.preprocessing_batch_size)
+        rows = sum(len(greedy_knapsack(kept_all[i : i + size], settings.cutoff_len)) for i in range(0, len(kept_all), size))
+        say(f"  packing: {len(kept_all)} samples -> {rows} rows" + (" (neat: no attention across samples)" if settings.neat_packing else ""))
+
+    key, _ = cache_key(ctx, kind, settings)
+    if key is None:
+        say("  cache: not used (hub datasets)")
+    else:
+        path = entry_path(key)
+        say(f"  cache: {path} ({'present: training will load it' if path.is_dir() else 'absent: training will build it'})")
+
+    first = next((r for r in all_results if r.examples), None)
+    if first is not None:
+        say()
+        marker = "in green" if color else "[[like this]]"
+        say(f"example (first row of '{first.attr.name}'), trained tokens shown {marker}:")
+        _render_example(say, ctx, kind, settings, first.examples[0], color)
+    say()
+    if bad and not config.skip_bad_rows:
+        say(f"result: {bad} bad row(s): training would stop; fix them, or set skip_bad_rows: true to skip them")
+        return 1
+    say(f"result: OK ({sum(len(r.examples) for r in all_results)} rows ready" + (f", {bad} bad row(s) skipped" if bad else "") + ")")
+    return 0
+
+
+def _render_example(say, ctx, kind: str, settings: Settings, example: dict, color: bool) -> None:
+    tokenizer = ctx.tokenizer
+    if kind == "text":
+        ids = text_token_ids([example["text"]], tokenizer)[0][: settings.cutoff_len]
+        say(render_marked(tokenizer, ids, ids, color))
+        return
+    if kind == "pairwise":
+        for side in ("chosen", "rejected"):
+            variant = {**example, "messages": example["messages"] + [{"role": "assistant", "content": example[side]}]}
+            ids, labels = encode_conversation(ctx.template, tokenizer, variant, settings, mask_history=True)
+            say(f"--- {side}:")
+            say(render_marked(tokenizer, ids, labels, color))
+        return
+    ids, labels = encode_conversation(ctx.template, tokenizer, example, settings, mask_history=True if kind == "kto" else None)
+    if kind == "kto":
+        say(f"--- kto_tag: {'desirable' if example['kto_tag'] else 'undesirable'}")
+    say(render_marked(tokenizer, ids, labels, color))
+    say(f"--- {len(ids)} tokens, {sum(l != IGNORE_INDEX for l in labels)} trained")

@@ -18,6 +18,7 @@ import pluggy
 from .specs import (
     ChatTemplateSpec,
     DatasetFormatSpec,
+    InferenceEngineSpec,
     MethodSpec,
     ModelLoaderSpec,
     QuantizerSpec,
@@ -104,6 +105,18 @@ def tuneforge_stages() -> Iterable[StageSpec]:
     """
 
 
+@hookspec
+def tuneforge_inference_engines() -> Iterable[InferenceEngineSpec]:
+    """Inference engines for chat, api and predict, selected with the ``infer_backend`` key.
+
+    Example::
+
+        @hookimpl
+        def tuneforge_inference_engines():
+            return [InferenceEngineSpec(name="my-engine", description="...", create=create)]
+    """
+
+
 # --- detection: the first plugin with an answer wins; built-ins answer last --------------------
 
 
@@ -176,4 +189,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "tuneforge_chat_templates": "template",
     "tuneforge_dataset_formats": "format",
     "tuneforge_stages": "stage",
+    "tuneforge_inference_engines": "engine",
 }

@@ -14,8 +14,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-#: The six plugin kinds, in the order the pipeline uses them. Keys are the words users type
-#: (`tuneforge plugins --kind method`); values name the config key that selects one, if any.
+#: The plugin kinds, in the order the pipeline uses them (inference engines serve what training made).
+#: Keys are the words users type (`tuneforge plugins --kind method`); values name the config key
+#: that selects one, if any.
 KINDS: dict[str, str | None] = {
     "loader": "model_loader",
     "quantizer": "quantization_method",
@@ -23,6 +24,7 @@ KINDS: dict[str, str | None] = {
     "template": "template",
     "format": "formatting",
     "stage": "stage",
+    "engine": "infer_backend",
 }
 
 _MISSING = object()
@@ -163,7 +165,21 @@ class StageSpec(PluginSpec):
     data_kind: str = "supervised"
 
 
+@dataclass(frozen=True)
+class InferenceEngineSpec(PluginSpec):
+    """An inference engine for `tuneforge chat`, `tuneforge api` and predictions (``infer_backend``).
+
+    ``create(ctx)`` returns the engine: an object with the methods of
+    :class:`tuneforge.chat.engine.InferenceEngine` (``stream``, ``generate``, ``generate_batch``). It
+    loads the planned model itself, or serves ``ctx.model`` when the run already holds one.
+    """
+
+    kind: ClassVar[str] = "engine"
+    create: Callable[[Any], Any] | None = None
+
+
 SPEC_TYPES: dict[str, type[PluginSpec]] = {
     cls.kind: cls
-    for cls in (ModelLoaderSpec, QuantizerSpec, MethodSpec, ChatTemplateSpec, DatasetFormatSpec, StageSpec)
+    for cls in (ModelLoaderSpec, QuantizerSpec, MethodSpec, ChatTemplateSpec, DatasetFormatSpec, StageSpec,
+                InferenceEngineSpec)
 }

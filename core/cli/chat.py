@@ -1,4 +1,8 @@
-"""`tuneforge chat CONFIG`: talk to a model (plus adapter) in the terminal, or answer one --query."""
+"""`tuneforge chat CONFIG`: talk to a model (plus adapter) in the terminal, or answer one --query.
+
+Replies stream token by token; the conversation is kept as history for the next turn. Type
+``clear`` to start a new conversation and ``exit`` to quit (end of input quits too).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,34 @@ import sys
 
 def register(sub, name):
     p = sub.add_parser(name, help="chat with a model in the terminal (--query answers once)")
-    p.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, ...)")
+    p.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, generation keys)")
     p.add_argument("--query", help="answer this one message and exit")
     p.set_defaults(handler=run)
+
+
+def _reply(engine, history: list[dict]) -> str:
+    reply = ""
+    for piece in engine.stream(history):
+        reply += piece
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print()
+    return reply
 
 
 def run(args) -> int:
     from ..plan import prepare
 
-    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)
-    from ..chat.engine import ChatEngine
+    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin, inference=True)
+    for warning in prepared.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    from ..chat.engine import engine_for
 
-    engine = ChatEngine(prepared)
+    engine = engine_for(prepared)
     if args.query is not None:
-        for piece in engine.stream([{"role": "user", "content": args.query}]):
-            print(piece, end="", flush=True)
-        print()
+        _reply(engine, [{"role": "user", "content": args.query}])
         return 0
-    print("type a message; 'clear' resets the history, 'exit' quits")
+    print("Type a message; `clear` removes the history, `exit` quits.", flush=True)
     history: list[dict] = []
     while True:
         try:
@@ -32,18 +46,15 @@ def run(args) -> int:
         except (EOFError, KeyboardInterrupt):
             print()
             return 0
-        if query.strip() == "exit":
+        command = query.strip()
+        if command == "exit":
             return 0
-        if query.strip() == "clear":
+        if command == "clear":
             history = []
-            print("history cleared")
+            print("History has been removed.", flush=True)
+            continue
+        if not command:
             continue
         history.append({"role": "user", "content": query})
         print("Assistant: ", end="", flush=True)
-        reply = ""
-        for piece in engine.stream(history):
-            reply += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        print()
-        history.append({"role": "assistant", "content": reply})
+        history.append({"role": "assistant", "content": _reply(engine, history)})

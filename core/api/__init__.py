@@ -1,0 +1,1 @@
+"""An OpenAI-compatible HTTP API over an inference engine (`tuneforge api`)."""

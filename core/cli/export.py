@@ -1,0 +1,29 @@
+"""`tuneforge export CONFIG`: merge LoRA adapter(s) into the base model, save it, and verify the result.
+
+Keys (LLaMA-Factory's): ``export_dir``, ``export_size`` (GB per shard), ``export_device`` (cpu or
+auto), ``export_legacy_format`` (.bin), ``export_hub_model_id``, ``infer_dtype``, and
+``export_quantization_bit`` + ``export_quantization_dataset`` for a quantized export through a
+quantizer plugin. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(sub, name):
+    p = sub.add_parser(name, help="merge adapters into the base, save and verify a standalone model (export_dir)")
+    p.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, export_dir, ...)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..plan import prepare
+
+    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)
+    for warning in prepared.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    from ..export.exporter import run_export
+
+    run_export(prepared)
+    return 0

@@ -1,0 +1,1 @@
+"""`tuneforge export`: merge adapters into the base, save a self-contained model, verify it."""

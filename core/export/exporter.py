@@ -1,0 +1,355 @@
+"""Merge, save and verify an export (LLaMA-Factory's ``export_*`` keys), then optionally quantize
+and push it.
+
+The export folder holds everything a plain ``transformers`` user (or Ollama) needs: sharded
+safetensors (``export_size`` GB per shard; ``.bin`` with ``export_legacy_format``), config,
+generation config whose EOS is the template's stop tokens, the tokenizer with the training chat
+template written into it, and an Ollama ``Modelfile``.
+
+Verification, printed and saved to ``export_verification.json``:
+
+1. every adapter really changes something (an all-zero LoRA B, i.e. an untrained adapter, is
+   refused before anything is written);
+2. the merged weights differ from the base (max |diff| over the saved tensors vs the base files,
+   compared in the export dtype) and the merged model's logits differ from the base model's;
+3. the export, reloaded with plain ``AutoModelForCausalLM`` / ``AutoTokenizer``, gives the logits of
+   base + adapter (unmerged) within a dtype-dependent tolerance (max |diff| printed);
+4. the saved tokenizer's chat template renders prompts exactly as training did.
+
+A failed check raises :class:`ExportError` (non-zero exit) naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import TuneforgeError
+from ..plugin_manager import split_names
+from . import weights
+
+#: |logits(export) - logits(base + adapter)| allowed, times max(1, max |logit|), per export dtype.
+TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 4e-2}
+PROBES = (
+    [{"role": "user", "content": "Who are you?"}],
+    [{"role": "user", "content": "你好，请介绍一下你自己。"}],
+)
+
+
+class ExportError(TuneforgeError):
+    """An export that must not be used: the reason and, where there is one, the fix."""
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# --------------------------------------------------------------------------------------- checks first
+
+
+def problems_before_loading(prepared) -> list[str]:
+    """Everything that makes the export impossible, found from the config alone (nothing is loaded)."""
+    config, plan = prepared.config, prepared.plan
+    out = []
+    if not config.export_dir:
+        out.append("export_dir is required: the folder the merged model is written to")
+    if config.export_size is not None and config.export_size <= 0:
+        out.append(f"export_size must be positive (GB per shard), got {config.export_size}")
+    adapters = split_names(config.adapter_name_or_path)
+    if config.quantization_bit is not None:
+        out.append(
+            f"quantization_bit: {config.quantization_bit} loads the base model quantized, and an adapter cannot be merged "
+            "exactly into quantized weights (they would have to be dequantized, changed and rounded again). Fix: remove "
+            "quantization_bit (and quantization_method) and export from the unquantized base model, which the adapter "
+            "applies to unchanged, QLoRA adapters included; for a quantized export add export_quantization_bit")
+    elif plan.prequantized and adapters:
+        out.append(
+            f"{config.model_name_or_path} is already quantized ({plan.prequantized}), and an adapter cannot be merged exactly "
+            "into quantized weights. Fix: set model_name_or_path to the original unquantized model the adapter was trained "
+            "on (the adapter applies to it unchanged); for a quantized export add export_quantization_bit")
+    for adapter in adapters:
+        if Path(adapter).is_dir():
+            empty, why = weights.adapter_is_empty(adapter)
+            if empty:
+                out.append(
+                    f"adapter {adapter} is empty: {why}, so merging it would change nothing (an untrained LoRA: "
+                    "0 steps, learning_rate 0, or the initial adapter of a run). Train it, or point adapter_name_or_path "
+                    "at the trained adapter")
+    if config.export_quantization_bit is not None:
+        try:
+            export_quantizer(prepared)
+        except ExportError as exc:
+            out.append(str(exc))
+        if not config.export_quantization_dataset:
+            out.append("export_quantization_bit needs export_quantization_dataset: calibration data (a dataset name or a "
+                       "data file), as in LLaMA-Factory")
+    return out
+
+
+def export_quantizer(prepared):
+    """The quantizer plugin that quantizes the export: ``quantization_method`` when set, else the
+    one active plugin able to export ``export_quantization_bit`` bits."""
+    config, manager = prepared.config, prepared.manager
+    bits = config.export_quantization_bit
+    able = []
+    for entry in manager.entries("quantizer"):
+        spec = entry.spec
+        if spec.export_quantize is None or (spec.bits and bits not in spec.bits):
+            continue
+        able.append(entry)
+    if config.is_set("quantization_method"):
+        name = config.quantization_method
+        entry = manager.entry("quantizer", name, key="quantization_method")
+        if entry.spec.export_quantize is None:
+            others = ", ".join(e.name for e in able) or "none installed"
+            raise ExportError(f"quantizer '{name}' cannot quantize an export (it quantizes at load time only); "
+                              f"quantizers that can export {bits}-bit models: {others}")
+        if entry.spec.bits and bits not in entry.spec.bits:
+            raise ExportError(f"quantizer '{name}' exports {', '.join(map(str, entry.spec.bits))}-bit models, not {bits}-bit")
+        if entry.status != "active":
+            raise ExportError(f"export_quantization_bit: quantizer '{name}' is {entry.status}")
+        return entry
+    active = [e for e in able if e.status == "active"]
+    if len(active) == 1:
+        return active[0]
+    if len(active) > 1:
+        raise ExportError(f"several quantizers can export {bits}-bit models ({', '.join(e.name for e in active)}); "
+                          "choose one with quantization_method")
+    if able:
+        reasons = "; ".join(f"{e.name} is {e.status}" for e in able)
+        raise ExportError(f"export_quantization_bit: {bits} needs a quantizer plugin that can quantize an export, and none "
+                          f"can run here: {reasons}")
+    raise ExportError(f"export_quantization_bit: {bits}: no installed quantizer plugin can quantize an export to {bits} bits "
+                      "(`tuneforge plugins --kind quantizer` lists them); export without it and quantize the folder separately")
+
+
+# --------------------------------------------------------------------------------------- the export
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _shard_size(config) -> str:
+    return f"{max(1, int(round(float(config.export_size) * 1024)))}MB"
+
+
+def _probe_ids(template, tokenizer, config) -> list[list[int]]:
+    system = config.default_system
+    return [template.encode_prompt(tokenizer, messages, system, enable_thinking=config.enable_thinking)[-256:] for messages in PROBES]
+
+
+def _logits(model, probes):
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ids in probes:
+            tensor = torch.tensor([ids], device=model.device)
+            out.append(model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits[0].float().cpu())
+    return out
+
+
+def _max_diff(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def _clean(folder: Path) -> list[str]:
+    removed = []
+    for pattern in weights.WEIGHT_PATTERNS:
+        for path in folder.glob(pattern):
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def _fix_generation_config(model, template, tokenizer) -> None:
+    gen = model.generation_config
+    stop_ids = template.stop_token_ids(tokenizer)
+    gen.eos_token_id = stop_ids[0] if len(stop_ids) == 1 else stop_ids
+    if tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    # A sampling parameter without do_sample makes transformers warn on every generate (LLaMA-Factory fixes it too).
+    if not gen.do_sample and any(getattr(gen, k, None) not in (None, d) for k, d in (("temperature", 1.0), ("top_p", 1.0))):
+        gen.do_sample = True
+
+
+def run_export(prepared) -> dict:
+    """Merge, save, verify (and quantize / push when asked). Returns the verification report."""
+    import gc
+
+    import torch
+
+    problems = problems_before_loading(prepared)
+    if problems:
+        raise ExportError("cannot export:\n  - " + "\n  - ".join(problems))
+    config = prepared.config
+    if config.export_device == "auto" and config.device_map is None:
+        config = config.with_values(device_map="auto")
+    from ..train.context import RunContext
+    from ..train.model import load_model
+
+    ctx = RunContext(config, prepared.plan, prepared.manager, training=False)
+    adapters = split_names(config.adapter_name_or_path)
+    final_dir = Path(config.export_dir)
+    quantizing = config.export_quantization_bit is not None
+    out_dir = Path(tempfile.mkdtemp(prefix=".merged-", dir=final_dir.parent if final_dir.parent.exists() else None)) if quantizing else final_dir
+
+    say(f"loading {config.model_name_or_path}" + (f" with adapter(s) {', '.join(adapters)}" if adapters else ""))
+    model, tokenizer = load_model(ctx)
+    template = ctx.template
+    dtype = next(model.parameters()).dtype
+    probes = _probe_ids(template, tokenizer, config)
+    report: dict = {"model_name_or_path": config.model_name_or_path, "adapters": adapters, "template": template.name,
+                    "dtype": _dtype_name(dtype), "export_dir": str(final_dir)}
+
+    # base + adapter (unmerged) and base alone, before the merge changes the weights in place
+    reference = _logits(model, probes)
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():
+            base_logits = _logits(model, probes)
+        model = model.merge_and_unload()
+        say(f"merged adapter {adapters[-1]} into the base model")
+    else:  # no adapter, or every adapter was merged at load (create_new_adapter)
+        base_logits = None
+        say("no adapter to merge: exporting the model as it is" if not adapters else f"merged adapter(s) {', '.join(adapters)} at load")
+    merged_logits = _logits(model, probes)
+
+    # save
+    out_dir.mkdir(parents=True, exist_ok=True)
+    removed = _clean(out_dir)
+    if removed:
+        say(f"removed the weights of an earlier export in {out_dir}: {', '.join(removed)}")
+    template.apply_to_tokenizer(tokenizer)
+    tokenizer.padding_side = "left"  # for batched generation, as LLaMA-Factory exports it
+    tokenizer.init_kwargs["padding_side"] = "left"  # transformers 5 saves init kwargs, not the attribute
+    _fix_generation_config(model, template, tokenizer)
+    shard = _shard_size(config)
+    if config.export_legacy_format:
+        files = weights.save_legacy(model, out_dir, shard)
+    else:
+        model.save_pretrained(out_dir, max_shard_size=shard)
+        files = sorted(p.name for p in out_dir.glob("model*.safetensors"))
+    tokenizer.save_pretrained(out_dir)
+    from .modelfile import ollama_modelfile
+
+    (out_dir / "Modelfile").write_text(ollama_modelfile(template, tokenizer, config.default_system), encoding="utf-8")
+    say(f"saved {len(files)} weight file(s) ({'.bin' if config.export_legacy_format else 'safetensors'}, at most {shard} each), "
+        f"tokenizer with the '{template.name}' chat template, generation config and Modelfile to {out_dir}")
+    report["files"] = files
+
+    del model
+    gc.collect()
+
+    # verify
+    failures: list[str] = []
+    if adapters:
+        report.update(_verify_changed(prepared, out_dir, base_logits, merged_logits, failures))
+    report.update(_verify_reload(out_dir, probes, reference, dtype, template, failures))
+    (out_dir / "export_verification.json").write_text(json.dumps({**report, "failures": failures}, indent=2, ensure_ascii=False) + "\n",
+                                                      encoding="utf-8")
+    if failures:
+        raise ExportError("export verification failed (the files are in %s, but do not use them):\n  - %s" % (out_dir, "\n  - ".join(failures)))
+    say("verification passed")
+
+    if quantizing:
+        report.update(_quantize(prepared, ctx, out_dir, final_dir))
+    if config.export_hub_model_id:
+        report["hub"] = push_to_hub(final_dir, config)
+    return report
+
+
+def _verify_changed(prepared, out_dir: Path, base_logits, merged_logits, failures: list[str]) -> dict:
+    config = prepared.config
+    out: dict = {}
+    base_files = weights.weight_map(config.model_name_or_path) if Path(config.model_name_or_path).is_dir() else {}
+    if base_files:
+        diff = weights.compare(base_files, weights.weight_map(out_dir))
+        out["weights"] = {k: diff[k] for k in ("compared", "max_abs_diff", "max_at")} | {"changed": len(diff["changed"])}
+        say(f"merged weights vs base: {len(diff['changed'])} of {diff['compared']} tensors changed, "
+            f"max |diff| {diff['max_abs_diff']:.3e}" + (f" ({diff['max_at']})" if diff["max_at"] else ""))
+        if not diff["changed"]:
+            failures.append("the merged weights are identical to the base model's: the merge changed nothing (an adapter with "
+                            "lora_alpha 0, or changes below the export dtype's precision); this export would silently be the "
+                            "base model")
+    else:
+        say(f"merged weights vs base: skipped ({config.model_name_or_path} is not a local folder); comparing logits instead")
+    if base_logits is not None:
+        change = _max_diff(merged_logits, base_logits)
+        out["logits_vs_base_max_abs_diff"] = change
+        say(f"merged model vs base model: logits max |diff| {change:.3e}")
+        if change == 0:
+            failures.append("the merged model gives exactly the base model's logits: the adapter changed nothing")
+    return out
+
+
+def _verify_reload(out_dir: Path, probes, reference, dtype, template, failures: list[str]) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = _dtype_name(dtype)
+    try:
+        reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    except Exception as exc:  # the point of the check: say exactly why plain transformers cannot load it
+        failures.append(f"plain transformers cannot load the export: {type(exc).__name__}: {exc}")
+        return {"reload": "failed"}
+    reloaded.eval()
+    logits = _logits(reloaded, probes)
+    diff = _max_diff(logits, reference)
+    scale = max(1.0, max(r.abs().max().item() for r in reference))
+    tolerance = TOLERANCE.get(name, 1e-2) * scale
+    agree = sum((a.argmax(-1) == b.argmax(-1)).sum().item() for a, b in zip(logits, reference))
+    positions = sum(r.shape[0] for r in reference)
+    say(f"reloaded with AutoModelForCausalLM ({name}): logits vs base + adapter max |diff| {diff:.3e} "
+        f"(tolerance {tolerance:.1e}); top token agrees at {agree}/{positions} positions")
+    if diff > tolerance:
+        failures.append(f"the reloaded export does not reproduce base + adapter: logits max |diff| {diff:.3e} > {tolerance:.1e}")
+    out = {"reload": "ok", "logits_vs_adapter_max_abs_diff": diff, "tolerance": tolerance, "top_token_agreement": f"{agree}/{positions}"}
+    conversation = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am a model."},
+                    {"role": "user", "content": "你好"}]
+    try:
+        rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        same = rendered == template.render_prompt(tokenizer, conversation)
+    except Exception as exc:
+        same, rendered = False, f"{type(exc).__name__}: {exc}"
+    out["chat_template_matches_training"] = same
+    say("chat template: the saved tokenizer renders prompts exactly as training did" if same else
+        f"warning: the saved tokenizer's chat template renders differently from the '{template.name}' template used in training")
+    del reloaded
+    return out
+
+
+def _quantize(prepared, ctx, merged_dir: Path, final_dir: Path) -> dict:
+    entry = export_quantizer(prepared)
+    bits = prepared.config.export_quantization_bit
+    say(f"quantizing the verified export to {bits} bits with quantizer '{entry.name}' ({entry.provider})")
+    final_dir.mkdir(parents=True, exist_ok=True)
+    _clean(final_dir)
+    try:
+        entry.spec.export_quantize(ctx, str(merged_dir), str(final_dir))
+        for path in merged_dir.iterdir():
+            if path.is_file() and not (final_dir / path.name).exists() and path.name not in ("export_verification.json",) \
+                    and not any(path.match(p) for p in weights.WEIGHT_PATTERNS):
+                shutil.copy2(path, final_dir / path.name)
+        shutil.copy2(merged_dir / "export_verification.json", final_dir / "export_verification.full_precision.json")
+    finally:
+        shutil.rmtree(merged_dir, ignore_errors=True)
+    say(f"quantized export written to {final_dir}")
+    return {"quantized": {"bits": bits, "quantizer": entry.name}}
+
+
+def push_to_hub(folder: Path, config) -> str:
+    """Upload the export folder (weights, tokenizer, Modelfile, verification report) to the hub."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=config.hf_hub_token)
+    repo = api.create_repo(config.export_hub_model_id, exist_ok=True, repo_type="model")
+    api.upload_folder(folder_path=str(folder), repo_id=config.export_hub_model_id, repo_type="model",
+                      commit_message="Upload model exported with tuneforge")
+    url = str(getattr(repo, "url", f"https://huggingface.co/{config.export_hub_model_id}"))
+    say(f"pushed {folder} to {url}")
+    return url

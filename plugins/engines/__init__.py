@@ -1,0 +1,1 @@
+"""Built-in inference engines (``infer_backend``): huggingface, vllm, sglang."""

@@ -5,12 +5,25 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneforge.plugins.loaders.huggingface",
     "tuneforge.plugins.formats.alpaca",
     "tuneforge.plugins.formats.sharegpt",
+    "tuneforge.plugins.formats.openai",
     "tuneforge.plugins.templates.builtin",
     "tuneforge.plugins.methods.lora",
     "tuneforge.plugins.methods.freeze",
     "tuneforge.plugins.methods.full",
+    "tuneforge.plugins.methods.galore",
+    "tuneforge.plugins.methods.apollo",
+    "tuneforge.plugins.methods.badam",
+    "tuneforge.plugins.quantizers.bitsandbytes",
+    "tuneforge.plugins.quantizers.hqq",
+    "tuneforge.plugins.quantizers.gptq",
+    "tuneforge.plugins.quantizers.awq",
+    "tuneforge.plugins.quantizers.quanto",
+    "tuneforge.plugins.quantizers.eetq",
     "tuneforge.plugins.stages.pretrain",
     "tuneforge.plugins.stages.supervised",
+    "tuneforge.plugins.engines.huggingface",
+    "tuneforge.plugins.engines.vllm",
+    "tuneforge.plugins.engines.sglang",
 )
 
 #: What a config selects when it leaves a selection key unset: LLaMA-Factory's defaults. They belong
@@ -21,4 +34,5 @@ DEFAULT_SELECTIONS: dict[str, str] = {
     "model_loader": "huggingface",
     "quantization_method": "bitsandbytes",
     "formatting": "alpaca",
+    "infer_backend": "huggingface",
 }

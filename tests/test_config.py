@@ -48,7 +48,7 @@ def test_three_mistakes_reported_in_one_message(tmp_path, manager):
     assert "3 problems" in message
     assert f"{path}:3: lora_rnak: unknown key; did you mean 'lora_rank'?" in message
     assert f"{path}:4: learning_rate: expected int | float, got str 'fast'" in message
-    assert "unknown finetuning_type 'lorra'; did you mean 'lora'? available: freeze, full, lora" in message
+    assert "unknown finetuning_type 'lorra'; did you mean 'lora'? available: apollo, badam, dora, freeze, full, galore, lora, pissa, rslora" in message
     # file order
     assert message.index("finetuning_type") < message.index("lora_rnak") < message.index("learning_rate")
 
@@ -85,8 +85,8 @@ def test_choices_are_enforced(tmp_path, manager):
 
 
 def test_plugin_validation_reports_incompatible_settings(tmp_path, manager):
-    path = write(tmp_path, "model_name_or_path: m\nfinetuning_type: lora\nuse_dora: true\npissa_init: true\n")
-    with pytest.raises(ConfigError, match="use_dora and pissa_init cannot be combined"):
+    path = write(tmp_path, "model_name_or_path: m\nfinetuning_type: lora\nuse_dora: true\npissa_convert: true\n")
+    with pytest.raises(ConfigError, match="pissa_convert converts a PiSSA adapter"):
         prepare(path, manager=manager)
 
 

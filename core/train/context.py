@@ -32,7 +32,7 @@ class RunContext:
         """torch dtype from bf16/fp16 (training) or infer_dtype (inference); None means the checkpoint's."""
         import torch
 
-        if self.config.get("bf16"):
+        if self.config.get("bf16") or (self.training and self.config.get("pure_bf16")):
             return torch.bfloat16
         if self.config.get("fp16"):
             return torch.float16

@@ -1,9 +1,19 @@
-"""The Hugging Face Trainer set-up the text stages share: arguments, resume, outputs."""
+"""The Hugging Face Trainer set-up the stages share: arguments, the method's optimizer, resume,
+a graceful Ctrl-C, and the output files.
+
+What a resume restores (docs/training.md says the same to users): the model's trainable weights, the
+optimizer state (including GaLore/APOLLO projectors and BAdam's block schedule), the LR scheduler, the
+gradient scaler, the Python/NumPy/torch RNG states, the step/epoch counters and the position in the
+data (batches already seen in the current epoch are skipped).
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+import signal
+import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -11,7 +21,10 @@ import yaml
 
 from ..errors import TuneforgeError
 from .context import RunContext
-from .outputs import TrainerLogCallback, plot_loss, save_metrics
+from .outputs import plot_loss, save_metrics, trainer_log_callback
+
+#: Files a checkpoint-N folder must hold to be resumed from (trainer_state.json is written last).
+CHECKPOINT_STATE = "trainer_state.json"
 
 
 def training_arguments(ctx: RunContext, **overrides):
@@ -25,14 +38,39 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs.setdefault("report_to", "none")
     kwargs.setdefault("remove_unused_columns", False)
     kwargs.setdefault("optim", "adamw_torch")
+    # non-pad tokens seen, for tokens/s in trainer_log.jsonl
+    kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
+    if config.disable_shuffling:
+        kwargs.setdefault("train_sampling_strategy", "sequential")
+    _gradient_checkpointing(ctx, kwargs)
     if not _has_accelerator():
         kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
-    kwargs["resume_from_checkpoint"] = None  # resolved by last_checkpoint(); passed to train()
+    kwargs["resume_from_checkpoint"] = None  # resolved by resume_checkpoint(); passed to train()
     kwargs.update(overrides)
     try:
         return Seq2SeqTrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
         raise TuneforgeError(f"invalid training arguments: {exc}") from None
+
+
+def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
+    """LLaMA-Factory's default: checkpoint activations unless disable_gradient_checkpointing.
+
+    The Hugging Face names (gradient_checkpointing, deprecated in transformers 5, and
+    activation_checkpointing) win when set; use_reentrant_gc picks torch's checkpoint flavour.
+    """
+    config = ctx.config
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in kwargs:
+            kwargs.setdefault(new, kwargs.pop(old))
+    if "activation_checkpointing" not in kwargs:
+        supported = getattr(ctx.model, "supports_gradient_checkpointing", None)
+        if supported is None:  # a PEFT wrapper: ask the model inside
+            supported = getattr(getattr(ctx.model, "get_base_model", lambda: None)(), "supports_gradient_checkpointing", False)
+        kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+    if kwargs["activation_checkpointing"]:
+        kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": bool(config.use_reentrant_gc)})
 
 
 def _has_accelerator() -> bool:
@@ -41,25 +79,151 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def resume_checkpoint(ctx: RunContext) -> str | None:
-    """resume_from_checkpoint if set, else the last checkpoint-N in output_dir unless overwrite_output_dir."""
-    config = ctx.config
-    if config.get("resume_from_checkpoint"):
-        path = str(config.resume_from_checkpoint)
-        if not Path(path).is_dir():
-            raise TuneforgeError(f"resume_from_checkpoint: {path} is not a folder")
-        return path
-    output_dir = ctx.output_dir
-    if config.overwrite_output_dir or not output_dir.is_dir():
-        return None
-    checkpoints = sorted(
+# --- the trainer ----------------------------------------------------------------------------------------------
+
+_TRAINER_CLASSES: dict[type, type] = {}
+
+
+def method_trainer_class(base: type) -> type:
+    """``base`` (transformers' Trainer or a subclass, e.g. one of TRL's) with the planned method's optimizer.
+
+    A method whose ``create_optimizer(ctx, model, args)`` returns an optimizer (LoRA+, GaLore, APOLLO,
+    BAdam) replaces the trainer's default one; ``None`` keeps the default.
+    """
+    if base not in _TRAINER_CLASSES:
+
+        class MethodTrainer(base):
+            tuneforge_ctx: RunContext | None = None
+
+            def create_optimizer(self, model=None):
+                ctx = self.tuneforge_ctx
+                make = ctx.plan.method.spec.create_optimizer if ctx is not None else None
+                if self.optimizer is None and make is not None:
+                    optimizer = make(ctx, self.model if model is None else model, self.args)
+                    if optimizer is not None:
+                        self.optimizer = optimizer
+                return super().create_optimizer(model)
+
+        MethodTrainer.__name__ = MethodTrainer.__qualname__ = f"Tuneforge{base.__name__}"
+        _TRAINER_CLASSES[base] = MethodTrainer
+    return _TRAINER_CLASSES[base]
+
+
+def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
+    """A trainer over the data pipeline's splits, with the method's optimizer and tuneforge's defaults."""
+    if base is None:
+        from transformers import Trainer as base
+    kwargs.setdefault("args", training_arguments(ctx))
+    try:
+        trainer = method_trainer_class(base)(
+            model=ctx.model,
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=data.collator,
+            processing_class=ctx.tokenizer,
+            **kwargs,
+        )
+    except ValueError as exc:  # transformers' own checks of the arguments against the data
+        raise TuneforgeError(f"the trainer refused this setup: {exc}") from None
+    trainer.tuneforge_ctx = ctx
+    return trainer
+
+
+# --- resume ---------------------------------------------------------------------------------------------------
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    return sorted(
         (p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
-    if checkpoints:
-        print(f"resuming from {checkpoints[-1]} (set overwrite_output_dir: true to start afresh)")
-        return str(checkpoints[-1])
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from (a save cut short by a kill), or None when it is complete."""
+    state = path / CHECKPOINT_STATE
+    if not state.is_file():
+        return f"{CHECKPOINT_STATE} is missing (the save was interrupted)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except ValueError:
+        return f"{CHECKPOINT_STATE} is cut short (the save was interrupted)"
     return None
+
+
+def resume_checkpoint(ctx: RunContext) -> str | None:
+    """resume_from_checkpoint if set, else the last complete checkpoint-N in output_dir unless overwrite_output_dir."""
+    config = ctx.config
+    if config.get("resume_from_checkpoint"):
+        path = Path(str(config.resume_from_checkpoint))
+        if not path.is_dir():
+            raise TuneforgeError(f"resume_from_checkpoint: {path} is not a folder")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise TuneforgeError(f"resume_from_checkpoint: cannot resume from {path}: {problem}")
+        return str(path)
+    output_dir = ctx.output_dir
+    if config.overwrite_output_dir or not output_dir.is_dir():
+        return None
+    for checkpoint in reversed(_checkpoints(output_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            print(f"resuming from {checkpoint} (set overwrite_output_dir: true to start afresh)")
+            return str(checkpoint)
+        print(f"warning: skipping {checkpoint}: {problem}")
+    return None
+
+
+def _changes_since(ctx: RunContext, checkpoint: str) -> list[str]:
+    """Settings and data that differ from the run that wrote the checkpoint (read from output_dir)."""
+    out = []
+    ignored = {"resume_from_checkpoint", "overwrite_output_dir", "max_steps", "num_train_epochs", "save_steps",
+               "logging_steps", "output_dir", "report_to", "disable_tqdm", "save_total_limit", "eval_steps"}
+    previous = ctx.output_dir / "training_args.yaml"
+    if previous.is_file() and Path(checkpoint).parent.resolve() == ctx.output_dir.resolve():
+        try:
+            before = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            before = {}
+        now = ctx.config.as_dict()
+        for key in sorted((set(before) | set(now)) - ignored):
+            if before.get(key) != now.get(key):
+                out.append(f"{key}: {before.get(key)!r} -> {now.get(key)!r}")
+    manifest = ctx.output_dir / "run_manifest.json"
+    if manifest.is_file():
+        try:
+            old = {d.get("path"): d.get("sha256") for d in json.loads(manifest.read_text(encoding="utf-8")).get("datasets", [])}
+        except ValueError:
+            old = {}
+        for digest in _dataset_digests(ctx):
+            if digest.get("path") in old and old[digest["path"]] != digest.get("sha256"):
+                out.append(f"data file {digest['path']} changed (the data position no longer means the same rows)")
+    return out
+
+
+def _last_evaluation(trainer) -> dict | None:
+    """The metrics of an evaluation the trainer ran at its final step (no need to run it twice)."""
+    history = trainer.state.log_history
+    for record in reversed(history):
+        if "eval_loss" in record:
+            if record.get("step") == trainer.state.global_step:
+                return {k: v for k, v in record.items() if k.startswith("eval_") or k == "epoch"}
+            return None
+    return None
+
+
+def _remove_old_checkpoints(output_dir: Path) -> None:
+    """overwrite_output_dir: the checkpoints of the run being overwritten must not be resumed later."""
+    import shutil
+
+    old = _checkpoints(output_dir)
+    if old:
+        print(f"overwrite_output_dir: removing {len(old)} checkpoint folder(s) of the previous run in {output_dir}")
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- run files ------------------------------------------------------------------------------------------------
 
 
 def write_run_files(ctx: RunContext) -> None:
@@ -68,18 +232,26 @@ def write_run_files(ctx: RunContext) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "training_args.yaml").write_text(yaml.safe_dump(ctx.config.as_dict(), sort_keys=False, allow_unicode=True))
     versions = {}
-    for pkg in ("tuneforge", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pluggy"):
+    packages = ["tuneforge", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pluggy"]
+    packages += [r.module for entry in ctx.plan.entries() for r in entry.spec.requires]
+    for pkg in dict.fromkeys(packages):
         try:
-            versions[pkg] = metadata.version(pkg)
+            versions[pkg] = metadata.version(pkg.replace("_", "-"))
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     manifest = {
         "python": platform.python_version(),
         "versions": versions,
         "plan": [{"role": r, "name": n, "provider": p} for r, n, p in ctx.plan.describe()],
-        "datasets": [_file_digest(d.attr.path) for d in ctx.plan.datasets + ctx.plan.eval_datasets],
+        "datasets": _dataset_digests(ctx),
+        "trainable_parameters": ctx.extras.get("trainable_parameters"),
+        "total_parameters": ctx.extras.get("total_parameters"),
     }
     (out / "run_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _dataset_digests(ctx: RunContext) -> list[dict]:
+    return [_file_digest(d.attr.path) for d in ctx.plan.datasets + ctx.plan.eval_datasets]
 
 
 def _file_digest(path: str) -> dict:
@@ -88,26 +260,110 @@ def _file_digest(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         return {"path": path}
-    return {"path": path, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    digest = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": path, "sha256": digest.hexdigest()}
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------------------
+
+
+def _graceful_stop_callback():
+    from transformers import TrainerCallback
+
+    class GracefulStop(TrainerCallback):
+        """First SIGINT (Ctrl-C) or SIGTERM: finish the step, save a checkpoint, stop. A second one: stop now."""
+
+        def __init__(self):
+            self.received: str | None = None
+            self.previous: dict = {}
+
+        def install(self) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                return
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+
+        def uninstall(self) -> None:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            self.previous = {}
+
+        def _handle(self, signum, frame):
+            if self.received is not None:
+                self.uninstall()
+                raise KeyboardInterrupt
+            self.received = signal.Signals(signum).name
+            print(f"\n{self.received}: finishing this step and saving a checkpoint; "
+                  "press Ctrl-C again to stop at once without saving", file=sys.stderr, flush=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            stop = self.received is not None
+            if args.world_size > 1:  # every process must stop at the same step
+                import torch
+                import torch.distributed as dist
+
+                flag = torch.tensor([int(stop)], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+            if stop:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return GracefulStop()
+
+
+# --- train ----------------------------------------------------------------------------------------------------
 
 
 def train_and_save(ctx: RunContext, trainer) -> dict:
     """Train (resuming when a checkpoint exists), save the model and every output file; return metrics."""
-    trainer.add_callback(TrainerLogCallback(ctx.output_dir))
+    log_callback = trainer_log_callback(ctx.output_dir)
+    trainer.add_callback(log_callback)
+    ctx.extras["trainer"] = trainer
+    ctx.extras["is_main_process"] = trainer.is_world_process_zero()
     ctx.manager.hook.tuneforge_trainer_created(ctx=ctx, trainer=trainer)
     metrics: dict = {}
     if ctx.config.do_train or not ctx.config.is_set("do_train"):  # `tuneforge train` trains by default
+        checkpoint = resume_checkpoint(ctx)
+        if checkpoint is not None:
+            if trainer.args.save_only_model:
+                print("warning: save_only_model checkpoints hold the weights only: the optimizer, scheduler and RNG "
+                      "start afresh, so the resumed run will not match an uninterrupted one")
+            for change in _changes_since(ctx, checkpoint):
+                print(f"warning: changed since the checkpoint was written: {change}")
         if trainer.is_world_process_zero():
+            if checkpoint is None and ctx.config.overwrite_output_dir:
+                _remove_old_checkpoints(ctx.output_dir)
             write_run_files(ctx)
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint(ctx))
+        stopper = _graceful_stop_callback()
+        trainer.add_callback(stopper)
+        stopper.install()
+        try:
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+        finally:
+            stopper.uninstall()
+        if stopper.received is not None and trainer.state.global_step < trainer.state.max_steps:
+            step = trainer.state.global_step
+            print(f"stopped by {stopper.received} after step {step}; saved {ctx.output_dir / f'checkpoint-{step}'}. "
+                  "Run the same command again to resume from it.", file=sys.stderr)
+            raise KeyboardInterrupt
         trainer.save_model()
+        train_metrics = dict(result.metrics)
+        if ctx.config.include_effective_tokens_per_second and train_metrics.get("train_runtime"):
+            tokens = trainer.state.num_input_tokens_seen - log_callback.first_tokens
+            train_metrics["effective_tokens_per_sec"] = round(tokens / train_metrics["train_runtime"], 3)
         trainer.save_state()
         if trainer.is_world_process_zero():
             ctx.tokenizer.save_pretrained(ctx.output_dir)
-            save_metrics(ctx.output_dir, "train", result.metrics)
-        metrics.update(result.metrics)
-    if trainer.eval_dataset is not None and (ctx.config.get("do_eval") or ctx.config.get("val_size")):
-        eval_metrics = trainer.evaluate()
+            save_metrics(ctx.output_dir, "train", train_metrics)
+        metrics.update(train_metrics)
+    if trainer.eval_dataset is not None and (ctx.config.get("do_eval") or ctx.config.get("val_size") or ctx.plan.eval_datasets):
+        eval_metrics = _last_evaluation(trainer) or trainer.evaluate()
         if trainer.is_world_process_zero():
             save_metrics(ctx.output_dir, "eval", eval_metrics)
         metrics.update(eval_metrics)

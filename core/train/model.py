@@ -41,8 +41,25 @@ def load_model(ctx: RunContext):
     if quantizer is not None and quantizer.spec.after_load is not None:
         model = quantizer.spec.after_load(ctx, model)
     model = ctx.plan.method.spec.apply(ctx, model)
-    if not ctx.training:
+    if ctx.training:
+        upcast_trainable_params(ctx, model)
+    else:
         model.eval()
     ctx.model = model
     ctx.manager.hook.tuneforge_model_ready(ctx=ctx, model=model, tokenizer=tokenizer)
     return model, tokenizer
+
+
+def upcast_trainable_params(ctx: RunContext, model) -> None:
+    """Trainable parameters in fp32 when the model computes in bf16/fp16, as LLaMA-Factory does.
+
+    Mixed precision then autocasts the computation while the optimizer updates fp32 weights. A method
+    that keeps its own fp32 copies (BAdam) sets ``ctx.extras["keep_trainable_dtype"]``.
+    """
+    import torch
+
+    if ctx.extras.get("keep_trainable_dtype") or ctx.config.pure_bf16:
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.to(torch.float32)

@@ -6,42 +6,79 @@ import json
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 LOG_FILE = "trainer_log.jsonl"
 
 
-class TrainerLogCallback(TrainerCallback):
-    """Appends one JSON line per logging step: step, loss, lr, epoch, percentage, times, tokens/s."""
+_CALLBACK_CLASS = None
+
+
+def trainer_log_callback(output_dir: Path):
+    """A transformers TrainerCallback writing trainer_log.jsonl (transformers is imported only here)."""
+    global _CALLBACK_CLASS
+    if _CALLBACK_CLASS is None:
+        from transformers import TrainerCallback
+
+        _CALLBACK_CLASS = type("TrainerLogCallback", (TrainerLog, TrainerCallback), {})
+    return _CALLBACK_CLASS(output_dir)
+
+
+class TrainerLog:
+    """Appends one JSON line per log event: step, loss, lr, epoch, percentage, times, tokens/s.
+
+    Times and throughput count this session only (a resumed run does not divide by steps it did not
+    run). On a resume, lines after the checkpoint's step (written by the interrupted run after its
+    last checkpoint) are dropped, so the file holds each step once.
+    """
 
     def __init__(self, output_dir: Path):
         self.path = Path(output_dir) / LOG_FILE
         self.start = time.time()
+        self.first_step = 0
+        self.first_tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
-        if state.is_world_process_zero and not args.resume_from_checkpoint and self.path.exists():
+        self.first_step = state.global_step
+        self.first_tokens = state.num_input_tokens_seen or 0
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        if state.global_step == 0:
             self.path.unlink()
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("current_steps", 0) <= state.global_step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line cut short when the process was killed
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
+        if not state.is_world_process_zero or not logs or ("loss" not in logs and "eval_loss" not in logs):
+            return  # the end-of-training summary goes to train_results.json
         elapsed = time.time() - self.start
         total = max(state.max_steps, 1)
-        done = max(state.global_step, 1)
+        done = state.global_step - self.first_step
+        remaining = elapsed / done * (total - state.global_step) if done > 0 else None
+        tokens = (state.num_input_tokens_seen or 0) - self.first_tokens
         record = {
             "current_steps": state.global_step,
             "total_steps": state.max_steps,
             "loss": logs.get("loss"),
             "eval_loss": logs.get("eval_loss"),
             "lr": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
             "epoch": logs.get("epoch", state.epoch),
             "percentage": round(state.global_step / total * 100, 2),
             "elapsed_time": _hms(elapsed),
-            "remaining_time": _hms(elapsed / done * (total - state.global_step)),
+            "remaining_time": _hms(remaining) if remaining is not None else None,
         }
         if state.num_input_tokens_seen:
-            record["tokens_per_second"] = round(state.num_input_tokens_seen / max(elapsed, 1e-9), 2)
+            speed = round(tokens / max(elapsed, 1e-9), 2)
+            record["tokens_per_second"] = speed
+            record["throughput"] = speed  # LLaMA-Factory's name for the same figure
+            record["total_tokens"] = state.num_input_tokens_seen
         record = {k: v for k, v in record.items() if v is not None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:

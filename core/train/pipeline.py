@@ -19,7 +19,9 @@ def run_training(prepared: Prepared) -> RunContext:
             print(f"{name}: {param.dtype} {param.device} trainable={param.requires_grad}")
     trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in ctx.model.parameters())
-    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)")
+    ctx.extras.update(trainable_parameters=trainable, total_parameters=total)
+    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%) "
+          f"[method {ctx.plan.method.name}]")
     ctx.metrics = ctx.plan.stage.spec.run(ctx) or {}
     ctx.manager.hook.tuneforge_run_end(ctx=ctx, metrics=ctx.metrics)
     return ctx

@@ -1,10 +1,18 @@
-"""Freeze tuning: train only some decoder layers (the last n, or the first n when negative)."""
+"""Freeze tuning: train only some decoder layers (the last n, or the first n when negative).
+
+``freeze_trainable_modules`` narrows what trains inside those layers (``self_attn``, ``mlp``,
+``q_proj``, ``mlp.up_proj``, ... or ``all``); ``freeze_extra_modules`` adds modules outside the
+decoder layers (``embed_tokens``, ``norm``, ``lm_head``). Names are checked against the model, and an
+unknown one is an error that lists the names the model has.
+"""
 
 from __future__ import annotations
 
 import re
 
 from tuneforge import ConfigKey, MethodSpec, hookimpl
+
+from ._common import lora_only_problems, names
 
 KEYS = (
     ConfigKey("freeze_trainable_layers", int, 2,
@@ -15,14 +23,7 @@ KEYS = (
               "Modules outside the decoder layers that also train (e.g. embed_tokens,lm_head)."),
 )
 
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-
-
-def _names(value) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [i.strip() for i in items if i.strip()]
+_LAYER = re.compile(r"^(.*?\.layers\.(\d+))\.(.+)$")
 
 
 def trainable_layer_ids(num_layers: int, n: int) -> list[int]:
@@ -31,25 +32,54 @@ def trainable_layer_ids(num_layers: int, n: int) -> list[int]:
     return list(range(min(-n, num_layers)))
 
 
+def _contains(path: str, name: str) -> bool:
+    """Whether dotted ``name`` is a run of whole components of dotted ``path``."""
+    return f".{name}." in f".{path}."
+
+
+def _module_names(model) -> tuple[set[str], set[str]]:
+    """(names usable inside a decoder layer, names of modules outside the layers)."""
+    inner, outer = set(), set()
+    for full_name, _ in model.named_modules():
+        found = _LAYER.match(full_name)
+        if found:
+            parts = found.group(3).split(".")
+            inner.update(parts)
+            inner.update(".".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))
+        elif full_name and ".layers" not in f".{full_name}" and not full_name.endswith("layers"):
+            outer.update(full_name.split("."))
+    inner.discard("")
+    outer.discard(getattr(model, "base_model_prefix", "model"))
+    return inner, outer
+
+
 def apply(ctx, model):
+    from tuneforge.errors import TuneforgeError
+
     config = ctx.config
     num_layers = model.config.num_hidden_layers
     layers = set(trainable_layer_ids(num_layers, config.freeze_trainable_layers))
-    modules = _names(config.freeze_trainable_modules)
-    extra = _names(config.freeze_extra_modules)
-    matched = 0
-    for name, param in model.named_parameters():
-        found = _LAYER.search(name)
-        train = False
-        if found and int(found.group(1)) in layers:
-            train = modules == ["all"] or any(f".{m}." in name or name.endswith(f".{m}") or f".{m}" in name for m in modules)
-        elif any(f"{m}." in name or name.startswith(m) for m in extra):
-            train = True
-        param.requires_grad_(train)
-        matched += train
-    if not matched:
-        from tuneforge.errors import TuneforgeError
+    modules = names(config.freeze_trainable_modules) or ["all"]
+    extra = names(config.freeze_extra_modules)
+    inner, outer = _module_names(model)
+    problems = [f"freeze_trainable_modules: '{m}' is not a module of the decoder layers" for m in modules
+                if m != "all" and m not in inner]
+    problems += [f"freeze_extra_modules: '{m}' is not a module outside the decoder layers" for m in extra if m not in outer]
+    if problems:
+        choices_inner = ", ".join(sorted(n for n in inner if "." not in n))
+        choices_outer = ", ".join(sorted(outer - {"model"}))
+        raise TuneforgeError("; ".join(problems) + f" (decoder-layer modules: {choices_inner}; other modules: {choices_outer})")
 
+    trained = 0
+    for name, param in model.named_parameters():
+        found = _LAYER.match(name)
+        if found:
+            train = int(found.group(2)) in layers and (modules == ["all"] or any(_contains(found.group(3), m) for m in modules))
+        else:
+            train = any(_contains(name, m) for m in extra)
+        param.requires_grad_(train)
+        trained += train
+    if not trained:
         raise TuneforgeError(
             f"freeze: no parameter matches freeze_trainable_layers={config.freeze_trainable_layers}, "
             f"freeze_trainable_modules={config.freeze_trainable_modules} (the model has {num_layers} layers)"
@@ -57,10 +87,14 @@ def apply(ctx, model):
     return model
 
 
-def validate(config) -> list[str]:
+def freeze_problems(config) -> list[str]:
     if config.freeze_trainable_layers == 0:
         return ["freeze_trainable_layers must not be 0 (positive = last n layers, negative = first n)"]
     return []
+
+
+def validate(config) -> list[str]:
+    return lora_only_problems(config, "freeze") + freeze_problems(config)
 
 
 @hookimpl

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, hookimpl
 
+from ._common import lora_only_problems
+
 
 def apply(ctx, model):
     for param in model.parameters():
@@ -11,6 +13,10 @@ def apply(ctx, model):
     return model
 
 
+def validate(config) -> list[str]:
+    return lora_only_problems(config, "full")
+
+
 @hookimpl
 def tuneforge_methods():
-    return [MethodSpec(name="full", description="Train every parameter of the model.", apply=apply)]
+    return [MethodSpec(name="full", description="Train every parameter of the model.", apply=apply, validate=validate)]

@@ -1,8 +1,17 @@
-"""LoRA through PEFT, with LLaMA-Factory's keys (DoRA, rsLoRA and PiSSA as flags)."""
+"""LoRA through PEFT, with LLaMA-Factory's keys, and its variants as names of their own.
+
+``finetuning_type: lora`` with ``use_dora`` / ``use_rslora`` / ``pissa_init`` is LLaMA-Factory's way;
+``finetuning_type: dora``, ``rslora`` and ``pissa`` are the same code with that flag implied. LoRA+
+(``loraplus_lr_ratio``) is an optimizer with per-group learning rates, built by ``create_optimizer``.
+"""
 
 from __future__ import annotations
 
+from functools import partial
+
 from tuneforge import ConfigKey, MethodSpec, hookimpl
+
+from ._common import names
 
 KEYS = (
     ConfigKey("lora_rank", int, 8, "Rank of the LoRA matrices."),
@@ -13,22 +22,28 @@ KEYS = (
     ConfigKey("additional_target", (str, list), None,
               "Modules trained fully and saved with the adapter (PEFT modules_to_save)."),
     ConfigKey("create_new_adapter", bool, False,
-              "With adapter_name_or_path: train a new adapter on top of the merged ones instead of continuing the last."),
-    ConfigKey("use_dora", bool, False, "Weight-decomposed LoRA (DoRA)."),
+              "With adapter_name_or_path: merge all of them and train a new adapter instead of continuing the last."),
+    ConfigKey("use_dora", bool, False, "Weight-decomposed LoRA (DoRA): adds a trainable magnitude vector per layer."),
     ConfigKey("use_rslora", bool, False, "Rank-stabilised LoRA scaling (alpha / sqrt(rank))."),
     ConfigKey("pissa_init", bool, False, "Initialise from the principal singular vectors (PiSSA)."),
-    ConfigKey("pissa_iter", int, 16, "Fast-SVD iterations for PiSSA; -1 for a full SVD."),
-    ConfigKey("pissa_convert", bool, False, "Save the PiSSA adapter converted to a plain LoRA.", effective=False),
-    ConfigKey("loraplus_lr_ratio", float, None, "LoRA+: learning-rate ratio of B over A.", effective=False),
-    ConfigKey("loraplus_lr_embedding", float, 1e-6, "LoRA+: learning rate of embedding adapters.", effective=False),
+    ConfigKey("pissa_iter", int, 16, "Fast-SVD iterations for PiSSA; -1 for a full (deterministic) SVD."),
+    ConfigKey("pissa_convert", bool, False,
+              "Also write pissa_converted/: the PiSSA adapter as a plain LoRA for the unmodified base model."),
+    ConfigKey("loraplus_lr_ratio", float, None, "LoRA+: learning-rate ratio of B over A (lr_B = lr x ratio)."),
+    ConfigKey("loraplus_lr_embedding", float, 1e-6, "LoRA+: learning rate of LoRA adapters on embedding layers."),
 )
 
+#: finetuning_type name -> the LLaMA-Factory flag it implies.
+VARIANTS = {
+    "lora": {},
+    "dora": {"use_dora": True},
+    "rslora": {"use_rslora": True},
+    "pissa": {"pissa_init": True},
+}
 
-def _names(value) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [i.strip() for i in items if i.strip()]
+
+def effective(config, implied: dict):
+    return config.with_values(**implied) if implied else config
 
 
 def linear_module_names(model) -> list[str]:
@@ -36,19 +51,39 @@ def linear_module_names(model) -> list[str]:
     import torch
 
     output = model.get_output_embeddings()
-    names = set()
+    found = set()
     for full_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and module is not output:
-            names.add(full_name.split(".")[-1])
-    return sorted(names)
+            found.add(full_name.split(".")[-1])
+    return sorted(found)
+
+
+def _matches(module_names: list[str], target: str) -> bool:
+    """PEFT's rule for a list of targets: the module name is the target or ends with '.target'."""
+    return any(n == target or n.endswith(f".{target}") for n in module_names)
 
 
 def lora_config(config, model):
     from peft import LoraConfig, TaskType
 
-    targets = _names(config.lora_target)
+    from tuneforge.errors import TuneforgeError
+
+    targets = names(config.lora_target) or ["all"]
+    module_names = [n for n, _ in model.named_modules() if n]
     if targets == ["all"]:
         targets = linear_module_names(model)
+    else:
+        unknown = [t for t in targets if not _matches(module_names, t)]
+        if unknown:
+            raise TuneforgeError(f"lora_target: no module named {', '.join(unknown)} in this model; "
+                                 f"its linear layers are: {', '.join(linear_module_names(model))} (or use 'all')")
+    to_save = names(config.additional_target) or None
+    if to_save:
+        unknown = [t for t in to_save if not _matches(module_names, t)]
+        if unknown:
+            outside = sorted({n.split(".")[-1] for n in module_names if ".layers." not in f"{n}."})
+            raise TuneforgeError(f"additional_target: no module named {', '.join(unknown)} in this model "
+                                 f"(modules outside the decoder layers: {', '.join(outside)})")
     init = True
     if config.pissa_init:
         init = "pissa" if config.pissa_iter == -1 else f"pissa_niter_{config.pissa_iter}"
@@ -58,49 +93,156 @@ def lora_config(config, model):
         lora_alpha=config.lora_alpha if config.lora_alpha is not None else config.lora_rank * 2,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
-        modules_to_save=_names(config.additional_target) or None,
+        modules_to_save=to_save,
         use_dora=config.use_dora,
         use_rslora=config.use_rslora,
         init_lora_weights=init,
     )
 
 
-def apply(ctx, model):
+def apply(ctx, model, implied: dict):
     from peft import PeftModel, get_peft_model
 
-    config = ctx.config
-    adapters = _names(config.adapter_name_or_path)
+    config = effective(ctx.config, implied)
+    adapters = names(config.adapter_name_or_path)
     if adapters:
         # Merge every adapter but the one training continues (or all of them for a new adapter).
         to_merge = adapters if config.create_new_adapter else adapters[:-1]
         for path in to_merge:
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        if to_merge:
+            print(f"merged adapter(s) into the base model: {', '.join(to_merge)}")
         if not config.create_new_adapter:
+            print(f"{'continuing' if ctx.training else 'loaded'} adapter {adapters[-1]}")
             return PeftModel.from_pretrained(model, adapters[-1], is_trainable=ctx.training)
     if not ctx.training:
         return model
+    if config.pissa_init and config.pissa_iter != -1 and not config.pissa_convert:
+        print(f"note: PiSSA with pissa_iter={config.pissa_iter} uses a randomized SVD, which PEFT runs again when it "
+              "loads the adapter, so a reload does not reproduce the trained model exactly; set pissa_convert: true "
+              "(writes pissa_converted/, a plain LoRA adapter) or pissa_iter: -1 (exact SVD) for a reloadable adapter")
     return get_peft_model(model, lora_config(config, model))
 
 
-def validate(config) -> list[str]:
+def create_optimizer(ctx, model, args, implied: dict):
+    """LoRA+: lora_B (and 1-d) parameters learn loraplus_lr_ratio times faster than lora_A."""
+    config = effective(ctx.config, implied)
+    if config.loraplus_lr_ratio is None:
+        return None
+    from transformers import Trainer
+
+    from ._optim import decay_parameter_names
+
+    decay = set(decay_parameter_names(model))
+    groups = {"lora_A": [], "lora_B": [], "lora_B_no_decay": [], "embedding": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if "lora_embedding_B" in name:
+            groups["embedding"].append(param)
+        elif "lora_B" in name or param.ndim == 1:
+            groups["lora_B" if name in decay else "lora_B_no_decay"].append(param)
+        else:
+            groups["lora_A"].append(param)
+    lr = args.learning_rate
+    settings = {
+        "lora_A": (lr, args.weight_decay),
+        "lora_B": (lr * config.loraplus_lr_ratio, args.weight_decay),
+        "lora_B_no_decay": (lr * config.loraplus_lr_ratio, 0.0),
+        "embedding": (config.loraplus_lr_embedding, args.weight_decay),
+    }
+    param_groups = [
+        {"params": params, "lr": settings[name][0], "weight_decay": settings[name][1], "name": name}
+        for name, params in groups.items() if params
+    ]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("lr", "params", "model")}
+    print(f"LoRA+: lr {lr:g} for lora_A, {lr * config.loraplus_lr_ratio:g} for lora_B "
+          f"(loraplus_lr_ratio {config.loraplus_lr_ratio:g}), {config.loraplus_lr_embedding:g} for embedding adapters")
+    return optimizer_cls(param_groups, lr=lr, **optimizer_kwargs)
+
+
+def validate(config, implied: dict, name: str) -> list[str]:
     problems = []
+    for key, value in implied.items():
+        if config.is_set(key) and config.get(key) != value:
+            problems.append(f"finetuning_type: {name} means {key}: {str(value).lower()}; remove {key}: {config.get(key)}")
+    config = effective(config, implied)
     if config.lora_rank is not None and config.lora_rank <= 0:
         problems.append("lora_rank must be positive")
     if config.pissa_init and config.quantization_bit is not None:
-        problems.append("pissa_init cannot be used with quantization_bit: PiSSA needs the full-precision weights")
-    if config.use_dora and config.pissa_init:
-        problems.append("use_dora and pissa_init cannot be combined")
+        problems.append("pissa_init cannot be used with quantization_bit: PiSSA rewrites the full-precision base weights")
+    if config.pissa_convert and not config.pissa_init:
+        problems.append("pissa_convert converts a PiSSA adapter: it needs pissa_init: true (or finetuning_type: pissa)")
+    if config.pissa_convert and config.use_dora:
+        problems.append("pissa_convert cannot convert a DoRA adapter (its magnitude vector has no plain-LoRA form)")
+    if config.loraplus_lr_ratio is not None and config.loraplus_lr_ratio <= 0:
+        problems.append("loraplus_lr_ratio must be positive (LoRA+ uses lr x ratio for lora_B)")
     return problems
+
+
+DESCRIPTIONS = {
+    "lora": "Low-rank adapters (PEFT): train small A/B matrices beside frozen weights.",
+    "dora": "DoRA: LoRA with a trainable magnitude vector per layer (use_dora on lora).",
+    "rslora": "rsLoRA: LoRA scaled by alpha/sqrt(rank) (use_rslora on lora).",
+    "pissa": "PiSSA: LoRA initialised from the principal singular vectors (pissa_init on lora).",
+}
 
 
 @hookimpl
 def tuneforge_methods():
     return [
         MethodSpec(
-            name="lora",
-            description="Low-rank adapters (PEFT): train small A/B matrices beside frozen weights.",
+            name=name,
+            description=DESCRIPTIONS[name],
             keys=KEYS,
-            apply=apply,
-            validate=validate,
+            apply=partial(apply, implied=implied),
+            create_optimizer=partial(create_optimizer, implied=implied),
+            validate=partial(validate, implied=implied, name=name),
         )
+        for name, implied in VARIANTS.items()
     ]
+
+
+# --- PiSSA conversion (pissa_convert): LLaMA-Factory's pissa_init/ and pissa_converted/ folders ------------------
+
+
+def _ours(ctx) -> dict | None:
+    """The implied flags when this run's method is one of this module's, else None."""
+    entry = ctx.plan.method
+    if entry.record.name != __name__ or entry.name not in VARIANTS:
+        return None
+    return VARIANTS[entry.name]
+
+
+def _converting(ctx) -> bool:
+    implied = _ours(ctx)
+    if implied is None or not ctx.training:
+        return False
+    config = effective(ctx.config, implied)
+    return bool(config.pissa_init and config.pissa_convert and not names(config.adapter_name_or_path))
+
+
+@hookimpl
+def tuneforge_trainer_created(ctx, trainer):
+    """Before any step (and before a resume loads its checkpoint) the adapter holds PiSSA's initial values."""
+    if not _converting(ctx) or not trainer.is_world_process_zero():
+        return
+    model = ctx.model
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True  # the saved initial adapter loads as is, without another SVD
+    try:
+        model.save_pretrained(str(ctx.output_dir / "pissa_init"))
+    finally:
+        config.init_lora_weights = init
+
+
+@hookimpl
+def tuneforge_run_end(ctx, metrics):
+    if not _converting(ctx) or not ctx.extras.get("is_main_process", True):
+        return
+    init_dir = ctx.output_dir / "pissa_init"
+    out = ctx.output_dir / "pissa_converted"
+    ctx.model.save_pretrained(str(out), path_initial_model_for_weight_conversion=str(init_dir))
+    print(f"PiSSA adapter converted to a plain LoRA adapter (rank x 2) for the original base model: {out}")

@@ -5,6 +5,12 @@ from __future__ import annotations
 from tuneforge import StageSpec, hookimpl
 
 
+def validate(config) -> list[str]:
+    from tuneforge.train.checks import evaluation_problems
+
+    return evaluation_problems(config)
+
+
 def run(ctx):
     from tuneforge.train.text_stage import run_text_stage
 
@@ -13,4 +19,4 @@ def run(ctx):
 
 @hookimpl
 def tuneforge_stages():
-    return [StageSpec(name="pt", description="Pre-training: next-token prediction on every token of plain text.", run=run, data_kind="text")]
+    return [StageSpec(name="pt", description="Pre-training: next-token prediction on every token of plain text.", run=run, validate=validate, data_kind="text")]

@@ -1,0 +1,99 @@
+"""APOLLO: full (or freeze) tuning with an SGD-like memory footprint: AdamW whose update is scaled by
+statistics of a low-rank (random or SVD) projection of the gradient (apollo-torch).
+
+Selected by ``finetuning_type: apollo`` or LLaMA-Factory's ``use_apollo: true``; composes with
+``finetuning_type`` exactly as GaLore does (full by default, or freeze).
+"""
+
+from __future__ import annotations
+
+from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
+
+from . import freeze
+from ._common import base_tuning, layerwise_problems, optimizer_method_problems
+
+KEYS = (
+    ConfigKey("use_apollo", bool, False, "Select APOLLO (LLaMA-Factory's flag; same as finetuning_type: apollo)."),
+    ConfigKey("apollo_target", (str, list), "all",
+              "Linear layers APOLLO scales: 'all' (every linear but the output head) or a comma list."),
+    ConfigKey("apollo_rank", int, 16, "Rank of the auxiliary low-rank space."),
+    ConfigKey("apollo_update_interval", int, 200, "Steps between renewing the projection."),
+    ConfigKey("apollo_scale", float, 32.0, "Scale of the update."),
+    ConfigKey("apollo_proj", str, "random", "Projection: random or svd.", choices=("random", "svd")),
+    ConfigKey("apollo_proj_type", str, "std", "Projection side.", choices=("std", "right", "left")),
+    ConfigKey("apollo_scale_type", str, "channel", "Scaling granularity.", choices=("channel", "tensor")),
+    ConfigKey("apollo_layerwise", bool, False,
+              "Step each layer during backward to save memory (no gradient accumulation, one process)."),
+    ConfigKey("apollo_scale_front", bool, False, "Apply the norm-growth limiter before gradient scaling."),
+) + freeze.KEYS
+
+OPTIMS = ("adamw_torch", "adamw_torch_fused")
+
+
+def apply(ctx, model):
+    return ctx.manager.method(base_tuning(ctx.config, "apollo")).apply(ctx, model)
+
+
+def create_optimizer(ctx, model, args):
+    from apollo_torch import APOLLOAdamW
+    from apollo_torch.random_projector import GradientProjector
+    from apollo_torch.svd_projector import GaLoreProjector
+
+    from ._optim import adam_kwargs, layerwise, param_groups, resumable, target_linear_params
+
+    config = ctx.config
+    settings = {
+        "rank": config.apollo_rank,
+        "proj": config.apollo_proj,
+        "proj_type": config.apollo_proj_type,
+        "update_proj_gap": config.apollo_update_interval,
+        "scale": config.apollo_scale,
+        "scale_type": config.apollo_scale_type,
+    }
+    optimizer_cls = resumable(APOLLOAdamW, {"GradientProjector": GradientProjector, "GaLoreProjector": GaLoreProjector},
+                              "APOLLOAdamW")
+    # scale_front is a constructor argument of APOLLOAdamW (LLaMA-Factory passes it in the group, where it is ignored)
+    kwargs = {**adam_kwargs(args), "scale_front": config.apollo_scale_front}
+    projected = target_linear_params(model, config.apollo_target, "apollo_target")
+    groups = param_groups(model, projected, settings, args.weight_decay)
+    print(f"APOLLO ({config.apollo_proj} projection, rank {config.apollo_rank}, scale {config.apollo_scale:g}): "
+          f"{len(projected)} weight matrices" + (", layer-wise" if config.apollo_layerwise else ""))
+    if config.apollo_layerwise:
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            print("note: apollo_layerwise steps each layer during backward; max_grad_norm is not applied "
+                  "and the logged grad_norm is 0")
+        return layerwise(model, groups, lambda g: optimizer_cls(g, **kwargs))
+    return optimizer_cls(groups, **kwargs)
+
+
+def validate(config) -> list[str]:
+    problems = optimizer_method_problems(config, "apollo")
+    if base_tuning(config, "apollo") == "freeze":
+        problems += freeze.freeze_problems(config)
+    if config.apollo_rank is not None and config.apollo_rank <= 0:
+        problems.append("apollo_rank must be positive")
+    if config.apollo_update_interval is not None and config.apollo_update_interval <= 0:
+        problems.append("apollo_update_interval must be a positive number of steps")
+    optim = config.get("optim")
+    if optim not in OPTIMS:
+        problems.append(f"APOLLO supports optim {', '.join(OPTIMS)}; not '{optim}'")
+    if config.get("deepspeed"):
+        problems.append("APOLLO cannot be used with DeepSpeed (its optimizer state is not partitioned); drop deepspeed")
+    problems += layerwise_problems(config, "apollo", "apollo_layerwise")
+    return problems
+
+
+@hookimpl
+def tuneforge_methods():
+    return [
+        MethodSpec(
+            name="apollo",
+            description="APOLLO: full/freeze tuning with a memory-light AdamW scaled in a low-rank space (apollo-torch).",
+            keys=KEYS,
+            requires=(Requirement("apollo_torch", "pip install 'tuneforge[optim]'"),),
+            apply=apply,
+            create_optimizer=create_optimizer,
+            validate=validate,
+            flag="use_apollo",
+        )
+    ]

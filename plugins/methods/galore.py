@@ -1,0 +1,107 @@
+"""GaLore: full (or freeze) tuning whose optimizer keeps Adam's moments in a low-rank projection of
+each targeted weight's gradient (galore-torch).
+
+Selected by ``finetuning_type: galore`` or, as in LLaMA-Factory, by ``use_galore: true``. What trains
+follows ``finetuning_type``: ``full`` (or unset) trains every parameter, ``freeze`` trains freeze
+tuning's layers; only the targeted linear weights get the low-rank projection, every other trainable
+parameter gets plain AdamW. ``finetuning_type: lora`` with ``use_galore`` is an error, as in LLaMA-Factory.
+"""
+
+from __future__ import annotations
+
+from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
+
+from . import freeze
+from ._common import base_tuning, layerwise_problems, optimizer_method_problems
+
+KEYS = (
+    ConfigKey("use_galore", bool, False, "Select GaLore (LLaMA-Factory's flag; same as finetuning_type: galore)."),
+    ConfigKey("galore_target", (str, list), "all",
+              "Linear layers whose gradients are projected: 'all' (every linear but the output head) or a comma list."),
+    ConfigKey("galore_rank", int, 16, "Rank of the gradient projection."),
+    ConfigKey("galore_update_interval", int, 200, "Steps between recomputing the projection (SVD)."),
+    ConfigKey("galore_scale", float, 2.0, "Scale of the projected-back update."),
+    ConfigKey("galore_proj_type", str, "std", "Projection side.", choices=("std", "reverse_std", "right", "left", "full")),
+    ConfigKey("galore_layerwise", bool, False,
+              "Step each layer during backward to save memory (no gradient accumulation, one process)."),
+) + freeze.KEYS  # use_galore composes with finetuning_type: freeze
+
+#: Hugging Face `optim` -> galore-torch class name.
+OPTIMIZERS = {
+    "adamw_torch": "GaLoreAdamW",
+    "adamw_torch_fused": "GaLoreAdamW",
+    "adamw_8bit": "GaLoreAdamW8bit",
+    "adamw_bnb_8bit": "GaLoreAdamW8bit",
+    "paged_adamw_8bit": "GaLoreAdamW8bit",
+    "adafactor": "GaLoreAdafactor",
+}
+
+
+def apply(ctx, model):
+    return ctx.manager.method(base_tuning(ctx.config, "galore")).apply(ctx, model)
+
+
+def create_optimizer(ctx, model, args):
+    import galore_torch
+    from galore_torch.galore_projector import GaLoreProjector
+
+    from ._optim import adam_kwargs, layerwise, param_groups, resumable, target_linear_params
+
+    config = ctx.config
+    settings = {
+        "rank": config.galore_rank,
+        "update_proj_gap": config.galore_update_interval,
+        "scale": config.galore_scale,
+        "proj_type": config.galore_proj_type,
+    }
+    optimizer_cls = resumable(getattr(galore_torch, OPTIMIZERS[args.optim]), {"GaLoreProjector": GaLoreProjector},
+                              OPTIMIZERS[args.optim])
+    if args.optim == "adafactor":
+        kwargs = {"lr": args.learning_rate, "scale_parameter": False, "relative_step": False}
+    else:
+        kwargs = adam_kwargs(args)
+        if OPTIMIZERS[args.optim] == "GaLoreAdamW":
+            kwargs["no_deprecation_warning"] = True
+    projected = target_linear_params(model, config.galore_target, "galore_target")
+    groups = param_groups(model, projected, settings, args.weight_decay)
+    print(f"GaLore ({optimizer_cls.__name__}): {len(projected)} weight matrices projected to rank {config.galore_rank}, "
+          f"projection renewed every {config.galore_update_interval} steps" + (", layer-wise" if config.galore_layerwise else ""))
+    if config.galore_layerwise:
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            print("note: galore_layerwise steps each layer during backward; max_grad_norm is not applied "
+                  "and the logged grad_norm is 0")
+        return layerwise(model, groups, lambda g: optimizer_cls(g, **kwargs))
+    return optimizer_cls(groups, **kwargs)
+
+
+def validate(config) -> list[str]:
+    problems = optimizer_method_problems(config, "galore")
+    if base_tuning(config, "galore") == "freeze":
+        problems += freeze.freeze_problems(config)
+    if config.galore_rank is not None and config.galore_rank <= 0:
+        problems.append("galore_rank must be positive")
+    if config.galore_update_interval is not None and config.galore_update_interval <= 0:
+        problems.append("galore_update_interval must be a positive number of steps")
+    optim = config.get("optim")
+    if optim not in OPTIMIZERS:
+        problems.append(f"GaLore supports optim {', '.join(OPTIMIZERS)}; not '{optim}'")
+    if config.get("deepspeed"):
+        problems.append("GaLore cannot be used with DeepSpeed (its optimizer state is not partitioned); drop deepspeed")
+    problems += layerwise_problems(config, "galore", "galore_layerwise")
+    return problems
+
+
+@hookimpl
+def tuneforge_methods():
+    return [
+        MethodSpec(
+            name="galore",
+            description="GaLore: full/freeze tuning with gradient low-rank projection in the optimizer (galore-torch).",
+            keys=KEYS,
+            requires=(Requirement("galore_torch", "pip install 'tuneforge[optim]'"),),
+            apply=apply,
+            create_optimizer=create_optimizer,
+            validate=validate,
+            flag="use_galore",
+        )
+    ]

@@ -119,3 +119,26 @@ def test_run_predict_says_what_is_missing(tiny_model, dataset_dir, tmp_path, man
     ctx = predict_context(tiny_model, dataset_dir, tmp_path, manager)
     with pytest.raises(TuneforgeError, match=r"no_such_module_xyz: pip install 'tuneforge\[metrics\]'"):
         run_predict(ctx)
+
+
+def test_sft_stage_predicts_after_training_when_asked(tiny_model, tmp_path):
+    """do_predict + predict_with_generate in a train config writes LLaMA-Factory's predict files."""
+    import json
+
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.train.pipeline import run_training
+
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}."} for w in ("yes", "no", "maybe", "hello")]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}))
+    out = tmp_path / "out"
+    overrides = [f"model_name_or_path={tiny_model}", "template=llama3", "dataset=d", "eval_dataset=d",
+                 f"dataset_dir={tmp_path}", f"output_dir={out}", "finetuning_type=lora", "max_steps=2",
+                 "per_device_train_batch_size=2", "do_predict=true", "predict_with_generate=true",
+                 "max_new_tokens=4", "do_sample=false", "report_to=none", "disable_tqdm=true", "overwrite_output_dir=true"]
+    ctx = run_training(prepare(None, overrides, manager=PluginManager(autoload=False)))
+    lines = (out / "generated_predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and {"prompt", "predict", "label"} <= set(json.loads(lines[0]))
+    assert "predict_bleu-4" in json.loads((out / "predict_results.json").read_text())
+    assert "predict_rouge-l" in ctx.metrics

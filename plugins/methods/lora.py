@@ -47,13 +47,19 @@ def effective(config, implied: dict):
 
 
 def linear_module_names(model) -> list[str]:
-    """Leaf names of every nn.Linear except the output head: what lora_target: all means."""
+    """Leaf names of every linear layer except the output head: what lora_target: all means.
+
+    Quantized layers (HQQLinear, GPTQ's QuantLinear) are not nn.Linear subclasses, so a class
+    name containing "Linear" (and not "Embedding") counts too.
+    """
     import torch
 
     output = model.get_output_embeddings()
     found = set()
     for full_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not output:
+        kind = type(module).__name__
+        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
+        if linear and module is not output and full_name:
             found.add(full_name.split(".")[-1])
     return sorted(found)
 

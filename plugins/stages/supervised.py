@@ -14,7 +14,19 @@ def validate(config) -> list[str]:
 def run(ctx):
     from tuneforge.train.text_stage import run_text_stage
 
-    return run_text_stage(ctx, "supervised")
+    metrics = run_text_stage(ctx, "supervised")
+    if ctx.config.do_predict and ctx.config.predict_with_generate:
+        from tuneforge.evaluation.predict import run_predict
+
+        if _is_main_process():
+            metrics.update(run_predict(ctx, ctx.plan.eval_datasets or ctx.plan.datasets))
+    return metrics
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @hookimpl

@@ -152,3 +152,35 @@ def tag_roles(attr, defaults: dict[str, str], aliases: dict[str, tuple[str, ...]
             for alias in (aliases or {}).get(tag_name, ()):
                 out.setdefault(alias, role)
     return out
+
+
+def finish_conversation(row: dict, attr, col, *, messages: list[dict], system, column: str, last_field: str, reply, turn: str = "turn", user_turn: str = "human turn") -> dict:
+    """What every conversation format does once its turns are parsed into ``messages``.
+
+    Reads the system column when no system turn was given, then shapes the row for the stage:
+    text for pre-training, chosen/rejected (via ``reply(column)``) for ranking, the conversation
+    (plus an optional kto_tag) otherwise, raising RowError on a row the stage cannot use.
+    """
+    if system is None and col("system"):
+        value = row.get(col("system"))
+        if value is not None and not isinstance(value, str):
+            raise RowError(col("system"), f"must be a string, got {type(value).__name__}")
+        system = value or None
+    if not messages:
+        raise RowError(column, f"no {turn}s besides the system prompt")
+    if attr.data_kind == "text":
+        return {"text": "\n".join(m["content"] for m in messages)}
+    example = {"messages": messages, "system": system, "tools": json_text_field(row, col("tools"))}
+    if attr.ranking:
+        if len(messages) % 2 == 0:
+            raise RowError(column, f"a preference row's conversation must end with a {user_turn} (the replies are chosen/rejected)")
+        example["chosen"] = reply(col("chosen"))
+        example["rejected"] = reply(col("rejected"))
+        return example
+    if len(messages) % 2 != 0:
+        raise RowError(column, f"the conversation must end with an assistant {turn}")
+    if not messages[-1]["content"].strip():
+        raise RowError(last_field, "empty response")
+    if col("kto_tag"):
+        example["kto_tag"] = bool_field(row, col("kto_tag"))
+    return example

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from tuneforge import DatasetFormatSpec, hookimpl
-from tuneforge.data.example import bool_field, json_text_field, order_problem, tag_roles
+from tuneforge.data.example import finish_conversation, order_problem, tag_roles
 from tuneforge.errors import RowError
 
 COLUMNS = {"messages": "messages", "system": None, "tools": "tools", "chosen": "chosen", "rejected": "rejected", "kto_tag": None}
@@ -141,30 +141,11 @@ def convert(row: dict, attr) -> dict:
         problem = order_problem([m["role"] for m in messages])
         if problem:
             raise RowError(f"{column}[{len(turns) - 1}].{role_tag}", problem[1])
-    if system is None and col("system"):
-        value = row.get(col("system"))
-        if value is not None and not isinstance(value, str):
-            raise RowError(col("system"), f"must be a string, got {type(value).__name__}")
-        system = value or None
-    if not messages:
-        raise RowError(column, "no messages besides the system prompt")
-
-    if attr.data_kind == "text":
-        return {"text": "\n".join(m["content"] for m in messages)}
-    example = {"messages": messages, "system": system, "tools": json_text_field(row, col("tools"))}
-    if attr.ranking:
-        if len(messages) % 2 == 0:
-            raise RowError(column, "a preference row's messages must end with a user message (the replies are chosen/rejected)")
-        example["chosen"] = _reply(row, col("chosen"), role_tag, content_tag, roles)
-        example["rejected"] = _reply(row, col("rejected"), role_tag, content_tag, roles)
-        return example
-    if len(messages) % 2 != 0:
-        raise RowError(column, "the conversation must end with an assistant message")
-    if not messages[-1]["content"].strip():
-        raise RowError(f"{column}[{len(turns) - 1}].{content_tag}", "empty response")
-    if col("kto_tag"):
-        example["kto_tag"] = bool_field(row, col("kto_tag"))
-    return example
+    return finish_conversation(
+        row, attr, col, messages=messages, system=system, column=column,
+        last_field=f"{column}[{len(turns) - 1}].{content_tag}",
+        reply=lambda name: _reply(row, name, role_tag, content_tag, roles), turn="message", user_turn="user message",
+    )
 
 
 @hookimpl

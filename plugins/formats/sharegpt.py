@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from tuneforge import DatasetFormatSpec, hookimpl
-from tuneforge.data.example import bool_field, json_text_field, order_problem, tag_roles
+from tuneforge.data.example import finish_conversation, order_problem, tag_roles
 from tuneforge.errors import RowError
 
 #: LLaMA-Factory's sharegpt defaults; dataset_info.json "columns" and "tags" override them.
@@ -92,30 +92,11 @@ def convert(row: dict, attr) -> dict:
         problem = order_problem([m["role"] for m in messages])
         if problem:
             raise RowError(f"{where}.{role_tag}", problem[1])
-    if system is None and col("system"):
-        value = row.get(col("system"))
-        if value is not None and not isinstance(value, str):
-            raise RowError(col("system"), f"must be a string, got {type(value).__name__}")
-        system = value or None
-    if not messages:
-        raise RowError(column, "no turns besides the system prompt")
-
-    if attr.data_kind == "text":
-        return {"text": "\n".join(m["content"] for m in messages)}
-    example = {"messages": messages, "system": system, "tools": json_text_field(row, col("tools"))}
-    if attr.ranking:
-        if len(messages) % 2 == 0:
-            raise RowError(column, "a preference row's conversation must end with a human turn (the replies are chosen/rejected)")
-        example["chosen"] = _reply(row, col("chosen"), role_tag, content_tag, roles)
-        example["rejected"] = _reply(row, col("rejected"), role_tag, content_tag, roles)
-        return example
-    if len(messages) % 2 != 0:
-        raise RowError(column, "the conversation must end with an assistant turn")
-    if not messages[-1]["content"].strip():
-        raise RowError(f"{column}[{len(turns) - 1}].{content_tag}", "empty response")
-    if col("kto_tag"):
-        example["kto_tag"] = bool_field(row, col("kto_tag"))
-    return example
+    return finish_conversation(
+        row, attr, col, messages=messages, system=system, column=column,
+        last_field=f"{column}[{len(turns) - 1}].{content_tag}",
+        reply=lambda name: _reply(row, name, role_tag, content_tag, roles), turn="turn", user_turn="human turn",
+    )
 
 
 @hookimpl

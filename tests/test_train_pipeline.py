@@ -56,6 +56,13 @@ def test_sft_lora_trains_saves_and_reloads_with_peft_alone(tiny_model, dataset_d
                  "train_results.json", "eval_results.json", "training_args.yaml", "run_manifest.json", "training_loss.png",
                  "trainer_state.json", "tokenizer_config.json"):
         assert (out / name).exists(), name
+    # the saved tokenizer carries the training template: inference renders exactly what training did
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(out)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 3?"}]
+    rendered = saved.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered == saved.decode(ctx.template.encode_prompt(saved, chat[1:], "Be brief."))
     results = json.loads((out / "all_results.json").read_text())
     assert "train_loss" in results and "eval_loss" in results
     # LoRA's trainable count follows from shapes: r * (in + out) for every linear layer but the head

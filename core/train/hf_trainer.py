@@ -359,6 +359,8 @@ def train_and_save(ctx: RunContext, trainer) -> dict:
             train_metrics["effective_tokens_per_sec"] = round(tokens / train_metrics["train_runtime"], 3)
         trainer.save_state()
         if trainer.is_world_process_zero():
+            # The saved tokenizer carries the template training used, so inference renders the same text.
+            ctx.template.apply_to_tokenizer(ctx.tokenizer)
             ctx.tokenizer.save_pretrained(ctx.output_dir)
             save_metrics(ctx.output_dir, "train", train_metrics)
         metrics.update(train_metrics)

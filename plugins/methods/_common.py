@@ -102,3 +102,24 @@ def layerwise_problems(config, method: str, key: str) -> list[str]:
     if processes > 1:
         out.append(f"{key} does not support distributed training ({processes} processes from WORLD_SIZE/NPROC_PER_NODE)")
     return out
+
+
+def projection_problems(config, prefix: str, label: str, optims) -> list[str]:
+    """Check-time rules GaLore and APOLLO share (rank, update interval, optim, DeepSpeed, layer-wise)."""
+    from . import freeze
+
+    problems = optimizer_method_problems(config, prefix)
+    if base_tuning(config, prefix) == "freeze":
+        problems += freeze.freeze_problems(config)
+    if config.get(f"{prefix}_rank") is not None and config.get(f"{prefix}_rank") <= 0:
+        problems.append(f"{prefix}_rank must be positive")
+    interval = config.get(f"{prefix}_update_interval")
+    if interval is not None and interval <= 0:
+        problems.append(f"{prefix}_update_interval must be a positive number of steps")
+    optim = config.get("optim")
+    if optim not in optims:
+        problems.append(f"{label} supports optim {', '.join(optims)}; not '{optim}'")
+    if config.get("deepspeed"):
+        problems.append(f"{label} cannot be used with DeepSpeed (its optimizer state is not partitioned); drop deepspeed")
+    problems += layerwise_problems(config, prefix, f"{prefix}_layerwise")
+    return problems

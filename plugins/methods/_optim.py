@@ -164,3 +164,18 @@ def layerwise(model, groups: list[dict], make) -> LayerwiseOptimizer:
         for param in group["params"]:
             inner[param] = make([{"params": [param], **settings}])
     return LayerwiseOptimizer(inner)
+
+
+def projected_optimizer(model, args, config, prefix: str, label: str, optimizer_cls, kwargs: dict, settings: dict, detail: str):
+    """What GaLore and APOLLO share: project the ``{prefix}_target`` matrices, then build the optimizer
+    over the parameter groups, layer-wise when ``{prefix}_layerwise`` is set."""
+    layerwise_on = config.get(f"{prefix}_layerwise")
+    projected = target_linear_params(model, config.get(f"{prefix}_target"), f"{prefix}_target")
+    groups = param_groups(model, projected, settings, args.weight_decay)
+    print(f"{label}: {len(projected)} weight matrices" + (f" {detail}" if detail else "") + (", layer-wise" if layerwise_on else ""))
+    if layerwise_on:
+        if args.max_grad_norm and args.max_grad_norm > 0:
+            print(f"note: {prefix}_layerwise steps each layer during backward; max_grad_norm is not applied "
+                  "and the logged grad_norm is 0")
+        return layerwise(model, groups, lambda g: optimizer_cls(g, **kwargs))
+    return optimizer_cls(groups, **kwargs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
 
 from . import freeze
-from ._common import base_tuning, layerwise_problems, optimizer_method_problems
+from ._common import base_tuning, projection_problems
 
 KEYS = (
     ConfigKey("use_apollo", bool, False, "Select APOLLO (LLaMA-Factory's flag; same as finetuning_type: apollo)."),
@@ -39,7 +39,7 @@ def create_optimizer(ctx, model, args):
     from apollo_torch.random_projector import GradientProjector
     from apollo_torch.svd_projector import GaLoreProjector
 
-    from ._optim import adam_kwargs, layerwise, param_groups, resumable, target_linear_params
+    from ._optim import adam_kwargs, projected_optimizer, resumable
 
     config = ctx.config
     settings = {
@@ -54,33 +54,12 @@ def create_optimizer(ctx, model, args):
                               "APOLLOAdamW")
     # scale_front is a constructor argument of APOLLOAdamW (LLaMA-Factory passes it in the group, where it is ignored)
     kwargs = {**adam_kwargs(args), "scale_front": config.apollo_scale_front}
-    projected = target_linear_params(model, config.apollo_target, "apollo_target")
-    groups = param_groups(model, projected, settings, args.weight_decay)
-    print(f"APOLLO ({config.apollo_proj} projection, rank {config.apollo_rank}, scale {config.apollo_scale:g}): "
-          f"{len(projected)} weight matrices" + (", layer-wise" if config.apollo_layerwise else ""))
-    if config.apollo_layerwise:
-        if args.max_grad_norm and args.max_grad_norm > 0:
-            print("note: apollo_layerwise steps each layer during backward; max_grad_norm is not applied "
-                  "and the logged grad_norm is 0")
-        return layerwise(model, groups, lambda g: optimizer_cls(g, **kwargs))
-    return optimizer_cls(groups, **kwargs)
+    label = f"APOLLO ({config.apollo_proj} projection, rank {config.apollo_rank}, scale {config.apollo_scale:g})"
+    return projected_optimizer(model, args, config, "apollo", label, optimizer_cls, kwargs, settings, "")
 
 
 def validate(config) -> list[str]:
-    problems = optimizer_method_problems(config, "apollo")
-    if base_tuning(config, "apollo") == "freeze":
-        problems += freeze.freeze_problems(config)
-    if config.apollo_rank is not None and config.apollo_rank <= 0:
-        problems.append("apollo_rank must be positive")
-    if config.apollo_update_interval is not None and config.apollo_update_interval <= 0:
-        problems.append("apollo_update_interval must be a positive number of steps")
-    optim = config.get("optim")
-    if optim not in OPTIMS:
-        problems.append(f"APOLLO supports optim {', '.join(OPTIMS)}; not '{optim}'")
-    if config.get("deepspeed"):
-        problems.append("APOLLO cannot be used with DeepSpeed (its optimizer state is not partitioned); drop deepspeed")
-    problems += layerwise_problems(config, "apollo", "apollo_layerwise")
-    return problems
+    return projection_problems(config, "apollo", "APOLLO", OPTIMS)
 
 
 @hookimpl

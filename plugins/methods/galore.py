@@ -12,7 +12,7 @@ from __future__ import annotations
 from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
 
 from . import freeze
-from ._common import base_tuning, layerwise_problems, optimizer_method_problems
+from ._common import base_tuning, projection_problems
 
 KEYS = (
     ConfigKey("use_galore", bool, False, "Select GaLore (LLaMA-Factory's flag; same as finetuning_type: galore)."),
@@ -45,7 +45,7 @@ def create_optimizer(ctx, model, args):
     import galore_torch
     from galore_torch.galore_projector import GaLoreProjector
 
-    from ._optim import adam_kwargs, layerwise, param_groups, resumable, target_linear_params
+    from ._optim import adam_kwargs, projected_optimizer, resumable
 
     config = ctx.config
     settings = {
@@ -62,33 +62,12 @@ def create_optimizer(ctx, model, args):
         kwargs = adam_kwargs(args)
         if OPTIMIZERS[args.optim] == "GaLoreAdamW":
             kwargs["no_deprecation_warning"] = True
-    projected = target_linear_params(model, config.galore_target, "galore_target")
-    groups = param_groups(model, projected, settings, args.weight_decay)
-    print(f"GaLore ({optimizer_cls.__name__}): {len(projected)} weight matrices projected to rank {config.galore_rank}, "
-          f"projection renewed every {config.galore_update_interval} steps" + (", layer-wise" if config.galore_layerwise else ""))
-    if config.galore_layerwise:
-        if args.max_grad_norm and args.max_grad_norm > 0:
-            print("note: galore_layerwise steps each layer during backward; max_grad_norm is not applied "
-                  "and the logged grad_norm is 0")
-        return layerwise(model, groups, lambda g: optimizer_cls(g, **kwargs))
-    return optimizer_cls(groups, **kwargs)
+    detail = f"projected to rank {config.galore_rank}, projection renewed every {config.galore_update_interval} steps"
+    return projected_optimizer(model, args, config, "galore", f"GaLore ({optimizer_cls.__name__})", optimizer_cls, kwargs, settings, detail)
 
 
 def validate(config) -> list[str]:
-    problems = optimizer_method_problems(config, "galore")
-    if base_tuning(config, "galore") == "freeze":
-        problems += freeze.freeze_problems(config)
-    if config.galore_rank is not None and config.galore_rank <= 0:
-        problems.append("galore_rank must be positive")
-    if config.galore_update_interval is not None and config.galore_update_interval <= 0:
-        problems.append("galore_update_interval must be a positive number of steps")
-    optim = config.get("optim")
-    if optim not in OPTIMIZERS:
-        problems.append(f"GaLore supports optim {', '.join(OPTIMIZERS)}; not '{optim}'")
-    if config.get("deepspeed"):
-        problems.append("GaLore cannot be used with DeepSpeed (its optimizer state is not partitioned); drop deepspeed")
-    problems += layerwise_problems(config, "galore", "galore_layerwise")
-    return problems
+    return projection_problems(config, "galore", "GaLore", OPTIMIZERS)
 
 
 @hookimpl

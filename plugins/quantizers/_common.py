@@ -38,6 +38,15 @@ def checkpoint_quantization(path) -> dict | None:
     return quantization if isinstance(quantization, dict) else None
 
 
+def recognizer(method: str):
+    """A QuantizerSpec.recognizes that matches checkpoints whose quantization_config names ``method``."""
+
+    def recognizes(quantization_config: dict) -> bool:
+        return quant_method(quantization_config) == method
+
+    return recognizes
+
+
 def quant_method(quantization_config: dict) -> str:
     """The method a checkpoint's quantization_config names (older bnb checkpoints have only load_in_*bit)."""
     method = quantization_config.get("quant_method")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tuneforge import QuantizerSpec, Requirement, hookimpl
 
-from ._common import checkpoint_quantization, device_map, quant_method, quantized_weight_problems
+from ._common import recognizer, checkpoint_quantization, device_map, quantized_weight_problems
 from .gptq import INSTALL, set_cpu_workers, unavailable_reason
 
 
@@ -25,10 +25,6 @@ def after_load(ctx, model):
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
-
-def recognizes(quantization_config: dict) -> bool:
-    return quant_method(quantization_config) == "awq"
 
 
 def validate(config) -> list[str]:
@@ -50,7 +46,7 @@ def tuneforge_quantizers():
             bits=(4,),
             load_kwargs=load_kwargs,
             after_load=after_load,
-            recognizes=recognizes,
+            recognizes=recognizer("awq"),
             validate=validate,
         )
     ]

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from tuneforge import QuantizerSpec, Requirement, hookimpl
 
-from ._common import device_map, log_once, quant_method, quantized_weight_problems
+from ._common import recognizer, device_map, log_once, quantized_weight_problems
 
 BITS = (4, 8)
 
@@ -76,14 +76,6 @@ def after_load(ctx, model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def recognizes(quantization_config: dict) -> bool:
-    return quant_method(quantization_config) == "bitsandbytes"
-
-
-def validate(config) -> list[str]:
-    return quantized_weight_problems(config)
-
-
 SPEC = QuantizerSpec(
     name="bitsandbytes",
     description=("bitsandbytes 4-bit (nf4/fp4, quantization_type; double_quantization) or 8-bit (LLM.int8) "
@@ -92,8 +84,8 @@ SPEC = QuantizerSpec(
     bits=BITS,
     load_kwargs=load_kwargs,
     after_load=after_load,
-    recognizes=recognizes,
-    validate=validate,
+    recognizes=recognizer("bitsandbytes"),
+    validate=quantized_weight_problems,
 )
 
 #: LLaMA-Factory's name for the same quantizer (quantization_method: bnb). It does not claim already

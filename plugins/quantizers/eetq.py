@@ -14,7 +14,7 @@ import shutil
 
 from tuneforge import QuantizerSpec, hookimpl
 
-from ._common import device_map, freeze, quant_method, quantized_weight_problems
+from ._common import recognizer, device_map, freeze, quantized_weight_problems
 
 
 def _has_cuda_driver() -> bool:
@@ -43,14 +43,6 @@ def after_load(ctx, model):
     return model
 
 
-def recognizes(quantization_config: dict) -> bool:
-    return quant_method(quantization_config) == "eetq"
-
-
-def validate(config) -> list[str]:
-    return quantized_weight_problems(config)
-
-
 @hookimpl
 def tuneforge_quantizers():
     return [
@@ -61,7 +53,7 @@ def tuneforge_quantizers():
             unavailable_reason=unavailable_reason,
             load_kwargs=load_kwargs,
             after_load=after_load,
-            recognizes=recognizes,
-            validate=validate,
+            recognizes=recognizer("eetq"),
+            validate=quantized_weight_problems,
         )
     ]

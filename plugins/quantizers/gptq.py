@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tuneforge import ConfigKey, QuantizerSpec, Requirement, hookimpl
 
-from ._common import checkpoint_quantization, device_map, quant_method, quantized_weight_problems
+from ._common import recognizer, checkpoint_quantization, device_map, quant_method, quantized_weight_problems
 
 BITS = (2, 3, 4, 8)
 VERSIONS = {"gptqmodel": ("7.6", "8"), "optimum": ("2.3", "3")}
@@ -96,10 +96,6 @@ def after_load(ctx, model):
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
-
-def recognizes(quantization_config: dict) -> bool:
-    return quant_method(quantization_config) == "gptq"
 
 
 def validate(config) -> list[str]:
@@ -240,7 +236,7 @@ def tuneforge_quantizers():
             bits=BITS,
             load_kwargs=load_kwargs,
             after_load=after_load,
-            recognizes=recognizes,
+            recognizes=recognizer("gptq"),
             export_quantize=export_quantize,
             validate=validate,
         )

@@ -20,7 +20,7 @@ import os
 
 from tuneforge import ConfigKey, QuantizerSpec, Requirement, hookimpl
 
-from ._common import freeze, quant_method, quantized_weight_problems
+from ._common import recognizer, freeze, quantized_weight_problems
 
 BITS = (1, 2, 3, 4, 5, 6, 8)
 
@@ -74,10 +74,6 @@ def after_load(ctx, model):
     return model
 
 
-def recognizes(quantization_config: dict) -> bool:
-    return quant_method(quantization_config) == "hqq"
-
-
 def validate(config) -> list[str]:
     problems = quantized_weight_problems(config)
     from ._common import checkpoint_quantization
@@ -103,7 +99,7 @@ def tuneforge_quantizers():
             requires=(Requirement("hqq", "pip install 'tuneforge[quant]'", "0.2.8"),),
             bits=BITS,
             after_load=after_load,
-            recognizes=recognizes,
+            recognizes=recognizer("hqq"),
             validate=validate,
         )
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tuneforge import QuantizerSpec, Requirement, hookimpl
 
-from ._common import device_map, freeze, quant_method, quantized_weight_problems
+from ._common import recognizer, device_map, freeze, quantized_weight_problems
 
 WEIGHTS = {8: "int8", 4: "int4", 2: "int2"}
 
@@ -34,14 +34,6 @@ def after_load(ctx, model):
     return model
 
 
-def recognizes(quantization_config: dict) -> bool:
-    return quant_method(quantization_config) == "quanto"
-
-
-def validate(config) -> list[str]:
-    return quantized_weight_problems(config)
-
-
 @hookimpl
 def tuneforge_quantizers():
     return [
@@ -52,7 +44,7 @@ def tuneforge_quantizers():
             bits=tuple(sorted(WEIGHTS)),
             load_kwargs=load_kwargs,
             after_load=after_load,
-            recognizes=recognizes,
-            validate=validate,
+            recognizes=recognizer("quanto"),
+            validate=quantized_weight_problems,
         )
     ]

@@ -429,25 +429,6 @@ _FAMILIES: dict[str, dict[str, Any]] = {
         "extra": {"use_sliding_window": False},
         "template": _QWEN2_TEMPLATE,
     },
-    "qwen3": {
-        "config_class": "Qwen3Config",
-        "split": _QWEN_SPLIT,
-        "normalize_nfc": True,
-        "head_specials": [],
-        "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "tail_plain": ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"],
-        "extra_specials": ["<|im_start|>", "<|im_end|>"],
-        "bos": None,
-        "eos": "<|im_end|>",
-        "pad": "<|endoftext|>",
-        "unk": None,
-        "add_bos": False,
-        "stop": ["<|im_end|>", "<|endoftext|>"],
-        "tie": True,
-        "rope_theta": 1000000.0,
-        "extra": {"use_sliding_window": False},
-        "template": _QWEN3_TEMPLATE,
-    },
     "mistral": {
         "config_class": "MistralConfig",
         "split": _QWEN_SPLIT,
@@ -494,6 +475,14 @@ _FAMILIES: dict[str, dict[str, Any]] = {
         "extra": {"hidden_activation": "gelu_pytorch_tanh"},
         "template": _GEMMA_TEMPLATE,
     },
+}
+
+# Qwen3 is Qwen2's tokenizer layout plus the tool-response and think markers, with its own template.
+_FAMILIES["qwen3"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "Qwen3Config",
+    "tail_plain": ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"],
+    "template": _QWEN3_TEMPLATE,
 }
 
 # --------------------------------------------------------------------------------------------------

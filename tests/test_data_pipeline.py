@@ -277,3 +277,33 @@ def test_kto_features(tiny_model, tmp_path):
     assert splits.train["kto_tags"] == [True, False, True, False]
     batch = splits.collator([splits.train[i] for i in range(4)])
     assert batch["kto_tags"].tolist() == [True, False, True, False] and "kl_input_ids" in batch
+
+
+# --- prompts for the stages that generate (ppo, grpo) ---------------------------------------------
+
+
+def test_prompt_rows_end_where_the_reply_starts_and_keep_the_reply_as_reference(tiny_model, tmp_path, capsys):
+    write(tmp_path, {"d": {"file_name": "d.json"}}, d__json=rows(3) + [{"instruction": "x " * 200, "input": "", "output": "long"}])
+    ctx = make_ctx(tiny_model, tmp_path, dataset="d", cutoff_len=64)
+    splits = build_datasets(ctx, "prompt")
+    assert len(splits.train) == 3  # the over-long prompt is dropped and said, not cut
+    assert "1 of 4 row(s) dropped: the prompt is longer than cutoff_len=64" in capsys.readouterr().out
+    first = splits.train[0]
+    expected = ctx.template.encode_prompt(ctx.tokenizer, [{"role": "user", "content": "What is 0 plus 0?"}])
+    assert first["input_ids"] == expected
+    assert ctx.tokenizer.decode(first["reference_ids"]) == "It is 0."
+    batch = splits.collator([splits.train[0], splits.train[2]])
+    # left padding: both prompts end at the last column, where generation continues
+    lengths = [len(splits.train[0]["input_ids"]), len(splits.train[2]["input_ids"])]
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths
+    assert batch["attention_mask"][:, -1].tolist() == [1, 1]
+    assert batch["input_ids"][1, -lengths[1]:].tolist() == splits.train[2]["input_ids"]
+
+
+def test_prompt_stages_refuse_preference_rows(tiny_model, tmp_path):
+    from tuneforge.errors import DataError
+
+    write(tmp_path, {"p": {"file_name": "p.json", "ranking": True, "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}}},
+          p__json=[{"instruction": "hi", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match="this stage trains on prompt data"):
+        build_datasets(make_ctx(tiny_model, tmp_path, dataset="p"), "prompt")

@@ -7,6 +7,8 @@
 - :class:`PairwiseCollator` (dpo-like stages): chosen rows, then rejected rows, in one batch of 2B
   (LLaMA-Factory's layout).
 - :class:`KTOCollator`: the rows, their ``kl_*`` rows and ``kto_tags``.
+- :class:`PromptCollator` (ppo, grpo): prompts *left*-padded, so every row's reply is generated
+  right after its last prompt token; ``reference_ids`` right-padded with the pad id.
 """
 
 from __future__ import annotations
@@ -74,4 +76,19 @@ class KTOCollator(PadCollator):
         return batch
 
 
-COLLATORS = {"text": PadCollator, "supervised": PadCollator, "pairwise": PairwiseCollator, "kto": KTOCollator}
+class PromptCollator(PadCollator):
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        ids = [f["input_ids"] for f in features]
+        width = self.width(ids)
+        left = [[self.pad_token_id] * (width - len(row)) + list(row) for row in ids]
+        mask = [[0] * (width - len(row)) + [1] * len(row) for row in ids]
+        references = [f.get("reference_ids") or [] for f in features]
+        batch = {"input_ids": torch.tensor(left, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
+        ref_width = max(1, max(len(r) for r in references))
+        batch["reference_ids"] = torch.tensor(_pad(references, self.pad_token_id, ref_width), dtype=torch.long)
+        return batch
+
+
+COLLATORS = {"text": PadCollator, "supervised": PadCollator, "pairwise": PairwiseCollator, "kto": KTOCollator, "prompt": PromptCollator}

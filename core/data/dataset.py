@@ -108,11 +108,11 @@ def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint:
                        **_map_kwargs(config, len(raw), f"{fingerprint[:24]}-{label.split()[0]}-tokens"))
     if kind != "text":
         dropped = len(raw) - len(features)
+        why = "the prompt is longer than" if kind == "prompt" else "no response token is left within"
         if dropped:
-            _say(f"{label}: {dropped} of {len(raw)} row(s) dropped: no response token is left within cutoff_len={settings.cutoff_len} "
-                 f"(the prompt alone fills it); raise cutoff_len to keep them")
+            _say(f"{label}: {dropped} of {len(raw)} row(s) dropped: {why} cutoff_len={settings.cutoff_len}; raise cutoff_len to keep them")
         if not len(features):
-            raise DataError(f"{label}: no row has a response token within cutoff_len={settings.cutoff_len}; raise cutoff_len "
+            raise DataError(f"{label}: every row was dropped: {why} cutoff_len={settings.cutoff_len}; raise cutoff_len "
                             f"(`tuneforge data CONFIG` shows the token lengths)")
     if settings.packing and kind == "supervised":
         before = len(features)

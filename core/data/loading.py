@@ -209,12 +209,13 @@ def check_kind(attr: DatasetAttr, kind: str) -> None:
     """The dataset fits what the stage consumes (a dataset-level error, before any row is read)."""
     attr.data_kind = kind
     have = kind_of(attr)
-    if kind == "text" or have == kind:
+    if kind == "text" or have == kind or (kind == "prompt" and have == "supervised"):
         return
     needs = {
         "supervised": "conversations with responses (no ranking, no kto_tag)",
         "pairwise": "preference rows: set \"ranking\": true and the chosen/rejected columns in dataset_info.json",
         "kto": "rows with a kto_tag column (\"columns\": {\"kto_tag\": \"label\"} in dataset_info.json)",
+        "prompt": "conversations (the model writes the replies; a reply in the data is kept as the reference)",
     }[kind]
     raise DataError(f"dataset '{attr.name}' has {have} rows, but this stage trains on {kind} data: {needs}")
 

@@ -227,4 +227,6 @@ def data_problems(config, data_kind: str | None = None) -> list[Problem]:
             problems.append(Problem("interleave_probs", f"must be non-negative and sum to 1, got {probs}", where("interleave_probs")))
     if data_kind in ("pairwise", "kto") and (config.packing or config.neat_packing):
         problems.append(Problem("packing", f"is not supported for {data_kind} data (preference rows are compared whole)", where("packing")))
+    if data_kind == "prompt" and (config.packing or config.neat_packing):
+        problems.append(Problem("packing", "is not supported when the model writes the replies (each prompt is generated from alone)", where("packing")))
     return problems

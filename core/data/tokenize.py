@@ -12,7 +12,11 @@ the feature columns, LLaMA-Factory's names throughout:
   last, shorter block of each batch is kept); with ``packing: false``, each text truncated alone;
 - pairwise: ``chosen_*`` and ``rejected_*`` ids/mask/labels, only the reply trained;
 - kto: the conversation's ids/mask/labels, ``kl_*`` the same prompt with another row's reply (the
-  batch reversed, as LLaMA-Factory does) for the KL estimate, and ``kto_tags``.
+  batch reversed, as LLaMA-Factory does) for the KL estimate, and ``kto_tags``;
+- prompt (ppo, grpo: the model writes the replies): ``input_ids``/``attention_mask`` of the conversation
+  up to where the assistant's reply starts, and ``reference_ids``, the dataset's own reply (reward
+  functions may compare against it); rows whose prompt alone exceeds ``cutoff_len`` are dropped
+  (and counted by the caller), never cut, since a cut prompt asks a different question.
 """
 
 from __future__ import annotations
@@ -142,6 +146,24 @@ def kto_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
     return out
 
 
+def prompt_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+    out = {"input_ids": [], "attention_mask": [], "reference_ids": []}
+    for text in batch["_example"]:
+        example = json.loads(text)
+        messages = example["messages"]
+        reply = messages[-1]["content"] if messages[-1].get("role") == "assistant" else ""
+        if reply:
+            messages = messages[:-1]
+        kwargs = template_kwargs(template, "encode_prompt", tools=example.get("tools") or None,
+                                 enable_thinking=settings.enable_thinking)
+        input_ids = template.encode_prompt(tokenizer, messages, example.get("system") or settings.default_system, **kwargs)
+        if len(input_ids) <= settings.cutoff_len:
+            out["input_ids"].append(input_ids)
+            out["attention_mask"].append([1] * len(input_ids))
+            out["reference_ids"].append(tokenizer(reply, add_special_tokens=False)["input_ids"] if reply else [])
+    return out
+
+
 def text_token_ids(texts: list[str], tokenizer) -> list[list[int]]:
     """Each text's ids followed by EOS (one batched tokenizer call)."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
@@ -161,4 +183,4 @@ def text_batch(batch: dict, *, tokenizer, settings: Settings) -> dict:
     return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
 
 
-BATCH_FUNCTIONS = {"supervised": supervised_batch, "pairwise": pairwise_batch, "kto": kto_batch}
+BATCH_FUNCTIONS = {"supervised": supervised_batch, "pairwise": pairwise_batch, "kto": kto_batch, "prompt": prompt_batch}

@@ -1,0 +1,113 @@
+"""A causal LM with a scalar head: the reward model (rm) and the PPO critic.
+
+The head reads the last hidden state of every position. A reward is the value at a row's last
+real token; PPO's critic uses the values of every generated token.
+
+Saved beside the model (a full checkpoint or a LoRA adapter) as ``value_head.safetensors`` with the
+keys ``v_head.summary.weight`` / ``v_head.summary.bias`` (the layout LLaMA-Factory's reward models
+use), so a reward model trained by ``rm`` is a normal model folder plus one small file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def hidden_size_of(model) -> int:
+    config = model.config
+    size = getattr(config, "hidden_size", None)
+    if size is None and hasattr(config, "get_text_config"):
+        size = getattr(config.get_text_config(), "hidden_size", None)
+    if size is None:
+        raise ValueError(f"cannot find the hidden size of {type(model).__name__} for a value head")
+    return int(size)
+
+
+class ValueHead(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+class CausalLMWithValueHead(nn.Module):
+    """``pretrained_model`` (plain or PEFT-wrapped) and ``v_head``; forward returns (logits, values).
+
+    The head is always trainable when the wrapper trains: it starts random (or from a saved head)
+    whatever the method does to the LM's own weights.
+    """
+
+    def __init__(self, pretrained_model, v_head: ValueHead | None = None):
+        super().__init__()
+        self.pretrained_model = pretrained_model
+        self.v_head = v_head or ValueHead(hidden_size_of(pretrained_model))
+        device = next(pretrained_model.parameters()).device
+        self.v_head.to(device=device, dtype=torch.float32)
+
+    # What the Trainer and PEFT ask of the model they hold.
+    @property
+    def config(self):
+        return self.pretrained_model.config
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        inner = getattr(self.pretrained_model, "get_base_model", lambda: self.pretrained_model)()
+        return bool(getattr(inner, "supports_gradient_checkpointing", False))
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        return self.pretrained_model.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self):
+        return self.pretrained_model.gradient_checkpointing_disable()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        kwargs.pop("labels", None)
+        out = self.pretrained_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            output_hidden_states=True, return_dict=True, use_cache=False, **kwargs,
+        )
+        return out.logits, self.v_head(out.hidden_states[-1])
+
+    def value_head_state(self) -> dict[str, torch.Tensor]:
+        return {f"v_head.{k}": v.detach().cpu().contiguous() for k, v in self.v_head.state_dict().items()}
+
+    def save_pretrained(self, output_dir: str | Path, **kwargs) -> None:
+        """The LM (adapter or full weights) as ``save_pretrained`` writes it, plus the head."""
+        from safetensors.torch import save_file
+
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.pretrained_model.save_pretrained(output_dir, **kwargs)
+        save_file(self.value_head_state(), str(output_dir / VALUE_HEAD_FILE))
+
+    def load_value_head(self, folder: str | Path) -> bool:
+        """Load ``folder``'s saved head; False when the folder has none."""
+        state = read_value_head(folder)
+        if state is None:
+            return False
+        self.v_head.load_state_dict(state)
+        return True
+
+
+def read_value_head(folder: str | Path) -> dict[str, torch.Tensor] | None:
+    """The head's state dict (keys ``summary.weight``/``summary.bias``) from a saved folder, or None."""
+    path = Path(folder) / VALUE_HEAD_FILE
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return {k.removeprefix("v_head."): v for k, v in load_file(str(path)).items() if k.startswith("v_head.")}
+
+
+def last_token_values(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's value at its last real token (the last 1 of the mask, whichever side the padding is)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(dim=1)
+    return values.gather(1, last.unsqueeze(1)).squeeze(1)

@@ -1,4 +1,5 @@
-"""`tuneforge train CONFIG [key=value ...]`."""
+"""`tuneforge train CONFIG [key=value ...]`: one process, or several under torchrun (FORCE_TORCHRUN,
+NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, as llamafactory-cli reads them)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ def register(sub, name):
 
 def run(args) -> int:
     from ..plan import prepare
+    from ..ranks import is_main_process
+    from ..train.launcher import planned_launch, relaunch
     from .check import print_plan
 
-    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)
-    print_plan(prepared)
+    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)  # every problem before any launch
+    launch = planned_launch()
+    if launch is not None:
+        argv = [f"--disable-plugin={name}" for name in args.disable_plugin] + ["train", args.config, *args.overrides]
+        return relaunch(launch, argv)
+    main_process = is_main_process()
+    if main_process:
+        print_plan(prepared)
     from ..train.pipeline import run_training
 
     metrics = run_training(prepared).metrics
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    print(f"done: {shown}")
-    print(f"outputs in {prepared.config.get('output_dir')}")
+    if main_process:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        print(f"done: {shown}")
+        print(f"outputs in {prepared.config.get('output_dir')}")
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..ranks import is_local_main_process, world_size
 from . import cache
 from .collator import COLLATORS
 from .loading import load_examples, skip_summary, stream_examples
@@ -47,7 +48,8 @@ class DatasetSplits:
 
 def _say(message: str) -> None:
     logger.info(message)
-    print(message, flush=True)
+    if is_local_main_process():  # one report per node, not one per process
+        print(message, flush=True)
 
 
 def make_collator(ctx, kind: str):
@@ -112,7 +114,8 @@ def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint:
         if dropped:
             _say(f"{label}: {dropped} of {len(raw)} row(s) dropped: {why} cutoff_len={settings.cutoff_len}; raise cutoff_len to keep them")
         if not len(features):
-            raise DataError(f"{label}: every row was dropped: {why} cutoff_len={settings.cutoff_len}; raise cutoff_len "
+            lost = "every prompt is longer than" if kind == "prompt" else "no row has a response token within"
+            raise DataError(f"{label}: {lost} cutoff_len={settings.cutoff_len}; raise cutoff_len "
                             f"(`tuneforge data CONFIG` shows the token lengths)")
     if settings.packing and kind == "supervised":
         before = len(features)
@@ -147,12 +150,16 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
 def _main_process_first(config):
     """Under torchrun, one process per node (or one in all, data_shared_file_system) builds the cache
     while the others wait, then load it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if world_size() <= 1:
         yield
         return
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True on a machine without GPUs: accelerate then joins the gloo process group torchrun set up
+    # (without it, it sees no device and reports a single process, and every rank would preprocess).
+    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    state = PartialState(cpu=not accelerated)
     with state.main_process_first() if config.data_shared_file_system else state.local_main_process_first():
         yield
 
@@ -162,7 +169,9 @@ def cached_features(ctx, kind: str, settings: Settings):
     config = ctx.config
     key, parts = cache.cache_key(ctx, kind, settings)
     path = cache.entry_path(key) if key else None
-    if path is not None and not config.overwrite_cache:
+    # overwrite_cache rebuilds once: under torchrun the other ranks wait for it and read the new entry.
+    rebuild = config.overwrite_cache and is_local_main_process()
+    if path is not None and not rebuild:
         found = cache.load(path)
         if found is not None:
             features, meta = found

@@ -14,12 +14,14 @@ import platform
 import signal
 import sys
 import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from ..errors import TuneforgeError
+from ..ranks import is_main_process
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -126,7 +128,18 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     except ValueError as exc:  # transformers' own checks of the arguments against the data
         raise TuneforgeError(f"the trainer refused this setup: {exc}") from None
     trainer.tuneforge_ctx = ctx
+    _say_when_fsdp_is_not_engaged(trainer)
     return trainer
+
+
+def _say_when_fsdp_is_not_engaged(trainer) -> None:
+    """An FSDP request (accelerate config or the ``fsdp`` key) that accelerate did not honour is said, not hidden."""
+    import os
+
+    requested = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or bool(trainer.args.fsdp)
+    if requested and not getattr(trainer, "is_fsdp_enabled", False) and trainer.is_world_process_zero():
+        print(f"warning: FSDP was requested, but accelerate enables FSDP only on GPU-family devices; on this machine the "
+              f"{trainer.args.world_size} process(es) run as DDP: each holds the whole model (nothing is sharded)", flush=True)
 
 
 # --- resume ---------------------------------------------------------------------------------------------------
@@ -168,9 +181,11 @@ def resume_checkpoint(ctx: RunContext) -> str | None:
     for checkpoint in reversed(_checkpoints(output_dir)):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
-            print(f"resuming from {checkpoint} (set overwrite_output_dir: true to start afresh)")
+            if is_main_process():
+                print(f"resuming from {checkpoint} (set overwrite_output_dir: true to start afresh)")
             return str(checkpoint)
-        print(f"warning: skipping {checkpoint}: {problem}")
+        if is_main_process():
+            print(f"warning: skipping {checkpoint}: {problem}")
     return None
 
 
@@ -278,6 +293,7 @@ def _graceful_stop_callback():
 
         def __init__(self):
             self.received: str | None = None
+            self.received_at = 0.0
             self.previous: dict = {}
 
         def install(self) -> None:
@@ -294,11 +310,17 @@ def _graceful_stop_callback():
 
         def _handle(self, signum, frame):
             if self.received is not None:
+                # Under torchrun one Ctrl-C can arrive twice (from the terminal and forwarded by the
+                # launcher): only a second press, not the echo of the first, stops without saving.
+                if time.monotonic() - self.received_at < 1.0:
+                    return
                 self.uninstall()
                 raise KeyboardInterrupt
             self.received = signal.Signals(signum).name
-            print(f"\n{self.received}: finishing this step and saving a checkpoint; "
-                  "press Ctrl-C again to stop at once without saving", file=sys.stderr, flush=True)
+            self.received_at = time.monotonic()
+            if is_main_process():
+                print(f"\n{self.received}: finishing this step and saving a checkpoint; "
+                      "press Ctrl-C again to stop at once without saving", file=sys.stderr, flush=True)
 
         def on_step_end(self, args, state, control, **kwargs):
             stop = self.received is not None
@@ -330,7 +352,7 @@ def train_and_save(ctx: RunContext, trainer) -> dict:
     metrics: dict = {}
     if ctx.config.do_train or not ctx.config.is_set("do_train"):  # `tuneforge train` trains by default
         checkpoint = resume_checkpoint(ctx)
-        if checkpoint is not None:
+        if checkpoint is not None and trainer.is_world_process_zero():
             if trainer.args.save_only_model:
                 print("warning: save_only_model checkpoints hold the weights only: the optimizer, scheduler and RNG "
                       "start afresh, so the resumed run will not match an uninterrupted one")
@@ -349,8 +371,9 @@ def train_and_save(ctx: RunContext, trainer) -> dict:
             stopper.uninstall()
         if stopper.received is not None and trainer.state.global_step < trainer.state.max_steps:
             step = trainer.state.global_step
-            print(f"stopped by {stopper.received} after step {step}; saved {ctx.output_dir / f'checkpoint-{step}'}. "
-                  "Run the same command again to resume from it.", file=sys.stderr)
+            if trainer.is_world_process_zero():
+                print(f"stopped by {stopper.received} after step {step}; saved {ctx.output_dir / f'checkpoint-{step}'}. "
+                      "Run the same command again to resume from it.", file=sys.stderr)
             raise KeyboardInterrupt
         trainer.save_model()
         train_metrics = dict(result.metrics)

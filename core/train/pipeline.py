@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..plan import Prepared
+from ..ranks import is_main_process
 from .context import RunContext
 from .model import load_model
 
@@ -14,14 +15,16 @@ def run_training(prepared: Prepared) -> RunContext:
     transformers.set_seed(prepared.config.seed)
     ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=True)
     load_model(ctx)
-    if ctx.config.print_param_status:
+    main = is_main_process()
+    if ctx.config.print_param_status and main:
         for name, param in ctx.model.named_parameters():
             print(f"{name}: {param.dtype} {param.device} trainable={param.requires_grad}")
     trainable = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in ctx.model.parameters())
     ctx.extras.update(trainable_parameters=trainable, total_parameters=total)
-    print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%) "
-          f"[method {ctx.plan.method.name}]")
+    if main:
+        print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%) "
+              f"[method {ctx.plan.method.name}]")
     ctx.metrics = ctx.plan.stage.spec.run(ctx) or {}
     ctx.manager.hook.tuneforge_run_end(ctx=ctx, metrics=ctx.metrics)
     return ctx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tuneforge import StageSpec, hookimpl
+from tuneforge.ranks import is_main_process
 
 
 def validate(config) -> list[str]:
@@ -18,15 +19,9 @@ def run(ctx):
     if ctx.config.do_predict and ctx.config.predict_with_generate:
         from tuneforge.evaluation.predict import run_predict
 
-        if _is_main_process():
+        if is_main_process():
             metrics.update(run_predict(ctx, ctx.plan.eval_datasets or ctx.plan.datasets))
     return metrics
-
-
-def _is_main_process() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @hookimpl

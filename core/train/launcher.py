@@ -1,0 +1,136 @@
+"""Several processes: `tuneforge train` relaunches itself under torchrun, as llamafactory-cli does.
+
+The variables are LLaMA-Factory's: ``FORCE_TORCHRUN=1`` asks for torchrun even on one device;
+``NPROC_PER_NODE`` (default: the visible GPUs), ``NNODES`` (1), ``NODE_RANK`` (0), ``MASTER_ADDR``
+(127.0.0.1) and ``MASTER_PORT`` (a free port on one node; 29500 across nodes, which must agree)
+shape the launch. Without them a machine with more than one GPU is also relaunched, one process per
+GPU. A process already started by torchrun or `accelerate launch` (it has ``LOCAL_RANK``) trains
+itself, so both launchers run configs unchanged.
+
+No torch import here: the decision is made from the environment, and the device count is asked
+only when the variables leave it open.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+from ..errors import ConfigError, Problem
+
+TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Launch:
+    nnodes: int
+    node_rank: int
+    nproc_per_node: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+
+def started_by_a_launcher(env=os.environ) -> bool:
+    """torchrun, `accelerate launch` and deepspeed set LOCAL_RANK in every process they start."""
+    return "LOCAL_RANK" in env
+
+
+def _int(env, name: str, default: int, problems: list[Problem], minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        problems.append(Problem(name, f"must be a whole number >= {minimum}, got {raw!r}", "environment"))
+        return default
+    return value
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return torch.xpu.device_count()
+    return 0
+
+
+def planned_launch(env=os.environ, device_count=_device_count) -> Launch | None:
+    """The torchrun launch the environment asks for, or None to train in this process."""
+    if started_by_a_launcher(env):
+        return None
+    problems: list[Problem] = []
+    forced = str(env.get("FORCE_TORCHRUN", "")).lower() in TRUE
+    nnodes = _int(env, "NNODES", 1, problems, minimum=1)
+    node_rank = _int(env, "NODE_RANK", 0, problems)
+    asked = _int(env, "NPROC_PER_NODE", 0, problems, minimum=1)
+    master_port = _int(env, "MASTER_PORT", 0, problems, minimum=1)
+    if node_rank >= nnodes:
+        problems.append(Problem("NODE_RANK", f"is {node_rank}, but NNODES={nnodes}: node ranks run from 0 to {nnodes - 1}", "environment"))
+    if problems:
+        raise ConfigError(problems)
+    if not forced and nnodes == 1 and not asked:
+        devices = device_count()
+        if devices <= 1:
+            return None
+        asked = devices
+    nproc = asked or max(1, device_count())
+    if not forced and nnodes == 1 and nproc == 1:
+        return None
+    if not master_port:
+        master_port = free_port() if nnodes == 1 else 29500
+    return Launch(nnodes, node_rank, nproc, env.get("MASTER_ADDR") or "127.0.0.1", master_port)
+
+
+def torchrun_command(launch: Launch, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run ... -m tuneforge.cli.main ARGV`` (the same Python as this one)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(launch.nnodes),
+        "--node_rank", str(launch.node_rank),
+        "--nproc_per_node", str(launch.nproc_per_node),
+        "--master_addr", launch.master_addr,
+        "--master_port", str(launch.master_port),
+        "-m", "tuneforge.cli.main", *argv,
+    ]
+
+
+def relaunch(launch: Launch, argv: list[str]) -> int:
+    """Run torchrun and return its exit code. Ctrl-C reaches the workers too (same process group);
+    each finishes its step, saves a checkpoint and stops (hf_trainer's graceful stop)."""
+    import subprocess
+
+    command = torchrun_command(launch, argv)
+    print(f"launching {launch.nproc_per_node} process(es) on node {launch.node_rank} of {launch.nnodes} "
+          f"(world size {launch.world_size}, master {launch.master_addr}:{launch.master_port}):\n  {' '.join(command)}",
+          flush=True)
+    process = subprocess.Popen(command)
+    interrupted = False
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:
+            interrupted = True  # the workers got the same Ctrl-C; wait for them to save and exit
+    if interrupted:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return code

@@ -17,6 +17,7 @@ from .config.validate import declared_defaults, validate_values
 from .data.registry import DatasetAttr, data_problems, resolve_datasets
 from .errors import ConfigError, PluginError, Problem
 from .plugin_manager import PluginManager, SpecEntry, split_names
+from .train.checks import distributed_problems
 
 
 @dataclass
@@ -108,6 +109,7 @@ def prepare(
     plan, plan_problems = _resolve_plan(config, manager, inference=inference)
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
+    problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
     if plan is not None:
         for entry in plan.entries():
             if entry.spec.validate is not None:

@@ -254,3 +254,59 @@ def test_fsdp_on_two_gpus_trains_and_saves_weights_that_reload(config, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FSDP was requested" not in result.stdout + result.stderr
     AutoModelForCausalLM.from_pretrained(out)
+
+
+# --- DeepSpeed and multi-process rules, checked before anything starts --------------------------------------------
+
+
+def _problems(config, *overrides) -> str:
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+
+    try:
+        prepare(config, list(overrides), manager=PluginManager(autoload=False))
+    except ConfigError as error:
+        return str(error)
+    return ""
+
+
+@pytest.mark.parametrize("name, stage, offload", [
+    ("ds_z0_config.json", 0, False), ("ds_z2_config.json", 2, False), ("ds_z2_offload_config.json", 2, True),
+    ("ds_z3_config.json", 3, False), ("ds_z3_offload_config.json", 3, True),
+])
+def test_shipped_deepspeed_configs_say_what_their_names_say(name, stage, offload):
+    data = json.loads((REPO / "examples" / "deepspeed" / name).read_text())
+    zero = data["zero_optimization"]
+    assert zero["stage"] == stage and ("offload_optimizer" in zero) == offload
+    # the batch sizes come from the tuneforge config (HF fills "auto"), so one file serves every run
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert data[key] == "auto"
+    assert data["bf16"]["enabled"] == "auto" and data["fp16"]["enabled"] == "auto"
+
+
+def test_deepspeed_config_problems_are_reported_at_check_time(config, tmp_path):
+    assert "deepspeed: nope.json is not a file; point it at a DeepSpeed JSON config" in _problems(config, "deepspeed=nope.json")
+    (tmp_path / "bad.json").write_text("{stage: 3")
+    assert f"deepspeed: {tmp_path / 'bad.json'} is not valid JSON" in _problems(config, f"deepspeed={tmp_path / 'bad.json'}")
+    (tmp_path / "z5.json").write_text('{"zero_optimization": {"stage": 5}}')
+    assert "zero_optimization.stage must be 0, 1, 2 or 3, got 5" in _problems(config, f"deepspeed={tmp_path / 'z5.json'}")
+
+
+def test_missing_deepspeed_package_is_a_clear_error_with_the_pip_command(config):
+    import importlib.util
+
+    found = _problems(config, f"deepspeed={REPO / 'examples/deepspeed/ds_z3_config.json'}")
+    if importlib.util.find_spec("deepspeed") is None:
+        assert "the deepspeed package is not installed: pip install deepspeed" in found
+    else:
+        assert "deepspeed" not in found
+
+
+def test_what_cannot_run_on_several_processes_is_rejected_with_the_reason(config, monkeypatch):
+    pytest.importorskip("galore_torch", reason="needs the optim extra")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    found = _problems(config, "use_galore=true", "galore_layerwise=true")
+    assert "galore_layerwise does not support distributed training (2 processes" in found
+    monkeypatch.delenv("NPROC_PER_NODE")
+    found = _problems(config, "use_badam=true", f"deepspeed={REPO / 'examples/deepspeed/ds_z3_config.json'}")
+    assert "BAdam with DeepSpeed ZeRO-3 is not supported" in found

@@ -197,25 +197,6 @@ def test_evaluation_on_a_named_eval_dataset(tiny_model, data_dir, tmp_path):
     assert "eval_loss" in json.loads((tmp_path / "eval_results.json").read_text())
 
 
-# --- trackers ---------------------------------------------------------------------------------------------------
-
-
-def test_report_to_tensorboard_writes_event_files(tiny_model, data_dir, tmp_path):
-    pytest.importorskip("tensorboard")
-    train(tiny_model, data_dir, tmp_path, report_to="tensorboard", max_steps=2)
-    assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
-
-
-@pytest.mark.slow
-def test_report_to_wandb_works_offline(tiny_model, data_dir, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    train(tiny_model, data_dir, tmp_path / "out", report_to="wandb", max_steps=2)
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
-
-
 # --- the files a run leaves ----------------------------------------------------------------------------------------
 
 

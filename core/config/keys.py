@@ -45,7 +45,14 @@ RUN_KEYS = (
     _k("freeze_multi_modal_projector", bool, True, "Multimodal models: keep the projector frozen.",
        effective=False),
     _k("freeze_language_model", bool, False, "Multimodal models: freeze the language model.", effective=False),
-    _k("use_swanlab", bool, False, "Log to SwanLab.", effective=False),
+    _k("use_swanlab", bool, False, "Log to SwanLab (adds swanlab to report_to; needs `pip install swanlab`)."),
+    _k("swanlab_project", str, "tuneforge", "SwanLab project name."),
+    _k("swanlab_workspace", str, None, "SwanLab workspace (organisation); your own when unset."),
+    _k("swanlab_run_name", str, None, "SwanLab experiment name; run_name wins when both are set."),
+    _k("swanlab_mode", str, "cloud", "SwanLab mode: cloud (upload), local (files only), offline or disabled.",
+       choices=("cloud", "local", "offline", "disabled")),
+    _k("swanlab_api_key", str, None, "SwanLab API key (else swanlab's own login)."),
+    _k("swanlab_logdir", str, None, "Folder for SwanLab's local files."),
 )
 
 MODEL_KEYS = (

@@ -22,6 +22,7 @@ import yaml
 
 from ..errors import TuneforgeError
 from ..ranks import is_main_process
+from . import tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -37,7 +38,7 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs["output_dir"] = str(ctx.output_dir)
     if config.warmup_ratio is not None and "warmup_steps" not in kwargs:
         kwargs["warmup_steps"] = float(config.warmup_ratio)  # transformers 5: a float below 1 is a ratio
-    kwargs.setdefault("report_to", "none")
+    kwargs["report_to"] = tracking.report_to(ctx, kwargs.get("report_to", "none"))
     kwargs.setdefault("remove_unused_columns", False)
     kwargs.setdefault("optim", "adamw_torch")
     # non-pad tokens seen, for tokens/s in trainer_log.jsonl
@@ -346,6 +347,7 @@ def train_and_save(ctx: RunContext, trainer) -> dict:
     """Train (resuming when a checkpoint exists), save the model and every output file; return metrics."""
     log_callback = trainer_log_callback(ctx.output_dir)
     trainer.add_callback(log_callback)
+    trainer.add_callback(tracking.run_record_callback(ctx))
     ctx.extras["trainer"] = trainer
     ctx.extras["is_main_process"] = trainer.is_world_process_zero()
     ctx.manager.hook.tuneforge_trainer_created(ctx=ctx, trainer=trainer)

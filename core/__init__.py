@@ -16,6 +16,7 @@ from .specs import (  # noqa: E402
     ModelLoaderSpec,
     QuantizerSpec,
     Requirement,
+    RewardFunctionSpec,
     StageSpec,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "ModelLoaderSpec",
     "QuantizerSpec",
     "Requirement",
+    "RewardFunctionSpec",
     "StageSpec",
 ]

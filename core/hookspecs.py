@@ -22,6 +22,7 @@ from .specs import (
     MethodSpec,
     ModelLoaderSpec,
     QuantizerSpec,
+    RewardFunctionSpec,
     StageSpec,
 )
 
@@ -102,6 +103,19 @@ def tuneforge_stages() -> Iterable[StageSpec]:
         @hookimpl
         def tuneforge_stages():
             return [StageSpec(name="mystage", description="...", run=run)]
+    """
+
+
+@hookspec
+def tuneforge_reward_functions() -> Iterable[RewardFunctionSpec]:
+    """Reward functions for the stages that score generated replies (grpo, ppo), selected by name in
+    ``reward_funcs``.
+
+    Example::
+
+        @hookimpl
+        def tuneforge_reward_functions():
+            return [RewardFunctionSpec(name="short", description="...", score=score)]
     """
 
 
@@ -189,5 +203,6 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "tuneforge_chat_templates": "template",
     "tuneforge_dataset_formats": "format",
     "tuneforge_stages": "stage",
+    "tuneforge_reward_functions": "reward",
     "tuneforge_inference_engines": "engine",
 }

@@ -40,9 +40,12 @@ class Plan:
     prequantized: str | None = None
     #: The inference engine (``infer_backend``); planned only for chat, api and predictions.
     engine: SpecEntry | None = None
+    #: The reward functions named in ``reward_funcs``, in that order; planned only for a stage whose
+    #: spec says ``uses_rewards``.
+    rewards: list[SpecEntry] = field(default_factory=list)
 
     def entries(self) -> list[SpecEntry]:
-        out = [self.loader, self.quantizer, self.method, self.template, self.stage, self.engine]
+        out = [self.loader, self.quantizer, self.method, self.template, self.stage, self.engine, *self.rewards]
         out += [d.format for d in self.datasets + self.eval_datasets]
         return [e for e in out if e is not None]
 
@@ -64,6 +67,7 @@ class Plan:
                 fmt = f"{d.format.name} [{d.format.provider}]" if d.format else "format detected from the file"
                 rows.append((label, f"{d.attr.name} ({d.attr.source}: {d.attr.path})", fmt))
         rows.append(("stage", self.stage.name, self.stage.provider))
+        rows += [("reward", r.name, r.provider) for r in self.rewards]
         if self.engine is not None:
             rows.append(("engine", self.engine.name, self.engine.provider))
         return rows
@@ -183,9 +187,13 @@ def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = F
     train_sets = datasets("dataset")
     eval_sets = datasets("eval_dataset")
     engine = _select(manager, "engine", "infer_backend", config, problems) if inference else None
-    if None in (stage, method, loader) or (inference and engine is None):
+    rewards = []
+    if stage is not None and stage.spec.uses_rewards:
+        names = split_names(config.get("reward_funcs"))
+        rewards = [_select(manager, "reward", "reward_funcs", config, problems, name=n) for n in dict.fromkeys(names)]
+    if None in (stage, method, loader, *rewards) or (inference and engine is None):
         return None, problems
-    plan = Plan(stage, method, loader, quantizer, template, train_sets, eval_sets)
+    plan = Plan(stage, method, loader, quantizer, template, train_sets, eval_sets, rewards=rewards)
     plan.engine = engine
     plan.prequantized = str(prequantized.get("quant_method", "unknown")) if prequantized is not None else None
     return plan, problems

@@ -240,6 +240,9 @@ class PluginManager:
     def stage(self, name: str):
         return self.get("stage", name)
 
+    def reward(self, name: str):
+        return self.get("reward", name)
+
     def owned_keys(self) -> dict[str, list[SpecEntry]]:
         """Config key name -> the plugin entries that declare it."""
         owners: dict[str, list[SpecEntry]] = {}

@@ -24,6 +24,7 @@ KINDS: dict[str, str | None] = {
     "template": "template",
     "format": "formatting",
     "stage": "stage",
+    "reward": "reward_funcs",
     "engine": "infer_backend",
 }
 
@@ -153,6 +154,13 @@ class DatasetFormatSpec(PluginSpec):
     convert: Callable[[dict, Any], dict] | None = None
 
 
+#: The selection key of reward functions, owned by every stage that uses them (``uses_rewards``).
+REWARD_FUNCS_KEY = ConfigKey(
+    "reward_funcs", (str, list), None,
+    "Reward functions that score each generated reply (comma list; `tuneforge plugins --kind reward`).",
+)
+
+
 @dataclass(frozen=True)
 class StageSpec(PluginSpec):
     """A training stage (pt, sft, dpo, ...). ``run(ctx)`` trains and returns a metrics dict.
@@ -163,6 +171,30 @@ class StageSpec(PluginSpec):
     kind: ClassVar[str] = "stage"
     run: Callable[[Any], dict] | None = None
     data_kind: str = "supervised"
+    #: The stage scores generated replies with reward-function plugins: it owns the ``reward_funcs`` key
+    #: (added to its keys), and the plan resolves those names (unknown ones are `check` errors) into
+    #: ``ctx.plan.rewards``.
+    uses_rewards: bool = False
+
+    def __post_init__(self):
+        if self.uses_rewards and all(k.name != REWARD_FUNCS_KEY.name for k in self.keys):
+            object.__setattr__(self, "keys", (REWARD_FUNCS_KEY, *self.keys))
+
+
+@dataclass(frozen=True)
+class RewardFunctionSpec(PluginSpec):
+    """A reward function for the stages that learn from scored generations (grpo, ppo), selected by
+    name in ``reward_funcs``.
+
+    ``score(ctx, prompts, completions, **columns) -> list[float]`` returns one reward per completion.
+    ``prompts[i]`` is the prompt as the chat template rendered it (special-token markup included) and
+    ``completions[i]`` the reply the model wrote for it, as text. ``columns`` holds per-row dataset
+    fields, one list entry per completion, e.g. ``reference``: the dataset's own reply ("" when it has
+    none). A function must accept and ignore columns it does not know, so stages can add more.
+    """
+
+    kind: ClassVar[str] = "reward"
+    score: Callable[..., list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,5 +213,5 @@ class InferenceEngineSpec(PluginSpec):
 SPEC_TYPES: dict[str, type[PluginSpec]] = {
     cls.kind: cls
     for cls in (ModelLoaderSpec, QuantizerSpec, MethodSpec, ChatTemplateSpec, DatasetFormatSpec, StageSpec,
-                InferenceEngineSpec)
+                RewardFunctionSpec, InferenceEngineSpec)
 }

@@ -48,3 +48,29 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
         [sys.executable, "-m", "tuneforge.cli.main", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout,
     )
+
+
+PLUGIN_PACKAGES = REPO / "tests" / "plugin_packages"
+
+
+def pip_install_plugin_package(name: str, target: Path) -> Path:
+    """pip-install tests/plugin_packages/NAME into ``target`` as a user installs a plugin (built from a
+    copy beside ``target``: setuptools writes build/ and *.egg-info next to what it builds); returns
+    ``target``, the folder to put on PYTHONPATH."""
+    import shutil
+    import subprocess
+
+    src = target.parent / f"{name}-src"
+    shutil.copytree(PLUGIN_PACKAGES / name, src)
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+           "--disable-pip-version-check", "--no-cache-dir", "--quiet", "--target", str(target), str(src)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"pip install {name} failed:\n{result.stdout}\n{result.stderr}"
+    assert list(target.glob("*.dist-info")), f"{name}: no dist-info in {target}"
+    return target
+
+
+@pytest.fixture(scope="session")
+def rewardfn_site(tmp_path_factory) -> Path:
+    """tuneforge-rewardfn (reward function ``char_share``) installed with pip into a private folder."""
+    return pip_install_plugin_package("tuneforge-rewardfn", tmp_path_factory.mktemp("tuneforge-rewardfn") / "site")

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 LOG_FILE = "trainer_log.jsonl"
+#: Trainer log keys the record already holds under LLaMA-Factory's names.
+_MAPPED_LOG_KEYS = {"loss", "eval_loss", "learning_rate", "grad_norm", "epoch"}
 
 
 _CALLBACK_CLASS = None
@@ -79,6 +81,10 @@ class TrainerLog:
             record["tokens_per_second"] = speed
             record["throughput"] = speed  # LLaMA-Factory's name for the same figure
             record["total_tokens"] = state.num_input_tokens_seen
+        # The trainer's other figures under their own names: a stage's metrics (grpo's reward and
+        # rewards/<name>/mean, dpo's rewards/margins, ppo's kl, ...).
+        record.update({k: v for k, v in logs.items() if k not in _MAPPED_LOG_KEYS and k not in record
+                       and isinstance(v, (int, float)) and not isinstance(v, bool)})
         record = {k: v for k, v in record.items() if v is not None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:

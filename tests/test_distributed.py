@@ -121,7 +121,8 @@ def single(config, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ddp(config, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    result = run_cli("train", str(config), f"output_dir={out}", env=two_processes())
+    cache = tmp_path_factory.mktemp("ddp-cache")  # a cold cache: the run must preprocess (once)
+    result = run_cli("train", str(config), f"output_dir={out}", env=two_processes(TUNEFORGE_CACHE=str(cache)))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return out, result
 
@@ -139,6 +140,8 @@ def test_only_rank_zero_writes_and_prints(ddp):
     assert result.stdout.count("trainable params:") == 1
     assert result.stdout.count("outputs in ") == 1
     assert result.stdout.count("training rows: ") == 1  # preprocessing reported by the node's main process
+    # one process tokenised; the other waited for the cache entry on disk (no collective) and read it
+    assert (result.stdout + result.stderr).count("Tokenising training data:   0%") == 1
     for name in ("model.safetensors", "trainer_log.jsonl", "train_results.json", "all_results.json", "run_manifest.json",
                  "training_args.yaml", "tokenizer_config.json"):
         assert (out / name).is_file(), name

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from ..ranks import is_local_main_process, world_size
+from ..ranks import is_local_main_process, is_main_process, world_size
 from . import cache
 from .collator import COLLATORS
 from .loading import load_examples, skip_summary, stream_examples
@@ -148,20 +149,51 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
 
 @contextmanager
 def _main_process_first(config):
-    """Under torchrun, one process per node (or one in all, data_shared_file_system) builds the cache
-    while the others wait, then load it."""
-    if world_size() <= 1:
-        yield
-        return
+    """The builder (see :func:`_features_once`) goes first while the others wait in a barrier; for the
+    cases with no cache entry to watch. The barrier waits ``ddp_timeout`` seconds, as training does."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
     # cpu=True on a machine without GPUs: accelerate then joins the gloo process group torchrun set up
     # (without it, it sees no device and reports a single process, and every rank would preprocess).
     accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    state = PartialState(cpu=not accelerated)
+    state = PartialState(cpu=not accelerated, timeout=timedelta(seconds=int(config.get("ddp_timeout") or 1800)))
     with state.main_process_first() if config.data_shared_file_system else state.local_main_process_first():
         yield
+
+
+def _is_builder(config) -> bool:
+    """The process that preprocesses: the first of each node, or the first of all when the nodes share
+    the cache folder (data_shared_file_system)."""
+    return is_main_process() if config.data_shared_file_system else is_local_main_process()
+
+
+def _features_once(ctx, kind: str, settings: Settings):
+    """Under torchrun, one process per node builds the cache entry and the others read it.
+
+    The others wait by watching for the entry on disk (it appears whole: cache.save renames a finished
+    folder into place), not in a collective, so preprocessing a large dataset never times them out.
+    Without an entry to watch (hub data) or with ``overwrite_cache`` (the old entry is still there), a
+    barrier with the run's ``ddp_timeout`` orders them instead.
+    """
+    config = ctx.config
+    if world_size() <= 1:
+        return cached_features(ctx, kind, settings)
+    key, _ = cache.cache_key(ctx, kind, settings)
+    if key is None or config.overwrite_cache:
+        with _main_process_first(config):
+            return cached_features(ctx, kind, settings)
+    if not _is_builder(config):
+        path = cache.entry_path(key)
+        waited = 0.0
+        while cache.load(path) is None:
+            time.sleep(1.0)
+            waited += 1.0
+            if waited % 300 == 0:
+                logger.info("waiting for the main process to preprocess the data (%d s so far)", waited)
+    return cached_features(ctx, kind, settings)
 
 
 def cached_features(ctx, kind: str, settings: Settings):
@@ -264,12 +296,11 @@ def build_datasets(ctx, kind: str) -> DatasetSplits:
         train, evaluation = _streaming(ctx, kind, settings)
         return DatasetSplits(train, evaluation, collator)
 
-    with _main_process_first(config):
-        features = cached_features(ctx, kind, settings)
+    features = _features_once(ctx, kind, settings)
     train, evaluation = features["train"], features["eval"] if "eval" in features else None
     if evaluation is None and config.val_size:
         train, evaluation = _split(train, config.val_size, config.seed)
-    if tokenized:
+    if tokenized and _is_builder(config):
         from datasets import DatasetDict
 
         DatasetDict({"train": train, **({"validation": evaluation} if evaluation is not None else {})}).save_to_disk(tokenized)

@@ -117,9 +117,10 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     if base is None:
         from transformers import Trainer as base
     kwargs.setdefault("args", training_arguments(ctx))
+    model = kwargs.pop("model", ctx.model)  # a stage may train a wrapper of ctx.model (rm's value head)
     try:
         trainer = method_trainer_class(base)(
-            model=ctx.model,
+            model=model,
             train_dataset=data.train,
             eval_dataset=data.eval,
             data_collator=data.collator,

@@ -61,6 +61,23 @@ class CausalLMWithValueHead(nn.Module):
         inner = getattr(self.pretrained_model, "get_base_model", lambda: self.pretrained_model)()
         return bool(getattr(inner, "supports_gradient_checkpointing", False))
 
+    @property
+    def generation_config(self):
+        """Read and aligned with the tokenizer's special tokens by the Trainer, as the config is."""
+        return getattr(self.pretrained_model, "generation_config", None)
+
+    def get_input_embeddings(self):
+        return self.pretrained_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        """The LM head (not the value head): method plugins exclude it from the layers they target."""
+        return self.pretrained_model.get_output_embeddings()
+
+    def activation_checkpointing_enable(self, **kwargs):
+        """The Trainer's call (transformers 5); the LM also makes its input embeddings require grad,
+        which a PEFT model with frozen embeddings needs for gradients to reach the adapters."""
+        return self.pretrained_model.activation_checkpointing_enable(**kwargs)
+
     def gradient_checkpointing_enable(self, **kwargs):
         return self.pretrained_model.gradient_checkpointing_enable(**kwargs)
 
@@ -78,14 +95,26 @@ class CausalLMWithValueHead(nn.Module):
     def value_head_state(self) -> dict[str, torch.Tensor]:
         return {f"v_head.{k}": v.detach().cpu().contiguous() for k, v in self.v_head.state_dict().items()}
 
-    def save_pretrained(self, output_dir: str | Path, **kwargs) -> None:
-        """The LM (adapter or full weights) as ``save_pretrained`` writes it, plus the head."""
+    def save_pretrained(self, output_dir: str | Path, state_dict: dict | None = None, is_main_process: bool = True,
+                        **kwargs) -> None:
+        """The LM (adapter or full weights) as ``save_pretrained`` writes it, plus the head.
+
+        ``state_dict`` is this wrapper's (keys ``pretrained_model.*`` and ``v_head.*``), as the Trainer
+        gathers it under FSDP or DeepSpeed: it is split between the LM and the head.
+        """
         from safetensors.torch import save_file
 
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self.pretrained_model.save_pretrained(output_dir, **kwargs)
-        save_file(self.value_head_state(), str(output_dir / VALUE_HEAD_FILE))
+        head_state = self.value_head_state()
+        if state_dict is not None:
+            prefix = "pretrained_model."
+            gathered = {k: v.detach().cpu().contiguous() for k, v in state_dict.items() if k.startswith("v_head.")}
+            head_state = gathered or head_state
+            kwargs["state_dict"] = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.pretrained_model.save_pretrained(output_dir, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            save_file(head_state, str(output_dir / VALUE_HEAD_FILE))
 
     def load_value_head(self, folder: str | Path) -> bool:
         """Load ``folder``'s saved head; False when the folder has none."""

@@ -14,6 +14,7 @@ from ..errors import TuneforgeError
 SUBCOMMANDS = {
     "train": "train",
     "check": "check",
+    "plan": "plan",
     "data": "data",
     "chat": "chat",
     "api": "api",

@@ -23,7 +23,10 @@ def run(args) -> int:
         return relaunch(launch, argv)
     main_process = is_main_process()
     if main_process:
+        from ..planner import print_memory_plan
+
         print_plan(prepared)
+        print_memory_plan(prepared)  # weights, gradients, optimizer, activations per device; never fatal
     from ..train.pipeline import run_training
 
     metrics = run_training(prepared).metrics

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from tuneforge.errors import ConfigError
 from tuneforge.plan import prepare
 
+from .test_stage_grpo import write_config
 from .test_third_party_plugins import _rows, cli
 
 BUILTINS = ("accuracy", "contains", "length", "think_format")
@@ -20,20 +20,6 @@ def score(manager, name: str, completions: list[str], prompts=None, config=None,
     ctx = SimpleNamespace(config=SimpleNamespace(**(config or {})), tokenizer=tokenizer)
     prompts = prompts or [""] * len(completions)
     return manager.reward(name).score(ctx, prompts, completions, **columns)
-
-
-def write_grpo_config(tmp_path, **values):
-    """A grpo config over a two-prompt alpaca dataset written into tmp_path."""
-    (tmp_path / "p.json").write_text(json.dumps([{"instruction": "Count to three.", "output": "1 2 3"},
-                                                 {"instruction": "Name a number.", "output": "7"}]))
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"p": {"file_name": "p.json"}}))
-    base = {"model_name_or_path": "some/model", "stage": "grpo", "template": "llama3", "dataset": "p",
-            "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "reward_funcs": "think_format",
-            "num_generations": 4, "per_device_train_batch_size": 4}
-    base.update(values)
-    path = tmp_path / "grpo.yaml"
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in base.items()))
-    return path
 
 
 # --- the built-ins ----------------------------------------------------------------------------------
@@ -97,11 +83,11 @@ def test_accuracy_compares_final_answers(manager):
 
 def test_reward_keys_are_validated_when_selected(tmp_path, manager):
     with pytest.raises(ConfigError) as info:
-        prepare(write_grpo_config(tmp_path, reward_funcs="contains,length", reward_target_length=0), manager=manager)
+        prepare(write_config(tmp_path, reward_funcs="contains,length", reward_target_length=0), manager=manager)
     message = str(info.value)
     assert "reward contains: reward_contains_text is not set" in message
     assert "reward length: reward_target_length must be a positive number of tokens, not 0" in message
-    prepared = prepare(write_grpo_config(tmp_path, reward_funcs=["contains", "length"], reward_contains_text="Allen"),
+    prepared = prepare(write_config(tmp_path, reward_funcs=["contains", "length"], reward_contains_text="Allen"),
                        manager=manager)
     assert [r.name for r in prepared.plan.rewards] == ["contains", "length"]
     assert ("reward", "contains", "tuneforge 0.1.0 (built-in)") in prepared.plan.describe()
@@ -109,7 +95,7 @@ def test_reward_keys_are_validated_when_selected(tmp_path, manager):
 
 
 def test_reward_keys_of_unselected_functions_warn(tmp_path, manager):
-    prepared = prepare(write_grpo_config(tmp_path, reward_contains_text="Allen"), manager=manager)
+    prepared = prepare(write_config(tmp_path, reward_contains_text="Allen"), manager=manager)
     assert any(w.startswith("reward_contains_text") and "belongs to reward 'contains', which this run does not use" in w
                for w in prepared.warnings)
 
@@ -126,7 +112,7 @@ def test_plugins_lists_the_builtin_reward_functions():
 
 
 def test_unknown_reward_function_fails_check_with_did_you_mean(tmp_path):
-    result = cli("check", str(write_grpo_config(tmp_path, reward_funcs="think_format,acuracy")))
+    result = cli("check", str(write_config(tmp_path, reward_funcs="think_format,acuracy")))
     assert result.returncode == 2
     assert "reward_funcs: unknown reward_funcs 'acuracy'; did you mean 'accuracy'?" in result.stderr
     assert "available: accuracy, contains, length, think_format" in result.stderr
@@ -147,7 +133,7 @@ def test_third_party_reward_function_is_listed_with_its_provider(rewardfn_site, 
     assert "reward 'char_share' from tuneforge-rewardfn 0.2.0 (entry point 'rewardfn')" in result.stdout
     assert "char_share_characters: str = '0123456789'" in result.stdout
 
-    cfg = write_grpo_config(tmp_path, reward_funcs="char_share,think_format", char_share_characters="7")
+    cfg = write_config(tmp_path, reward_funcs="char_share,think_format", char_share_characters="7")
     result = cli("check", str(cfg), plugins=[rewardfn_site])
     assert result.returncode == 0, result.stderr
     assert "reward     char_share  [tuneforge-rewardfn 0.2.0 (entry point 'rewardfn')]" in result.stdout

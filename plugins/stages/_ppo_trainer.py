@@ -37,7 +37,7 @@ from tuneforge.errors import TuneforgeError
 
 from . import _ppo_math as ppo_math
 from ._ppo_rewards import ScoringBatch
-from ._value_head import VALUE_HEAD_FILE
+from ._value_head import ValueHeadCheckpoints
 
 #: Written into every checkpoint beside trainer_state.json: what PPO adds to a resumable state.
 PPO_STATE_FILE = "ppo_state.json"
@@ -216,7 +216,7 @@ def ppo_trainer_class():
     return _TRAINER_CLASS
 
 
-class PPOLoop:
+class PPOLoop(ValueHeadCheckpoints):
     """Mixed into transformers' Trainer: PPO's ``_inner_training_loop`` (see the module doc), and saving
     and loading of the policy's value head. Set before ``train()``: ``ctx``, ``settings``,
     ``reference``, ``scorer``, ``rollout_config``."""
@@ -418,24 +418,12 @@ class PPOLoop:
 
     # -- saving and resuming --------------------------------------------------------------------------------
 
-    def _save(self, output_dir=None, state_dict=None):
-        """The policy as its method saves it (LoRA adapter or full weights) plus value_head.safetensors.
+    value_head_stage = "ppo"
 
-        A lora reward model lives in the same PEFT model as a second adapter; only the policy's own
-        adapter is saved.
-        """
-        from transformers.trainer import TRAINING_ARGS_NAME
-
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        policy = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        lm = policy.pretrained_model
-        extra = {"selected_adapters": [lm.active_adapter]} if hasattr(lm, "peft_config") else {}
-        policy.save_pretrained(output_dir, state_dict=state_dict, **extra)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+    def value_head_save_kwargs(self, wrapper) -> dict:
+        """A lora reward model lives in the same PEFT model as a second adapter: save only the policy's."""
+        lm = wrapper.pretrained_model
+        return {"selected_adapters": [lm.active_adapter]} if hasattr(lm, "peft_config") else {}
 
     def _save_checkpoint(self, model, trial):
         """The Trainer's checkpoint plus ppo_state.json, written first: a checkpoint is complete only
@@ -457,14 +445,6 @@ class PPOLoop:
             state = json.load(f)
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.score_moments.load_state_dict(state["score_moments"])
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """The Trainer's loading for the LM (adapter or full weights), then the value head."""
-        policy = self.accelerator.unwrap_model(self.model if model is None else model)
-        super()._load_from_checkpoint(resume_from_checkpoint, policy.pretrained_model)
-        if not policy.load_value_head(resume_from_checkpoint):
-            raise TuneforgeError(f"{resume_from_checkpoint} has no {VALUE_HEAD_FILE}: it was not written by the ppo "
-                                 "stage, so ppo cannot resume from it (set overwrite_output_dir: true to start afresh)")
 
 
 def mean_stats(records: list[dict]) -> dict:

@@ -140,3 +140,50 @@ def last_token_values(values: torch.Tensor, attention_mask: torch.Tensor) -> tor
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (attention_mask.long() * positions).argmax(dim=1)
     return values.gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+class ValueHeadCheckpoints:
+    """Mixed into a Trainer that holds a :class:`CausalLMWithValueHead` (rm, ppo): every save writes the
+    LM as its method saves it (adapter or full weights) plus the head, and a resume loads both.
+
+    ``value_head_stage`` names the stage in the error for a checkpoint without a head;
+    ``value_head_save_kwargs(wrapper)`` adds ``save_pretrained`` arguments (ppo saves only its own adapter).
+    """
+
+    value_head_stage = "this"
+
+    def value_head_save_kwargs(self, wrapper) -> dict:
+        return {}
+
+    def _save(self, output_dir=None, state_dict=None):
+        import os
+
+        from transformers.trainer import TRAINING_ARGS_NAME
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save and not getattr(self, "is_distributed_loading_by_transformers", False):
+            return
+        wrapper = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        wrapper.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save,
+                                **self.value_head_save_kwargs(wrapper))
+        if not self.args.should_save:
+            return
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """The Trainer's loading for the LM (an adapter or full weights, sharded or not), then the head.
+
+        FSDP saved the whole wrapper in its own format, head included: the Trainer loads it as is.
+        """
+        if self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        wrapper = self.accelerator.unwrap_model(self.model if model is None else model)
+        super()._load_from_checkpoint(resume_from_checkpoint, wrapper.pretrained_model)
+        if not wrapper.load_value_head(resume_from_checkpoint):
+            from tuneforge.errors import TuneforgeError
+
+            raise TuneforgeError(f"{resume_from_checkpoint} has no {VALUE_HEAD_FILE}: it was not written by the "
+                                 f"{self.value_head_stage} stage, so {self.value_head_stage} cannot resume from it "
+                                 "(set overwrite_output_dir: true to start afresh)")

@@ -85,14 +85,15 @@ def reward_trainer_class():
     global _TRAINER_CLASS
     if _TRAINER_CLASS is not None:
         return _TRAINER_CLASS
-    import os
-
     import torch
     from transformers import Trainer
-    from transformers.trainer import TRAINING_ARGS_NAME
 
-    class RewardTrainer(Trainer):
+    from ._value_head import ValueHeadCheckpoints
+
+    class RewardTrainer(ValueHeadCheckpoints, Trainer):
         """The pairwise loss; eval ``loss`` and ``accuracy``; saves and resumes the LM and its value head."""
+
+        value_head_stage = "rm"
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -115,36 +116,6 @@ def reward_trainer_class():
             if prediction_loss_only:
                 return loss.detach(), None, None
             return loss.detach(), rewards.detach(), torch.zeros(len(rewards), dtype=torch.long, device=rewards.device)
-
-        def _save(self, output_dir=None, state_dict=None):
-            """The LM as its method saves it (adapter or full weights) plus value_head.safetensors, for
-            the final model and every checkpoint alike."""
-            output_dir = output_dir if output_dir is not None else self.args.output_dir
-            if not self.args.should_save and not self.is_distributed_loading_by_transformers:
-                return
-            reward_model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-            reward_model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
-            if not self.args.should_save:
-                return
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(output_dir)
-            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            """The Trainer's loading for the LM (an adapter or full weights, sharded or not), then the head.
-
-            FSDP saved the whole wrapper in its own format, head included: the Trainer loads it as is.
-            """
-            if self.is_fsdp_enabled:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            reward_model = self.accelerator.unwrap_model(self.model if model is None else model)
-            super()._load_from_checkpoint(resume_from_checkpoint, reward_model.pretrained_model)
-            if not reward_model.load_value_head(resume_from_checkpoint):
-                from tuneforge.errors import TuneforgeError
-                from tuneforge.plugins.stages._value_head import VALUE_HEAD_FILE
-
-                raise TuneforgeError(f"{resume_from_checkpoint} has no {VALUE_HEAD_FILE}: it was not written by the "
-                                     "rm stage, so the reward model cannot resume from it")
 
         def _issue_warnings_after_load(self, load_result):
             """Keys the LM's checkpoint lacked or had too many of; a tied weight (an LM head shared with the

@@ -36,9 +36,9 @@ class Launch:
         return self.nnodes * self.nproc_per_node
 
 
-def started_by_a_launcher(env=os.environ) -> bool:
+def started_by_a_launcher(env=None) -> bool:
     """torchrun, `accelerate launch` and deepspeed set LOCAL_RANK in every process they start."""
-    return "LOCAL_RANK" in env
+    return "LOCAL_RANK" in (os.environ if env is None else env)
 
 
 def _int(env, name: str, default: int, problems: list[Problem], minimum: int = 0) -> int:
@@ -73,8 +73,10 @@ def _device_count() -> int:
     return 0
 
 
-def planned_launch(env=os.environ, device_count=_device_count) -> Launch | None:
-    """The torchrun launch the environment asks for, or None to train in this process."""
+def planned_launch(env=None, device_count=_device_count) -> Launch | None:
+    """The torchrun launch the environment (default: os.environ, read now) asks for, or None to train
+    in this process."""
+    env = os.environ if env is None else env
     if started_by_a_launcher(env):
         return None
     problems: list[Problem] = []
@@ -114,23 +116,36 @@ def torchrun_command(launch: Launch, argv: list[str]) -> list[str]:
 
 
 def relaunch(launch: Launch, argv: list[str]) -> int:
-    """Run torchrun and return its exit code. Ctrl-C reaches the workers too (same process group);
-    each finishes its step, saves a checkpoint and stops (hf_trainer's graceful stop)."""
+    """Run torchrun and return its exit code, or 130 when the run was interrupted.
+
+    Ctrl-C in a terminal reaches torchrun and its workers too (same process group): each worker
+    finishes its step, saves a checkpoint and stops (hf_trainer's graceful stop). This process only
+    notes it, whatever SIGINT disposition it inherited (a shell's background job starts with SIGINT
+    ignored). A SIGTERM sent to this process alone (a scheduler) is passed on to torchrun, which
+    passes it to the workers.
+    """
+    import signal
     import subprocess
 
     command = torchrun_command(launch, argv)
     print(f"launching {launch.nproc_per_node} process(es) on node {launch.node_rank} of {launch.nnodes} "
           f"(world size {launch.world_size}, master {launch.master_addr}:{launch.master_port}):\n  {' '.join(command)}",
           flush=True)
+    received: list[int] = []
     process = subprocess.Popen(command)
-    interrupted = False
-    while True:
-        try:
-            code = process.wait()
-            break
-        except KeyboardInterrupt:
-            interrupted = True  # the workers got the same Ctrl-C; wait for them to save and exit
-    if interrupted:
+
+    def note(signum, frame):
+        received.append(signum)
+        if signum == signal.SIGTERM:
+            process.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
     return code

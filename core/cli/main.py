@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "api": "api",
     "eval": "eval",
     "export": "export",
+    "webui": "webui",
     "plugins": "plugins",
     "show": "show",
     "tiny-model": "tiny_model",

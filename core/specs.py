@@ -139,6 +139,9 @@ class ChatTemplateSpec(PluginSpec):
 
     kind: ClassVar[str] = "template"
     definition: dict = field(default_factory=dict)
+    #: (display name, hub id) of models this template serves: the web UI's model-name list, so a
+    #: template plugin brings its known models along.
+    models: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

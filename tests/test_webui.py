@@ -167,11 +167,15 @@ def test_widget_specs_and_conversions():
     assert from_widget(target, "q_proj,v_proj") == "q_proj,v_proj"
 
 
-def test_known_model_families_fill_a_real_template(manager):
+def test_known_models_come_from_the_template_plugins(manager):
     templates = set(manager.names("template"))
-    assert registry.model_names()[0] == registry.CUSTOM
-    for model in registry.KNOWN_MODELS:
+    names = registry.model_names(manager)
+    assert names[0] == registry.CUSTOM and len(names) > 20
+    for model in registry.known_models(manager):
         assert model.template in templates, model
+    qwen3 = registry.known_model(manager, "Qwen3-8B")
+    assert (qwen3.hub_id, qwen3.template) == ("Qwen/Qwen3-8B", "qwen3")
+    assert registry.known_model(manager, "Llama-3-8B-Instruct").template == "llama3"
     assert registry.model_key(registry.CUSTOM, "/x/saves/tiny-llama3/") == "tiny-llama3"
     assert registry.model_key("Qwen3-8B", "Qwen/Qwen3-8B") == "Qwen3-8B"
 

@@ -1,8 +1,10 @@
-"""Known model families for the web UI's model-name dropdown: a name fills in the hub id and the
-chat template, so a user who picks "Qwen2.5-7B-Instruct" gets a config that runs.
+"""Known models for the web UI's model-name dropdown: a name fills in the hub id and the chat template,
+so a user who picks "Qwen2.5-7B-Instruct" gets a config that runs.
 
-This is a convenience list, not a gate: any local folder or hub id works in the model-path box, and
-the template can be left to detection from the tokenizer. Adding a family is adding a row here.
+The list comes from the installed template plugins (each ``ChatTemplateSpec.models``; the built-ins'
+``models:`` in templates/*.yaml), so a third-party template brings its models along. It is a
+convenience, not a gate: any local folder or hub id works in the model-path box, and the template can
+be left to detection from the tokenizer.
 """
 
 from __future__ import annotations
@@ -21,41 +23,22 @@ class KnownModel:
     template: str
 
 
-KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel("Llama-3-8B", "meta-llama/Meta-Llama-3-8B", "default"),
-    KnownModel("Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B-Instruct", "llama3"),
-    KnownModel("Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "llama3"),
-    KnownModel("Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct", "llama3"),
-    KnownModel("Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "llama3"),
-    KnownModel("Llama-2-7B-Chat", "meta-llama/Llama-2-7b-chat-hf", "llama2"),
-    KnownModel("Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "qwen"),
-    KnownModel("Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "qwen"),
-    KnownModel("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "qwen"),
-    KnownModel("Qwen3-0.6B", "Qwen/Qwen3-0.6B", "qwen3"),
-    KnownModel("Qwen3-4B", "Qwen/Qwen3-4B", "qwen3"),
-    KnownModel("Qwen3-8B", "Qwen/Qwen3-8B", "qwen3"),
-    KnownModel("Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-Instruct-v0.3", "mistral"),
-    KnownModel("Gemma-2-2B-Instruct", "google/gemma-2-2b-it", "gemma"),
-    KnownModel("Gemma-2-9B-Instruct", "google/gemma-2-9b-it", "gemma"),
-    KnownModel("Gemma-3-4B-Instruct", "google/gemma-3-4b-it", "gemma3"),
-    KnownModel("Phi-4", "microsoft/phi-4", "phi4"),
-    KnownModel("Yi-1.5-6B-Chat", "01-ai/Yi-1.5-6B-Chat", "yi"),
-    KnownModel("GLM-4-9B-Chat", "THUDM/glm-4-9b-chat", "glm4"),
-    KnownModel("DeepSeek-V3", "deepseek-ai/DeepSeek-V3", "deepseek3"),
-    KnownModel("InternLM2.5-7B-Chat", "internlm/internlm2_5-7b-chat", "intern2"),
-    KnownModel("Baichuan2-7B-Chat", "baichuan-inc/Baichuan2-7B-Chat", "baichuan2"),
-)
-
-_BY_NAME = {m.name: m for m in KNOWN_MODELS}
+def known_models(manager) -> tuple[KnownModel, ...]:
+    """Every installed template's models, in template order (the first template to name a model wins)."""
+    seen: dict[str, KnownModel] = {}
+    for entry in manager.entries("template"):
+        for name, hub_id in getattr(entry.spec, "models", ()) or ():
+            seen.setdefault(name, KnownModel(name, hub_id, entry.name))
+    return tuple(seen.values())
 
 
-def model_names() -> list[str]:
-    """The dropdown's choices: Custom first, then the known families."""
-    return [CUSTOM, *(m.name for m in KNOWN_MODELS)]
+def model_names(manager) -> list[str]:
+    """The dropdown's choices: Custom first, then the known models."""
+    return [CUSTOM, *(m.name for m in known_models(manager))]
 
 
-def known_model(name: str | None) -> KnownModel | None:
-    return _BY_NAME.get(name or "")
+def known_model(manager, name: str | None) -> KnownModel | None:
+    return next((m for m in known_models(manager) if m.name == (name or "")), None)
 
 
 def model_key(model_name: str | None, model_path: str | None) -> str:

@@ -23,14 +23,20 @@ def _load() -> tuple[tuple[str, dict], ...]:
 
 
 def _definitions() -> dict[str, dict]:
-    """Template name -> its definition (a fresh copy; the YAML files are read once)."""
-    return {name: dict(d) for name, d in _load()}
+    """Template name -> its rendering definition (a fresh copy; the YAML files are read once)."""
+    return {name: {k: v for k, v in d.items() if k != "models"} for name, d in _load()}
+
+
+def _known_models(name: str) -> tuple[tuple[str, str], ...]:
+    """The ``models:`` list of a template file: (display name, hub id) pairs."""
+    found = dict(_load()).get(name, {}).get("models") or []
+    return tuple((m["name"], m["hub_id"]) for m in found)
 
 
 @hookimpl
 def tuneforge_chat_templates():
     return [
-        ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d)
+        ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d, models=_known_models(name))
         for name, d in _definitions().items()
     ]
 

@@ -25,7 +25,7 @@ def build(ui) -> None:
     with gr.Row():
         page.make("top.lang", gr.Dropdown, choices=[(name, code) for code, name in locales.LANGUAGES.items()],
                   value=page.lang, scale=1)
-        page.make("top.model_name", gr.Dropdown, choices=registry.model_names(), value=registry.CUSTOM, scale=2)
+        page.make("top.model_name", gr.Dropdown, choices=registry.model_names(manager), value=registry.CUSTOM, scale=2)
         page.make("top.model_path", gr.Textbox, value=ui.model_path, scale=3)
     with gr.Row():
         page.make("top.finetuning_type", gr.Dropdown, choices=plugin_choices(manager, "method"),
@@ -49,7 +49,7 @@ def wire(ui) -> None:
 
     def fill_from_registry(name):
         """A known model name fills in its hub id and template; Custom leaves the path alone."""
-        known = registry.known_model(name)
+        known = registry.known_model(ui.manager, name)
         if known is None:
             return gr.update(), gr.update()
         return known.hub_id, known.template

@@ -142,3 +142,27 @@ def test_sft_stage_predicts_after_training_when_asked(tiny_model, tmp_path):
     assert len(lines) == 4 and {"prompt", "predict", "label"} <= set(json.loads(lines[0]))
     assert "predict_bleu-4" in json.loads((out / "predict_results.json").read_text())
     assert "predict_rouge-l" in ctx.metrics
+
+
+def test_llamafactory_predict_config_runs_without_a_training_dataset(tiny_model, tmp_path):
+    """LLaMA-Factory's predict example: stage sft, do_predict, eval_dataset only (no dataset, no training)."""
+    import json
+
+    from .conftest import run_cli
+
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}."} for w in ("yes", "no", "maybe")]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}))
+    out = tmp_path / "predict"
+    (tmp_path / "predict.yaml").write_text("\n".join([
+        f"model_name_or_path: {tiny_model}", "trust_remote_code: true", "stage: sft", "do_predict: true",
+        "finetuning_type: lora", "eval_dataset: d", f"dataset_dir: {tmp_path}", "template: llama3", "cutoff_len: 2048",
+        "max_samples: 50", "overwrite_cache: true", "preprocessing_num_workers: 16", f"output_dir: {out}",
+        "overwrite_output_dir: true", "report_to: none", "per_device_eval_batch_size: 1", "predict_with_generate: true",
+        "ddp_timeout: 180000000", "max_new_tokens: 4", "",
+    ]))
+    result = run_cli("train", str(tmp_path / "predict.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((out / "generated_predictions.jsonl").read_text().splitlines()) == 3
+    assert "predict_bleu-4" in json.loads((out / "predict_results.json").read_text())
+    assert not (out / "adapter_model.safetensors").exists()  # nothing was trained

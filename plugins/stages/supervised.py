@@ -15,7 +15,10 @@ def validate(config) -> list[str]:
 def run(ctx):
     from tuneforge.train.text_stage import run_text_stage
 
-    metrics = run_text_stage(ctx, "supervised")
+    config = ctx.config
+    # LLaMA-Factory's predict configs: do_predict on eval_dataset, no dataset to train on (and no do_train).
+    predict_only = config.do_predict and config.predict_with_generate and not ctx.plan.datasets and not config.do_train
+    metrics = {} if predict_only else run_text_stage(ctx, "supervised")
     if ctx.config.do_predict and ctx.config.predict_with_generate:
         from tuneforge.evaluation.predict import run_predict
 

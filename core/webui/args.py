@@ -141,7 +141,9 @@ class Context:
 
     def method_root(self, values: Values) -> Path:
         model = registry.model_key(values.get("top.model_name"), values.get("top.model_path"))
-        return self.save_root / model / str(values.get("top.finetuning_type") or "lora")
+        from tuneforge.plugins import DEFAULT_SELECTIONS
+
+        return self.save_root / model / str(values.get("top.finetuning_type") or DEFAULT_SELECTIONS["finetuning_type"])
 
     def run_dir(self, values: Values, name: str | None) -> Path:
         """A run's folder: a bare name lives under the method root, a path is taken as it is."""

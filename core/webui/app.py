@@ -81,6 +81,12 @@ class WebUI:
             return locales.message("check_ok", lang)
         return locales.message("check_failed", lang) + " " + " | ".join(line.strip() for line in problems.splitlines()[1:])
 
+    def preview(self, config: dict, command: str, lang: str) -> str:
+        """The command preview every tab shows: the command, whether `tuneforge check` passes, the YAML."""
+        from .args import to_yaml
+
+        return f"# {locales.message('preview_header', lang)}\n# {command}\n# {self.check(config, lang)}\n" + to_yaml(config)
+
     def config_file(self, name: str | None) -> Path:
         """Where save/load arguments reads and writes: a bare name lives in <save root>/configs."""
         text = (name or "").strip() or "webui_args.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import locales
-from ..args import ArgumentError, command_line, timestamp, to_yaml
+from ..args import ArgumentError, command_line, timestamp
 from ..data_preview import dataset_names
 from ..runner import RunnerBusy
 from .train import status_text
@@ -87,8 +87,7 @@ def wire(ui) -> None:
         except ArgumentError as exc:
             return gr.update(visible=True, value=f"# {exc}")
         command = command_line("train", Path(config["output_dir"]) / PREDICT_CONFIG)
-        header = f"# {locales.message('preview_header', lang)}\n# {command}\n# {ui.check(config, lang)}\n"
-        return gr.update(visible=True, value=header + to_yaml(config))
+        return gr.update(visible=True, value=ui.preview(config, command, lang))
 
     page["eval.preview_btn"].click(preview, page.inputs(), page["eval.preview"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import locales
-from ..args import ArgumentError, command_line, to_yaml
+from ..args import ArgumentError, command_line
 from ..fields import NONE_CHOICE
 from ..runner import RunnerBusy
 from .train import status_text
@@ -60,8 +60,7 @@ def wire(ui) -> None:
         except ArgumentError as exc:
             return gr.update(visible=True, value=f"# {exc}")
         command = command_line("export", Path(config["export_dir"]) / CONFIG_NAME)
-        header = f"# {locales.message('preview_header', lang)}\n# {command}\n# {ui.check(config, lang)}\n"
-        return gr.update(visible=True, value=header + to_yaml(config))
+        return gr.update(visible=True, value=ui.preview(config, command, lang))
 
     page["export.preview_btn"].click(preview, page.inputs(), page["export.preview"])
 

@@ -195,9 +195,7 @@ def wire(ui) -> None:
             return gr.update(visible=True, value=f"# {exc}")
         path = Path(config["output_dir"]) / CONFIG_NAME
         command = command_line("train", path, int(values.get("train.device_count") or 1))
-        check = ui.check(config, current)
-        header = f"# {locales.message('preview_header', current)}\n# {command}\n# {check}\n"
-        return gr.update(visible=True, value=header + to_yaml(config))
+        return gr.update(visible=True, value=ui.preview(config, command, current))
 
     page["train.preview_btn"].click(preview_command, page.inputs(), page["train.preview"])
 

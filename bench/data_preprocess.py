@@ -34,7 +34,7 @@ def main() -> int:
         from tuneforge.data.dataset import build_datasets
         from tuneforge.plan import prepare
         from tuneforge.plugin_manager import PluginManager
-        from tuneforge.tiny_model import cached_tiny_model
+        from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
         from tuneforge.train.context import RunContext
         from tuneforge.train.model import load_tokenizer
 

@@ -4,7 +4,7 @@ peak memory, per model size.
     python bench/dpo_throughput.py [--sizes tiny,small] [--family llama3] [--steps 12] [--warmup-steps 2]
                                    [--pairs data/dpo_en_demo.json] [--json PATH] [key=value ...]
 
-For each size, the cached tiny benchmark model (`tuneforge.tiny_model`, built offline) is trained twice,
+For each size, the cached tiny benchmark model (`tuneforge.plugins.apps.tiny_model.builder`, built offline) is trained twice,
 each in its own process (so peak memory is that run's alone) through bench/sft_throughput.py, which
 trains exactly as `tuneforge train` does and counts what every training micro-batch carries:
 
@@ -71,7 +71,7 @@ def measure(config: Path, overrides: list[str], warmup_steps: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from tuneforge.tiny_model import cached_tiny_model
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
     import yaml
 

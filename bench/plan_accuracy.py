@@ -46,7 +46,7 @@ def run_case(size: str, method: str, checkpointing: bool, batch: int, cutoff: in
     from tuneforge.planner import plan_for
     from tuneforge.planner.measure import measure_training_peak
     from tuneforge.plugin_manager import PluginManager
-    from tuneforge.tiny_model import cached_tiny_model
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
     overrides = [f"model_name_or_path={cached_tiny_model('llama3', size)}", "stage=sft", "template=llama3",
                  *METHODS[method], f"cutoff_len={cutoff}", f"per_device_train_batch_size={batch}",

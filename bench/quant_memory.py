@@ -181,7 +181,7 @@ def main() -> int:
 
     model_dir = args.model
     if model_dir is None:
-        from tuneforge.tiny_model import cached_tiny_model
+        from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
         model_dir = str(cached_tiny_model("llama3", "small"))
     rows = []

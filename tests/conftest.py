@@ -26,7 +26,7 @@ ANCHOR = SHARED / "data-anchor"
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """A 1-5 M parameter llama3-family model with its tokenizer, built offline once per machine."""
-    from tuneforge.tiny_model import cached_tiny_model
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
     return cached_tiny_model("llama3", "tiny")
 

@@ -261,7 +261,7 @@ class ScriptedEngine:
 def scripted_server(engine, **limits):
     import uvicorn
 
-    from tuneforge.api.app import create_app
+    from tuneforge.plugins.apps.api.app import create_app
 
     port = free_port()
     app = create_app(engine, model_name="scripted", **limits)

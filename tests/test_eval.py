@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.evaluation.benchmark import (
+from tuneforge.plugins.apps.benchmark.benchmark import (
     CHOICES,
     EVAL_TEMPLATES,
     TaskFiles,

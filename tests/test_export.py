@@ -121,7 +121,7 @@ def export_problems(overrides, manager) -> str:
     """What stops an export, from the config alone: the plan's checks (a quantizer plugin may know
     about exports) or the exporter's own."""
     from tuneforge.errors import ConfigError
-    from tuneforge.export.exporter import problems_before_loading
+    from tuneforge.plugins.apps.export.exporter import problems_before_loading
 
     try:
         prepared = prepare(None, overrides, manager=manager)
@@ -131,7 +131,7 @@ def export_problems(overrides, manager) -> str:
 
 
 def test_merging_onto_a_quantized_base_is_refused_with_the_fix(tiny_model, tmp_path, manager):
-    from tuneforge.export.exporter import problems_before_loading
+    from tuneforge.plugins.apps.export.exporter import problems_before_loading
 
     adapter = peft_adapter(tiny_model, tmp_path / "adapter")
     base = [f"model_name_or_path={tiny_model}", "template=llama3", f"adapter_name_or_path={adapter}", f"export_dir={tmp_path / 'out'}"]
@@ -155,7 +155,7 @@ def test_merging_onto_a_quantized_base_is_refused_with_the_fix(tiny_model, tmp_p
 
 def test_export_quantization_goes_through_a_quantizer_plugin(tiny_model, trained_adapter, tmp_path):
     from tuneforge import QuantizerSpec, hookimpl
-    from tuneforge.export.exporter import ExportError, run_export
+    from tuneforge.plugins.apps.export.exporter import ExportError, run_export
 
     overrides = [f"model_name_or_path={tiny_model}", "template=llama3", f"adapter_name_or_path={trained_adapter}",
                  f"export_dir={tmp_path / 'q'}", "export_quantization_bit=4"]
@@ -199,7 +199,7 @@ def test_export_quantization_goes_through_a_quantizer_plugin(tiny_model, trained
 
 
 def test_stacked_adapters_and_legacy_bin_format(tiny_model, tmp_path, manager, capsys):
-    from tuneforge.export.exporter import run_export
+    from tuneforge.plugins.apps.export.exporter import run_export
 
     first = peft_adapter(tiny_model, tmp_path / "a1", targets=("q_proj", "o_proj"), seed=1)
     second = peft_adapter(tiny_model, tmp_path / "a2", targets=("v_proj", "down_proj"), seed=2)
@@ -338,7 +338,7 @@ def test_modelfile_template_renders_what_training_rendered(name, tiny_model, man
     from transformers import AutoTokenizer
 
     from tuneforge.data.template import Template
-    from tuneforge.export.modelfile import go_template, ollama_modelfile
+    from tuneforge.plugins.apps.export.modelfile import go_template, ollama_modelfile
 
     template = Template.from_definition(name, manager.template(name).definition)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

@@ -12,7 +12,7 @@ from tuneforge.plan import prepare
 from tuneforge.planner import estimate, parse_size, plan_for, planned_processes, shape_from_config
 from tuneforge.planner.measure import measure_training_peak
 from tuneforge.plugin_manager import PluginManager
-from tuneforge.tiny_model import cached_tiny_model
+from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
 #: How far the estimated peak may be from the measured one, relative to the measured one. The planner
 #: answers "fits or not" and ranks the knobs; its fit check keeps 10% + 512 MiB in reserve, and its

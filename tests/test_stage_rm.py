@@ -64,7 +64,7 @@ def prefs_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_qwen2():
     """Tied input and output embeddings: its saved full weights leave the LM head out."""
-    from tuneforge.tiny_model import cached_tiny_model
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
     return cached_tiny_model("qwen2", "tiny")
 

@@ -10,7 +10,7 @@ import pytest
 from tuneforge.data.template import IGNORE_INDEX, Template, split_budget
 from tuneforge.errors import TuneforgeError
 from tuneforge.plugins.templates.builtin import _definitions, detect_template, tuneforge_detect_template
-from tuneforge.tiny_model import cached_tiny_model
+from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 
 SYSTEM = "Be brief."
 MESSAGES = [

@@ -12,7 +12,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from tuneforge.tiny_model import FAMILIES, SIZES, build_tiny_model, cached_tiny_model  # noqa: E402
+from tuneforge.plugins.apps.tiny_model.builder import FAMILIES, SIZES, build_tiny_model, cached_tiny_model  # noqa: E402
 
 SYSTEM = "You are a test bot."
 USER = "Say hi 你好"
@@ -129,7 +129,7 @@ def test_constants():
 
 
 def test_module_import_does_not_import_torch():
-    code = "import sys, tuneforge.tiny_model; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import sys, tuneforge.plugins.apps.tiny_model.builder; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

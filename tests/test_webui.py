@@ -17,11 +17,11 @@ import yaml
 gr = pytest.importorskip("gradio", reason="the web UI needs gradio: pip install 'tuneforge[webui]'")
 
 from tuneforge.plugin_manager import PluginManager  # noqa: E402
-from tuneforge.webui import locales, registry  # noqa: E402
-from tuneforge.webui.args import (  # noqa: E402
+from tuneforge.plugins.apps.webui import locales, registry  # noqa: E402
+from tuneforge.plugins.apps.webui.args import (  # noqa: E402
     PLUGIN_SELECTORS, ArgumentError, is_adapter, list_checkpoints, plugin_accordion, plugin_element, to_yaml, visible_keys,
 )
-from tuneforge.webui.fields import NONE_CHOICE, WidgetValueError, from_widget, to_widget, widget_spec  # noqa: E402
+from tuneforge.plugins.apps.webui.fields import NONE_CHOICE, WidgetValueError, from_widget, to_widget, widget_spec  # noqa: E402
 
 from .conftest import REPO, pip_install_plugin_package, run_cli  # noqa: E402
 
@@ -31,7 +31,7 @@ WIDGET_CLASSES = {"checkbox": gr.Checkbox, "number": gr.Number, "dropdown": gr.D
 
 
 def build_ui(manager=None, **kwargs):
-    from tuneforge.webui.app import WebUI
+    from tuneforge.plugins.apps.webui.app import WebUI
 
     ui = WebUI(manager or PluginManager(autoload=False), **kwargs)
     ui.build()
@@ -76,7 +76,7 @@ def test_every_message_is_translated_with_the_same_placeholders():
         assert fields["en"] == fields["zh"], (msg_id, fields)
     # every message id the code uses exists
     used = set()
-    for path in (REPO / "core" / "webui").rglob("*.py"):
+    for path in (REPO / "plugins" / "apps" / "webui").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         used |= set(re.findall(r"""message\(\s*["']([a-z_]+)["']""", text))
         for prefix in re.findall(r"""message\(\s*f["']([a-z_]+)\{""", text):
@@ -256,7 +256,7 @@ def test_checkpoints_are_listed_and_loaded_as_adapter_or_model(ui, tiny_model):
 
 
 def test_data_preview_and_the_data_doctor(ui, tiny_model):
-    from tuneforge.webui.data_preview import TRAINED, dataset_names, preview_rows, run_doctor
+    from tuneforge.plugins.apps.webui.data_preview import TRAINED, dataset_names, preview_rows, run_doctor
 
     assert {"identity", "alpaca_en_demo", "dpo_en_demo"} <= set(dataset_names(REPO / "data"))
     headers, rows, total = preview_rows(REPO / "data", "identity", limit=3)
@@ -360,8 +360,8 @@ def _wait(predicate, timeout: float, what: str):
 
 
 def test_runner_trains_reports_progress_and_loss(tiny_model, tmp_path):
-    from tuneforge.webui.runner import Runner
-    from tuneforge.webui.tabs.train import loss_frame, progress_html, status_text
+    from tuneforge.plugins.apps.webui.runner import Runner
+    from tuneforge.plugins.apps.webui.tabs.train import loss_frame, progress_html, status_text
 
     runner = Runner()
     output_dir = tmp_path / "run"
@@ -381,8 +381,8 @@ def test_runner_trains_reports_progress_and_loss(tiny_model, tmp_path):
 
 def test_abort_stops_gracefully_and_leaves_a_resumable_checkpoint(tiny_model, tmp_path):
     from tuneforge.train.hf_trainer import checkpoint_problem
-    from tuneforge.webui.runner import Runner
-    from tuneforge.webui.tabs.train import status_text
+    from tuneforge.plugins.apps.webui.runner import Runner
+    from tuneforge.plugins.apps.webui.tabs.train import status_text
 
     runner = Runner()
     output_dir = tmp_path / "run"
@@ -400,7 +400,7 @@ def test_abort_stops_gracefully_and_leaves_a_resumable_checkpoint(tiny_model, tm
 
 
 def test_a_crashing_run_reports_its_error_and_the_runner_keeps_working(tiny_model, tmp_path):
-    from tuneforge.webui.runner import Runner, RunnerBusy
+    from tuneforge.plugins.apps.webui.runner import Runner, RunnerBusy
 
     broken = tmp_path / "broken-model"
     broken.mkdir()
@@ -420,8 +420,8 @@ def test_a_crashing_run_reports_its_error_and_the_runner_keeps_working(tiny_mode
 
 def test_benchmark_job_shows_its_scores(ui, tiny_model, tmp_path):
     """The Benchmark button's job: `tuneforge eval` on the shipped MMLU-layout demo; scores.json is shown."""
-    from tuneforge.webui.runner import Runner
-    from tuneforge.webui.tabs.evaluate import BENCH_CONFIG, benchmark_tasks, read_results
+    from tuneforge.plugins.apps.webui.runner import Runner
+    from tuneforge.plugins.apps.webui.tabs.evaluate import BENCH_CONFIG, benchmark_tasks, read_results
 
     assert benchmark_tasks(REPO / "data" / "evaluation") == ["mmlu_demo_test"]
     values = form(ui, top__model_path=str(tiny_model), top__template="llama3", bench__task_dir=str(REPO / "data" / "evaluation"),
@@ -436,7 +436,7 @@ def test_benchmark_job_shows_its_scores(ui, tiny_model, tmp_path):
 
 
 def test_export_verification_report_in_words():
-    from tuneforge.webui.tabs.export import verification_summary
+    from tuneforge.plugins.apps.webui.tabs.export import verification_summary
 
     report = {"weights": {"compared": 21, "max_abs_diff": 0.29, "changed": 14}, "reload": "ok",
               "logits_vs_adapter_max_abs_diff": 9.5e-07, "tolerance": 3e-05, "top_token_agreement": "49/49",
@@ -450,7 +450,7 @@ def test_export_verification_report_in_words():
 
 def test_a_reloaded_page_reattaches_to_the_running_job(tiny_model, tmp_path):
     """A page opened while a training job runs shows that job's settings, output dir and a note."""
-    from tuneforge.webui.runner import Runner
+    from tuneforge.plugins.apps.webui.runner import Runner
 
     class SleepingRunner(Runner):  # a job that runs long enough to be seen running, without training
         def argv(self, verb, config_path):
@@ -478,7 +478,7 @@ def test_a_reloaded_page_reattaches_to_the_running_job(tiny_model, tmp_path):
 def test_server_settings_follow_llamafactory_environment():
     from types import SimpleNamespace
 
-    from tuneforge.cli.webui import exposure_warning, server_settings
+    from tuneforge.plugins.apps.webui.cli import exposure_warning, server_settings
 
     args = SimpleNamespace(host=None, port=None, share=False, auth=None)
     settings = server_settings(args, {})

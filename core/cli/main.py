@@ -10,22 +10,25 @@ import sys
 from .. import __version__
 from ..errors import TuneforgeError
 
-#: subcommand -> module under tuneforge.cli
+_APPS = "tuneforge.plugins.apps"
+
+#: subcommand -> module with ``register`` and ``run``. The core's own verbs live in tuneforge.cli;
+#: the applications built on the core (chat, api, eval, export, webui, tiny-model) live in plugins/apps.
 SUBCOMMANDS = {
-    "train": "train",
-    "check": "check",
-    "plan": "plan",
-    "data": "data",
-    "chat": "chat",
-    "api": "api",
-    "eval": "eval",
-    "export": "export",
-    "webui": "webui",
-    "plugins": "plugins",
-    "show": "show",
-    "tiny-model": "tiny_model",
-    "env": "env",
-    "version": "version",
+    "train": f"{__package__}.train",
+    "check": f"{__package__}.check",
+    "plan": f"{__package__}.plan",
+    "data": f"{__package__}.data",
+    "chat": f"{_APPS}.chat.cli",
+    "api": f"{_APPS}.api.cli",
+    "eval": f"{_APPS}.benchmark.cli",
+    "export": f"{_APPS}.export.cli",
+    "webui": f"{_APPS}.webui.cli",
+    "plugins": f"{__package__}.plugins",
+    "show": f"{__package__}.show",
+    "tiny-model": f"{_APPS}.tiny_model.cli",
+    "env": f"{__package__}.env",
+    "version": f"{__package__}.version",
 }
 
 
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():
-        importlib.import_module(f"{__package__}.{module}").register(sub, name)
+        importlib.import_module(module).register(sub, name)
     return parser
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from ..data.doctor import GREEN, RESET
-from ..data.registry import read_dataset_info, resolve_datasets
+from tuneforge.data.doctor import GREEN, RESET
+from tuneforge.data.registry import read_dataset_info, resolve_datasets
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TRAINED = "trained"

@@ -26,8 +26,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import TuneforgeError
-from ..plugin_manager import split_names
+from tuneforge.errors import TuneforgeError
+from tuneforge.plugin_manager import split_names
 from . import weights
 
 #: |logits(export) - logits(base + adapter)| allowed, times max(1, max |logit|), per export dtype.
@@ -188,8 +188,8 @@ def run_export(prepared) -> dict:
     config = prepared.config
     if config.export_device == "auto" and config.device_map is None:
         config = config.with_values(device_map="auto")
-    from ..train.context import RunContext
-    from ..train.model import load_model
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_model
 
     ctx = RunContext(config, prepared.plan, prepared.manager, training=False)
     adapters = split_names(config.adapter_name_or_path)

@@ -18,22 +18,22 @@ def register(sub, name):
 
 
 def run(args) -> int:
-    from ..plan import prepare
+    from tuneforge.plan import prepare
 
     prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin, require=("model_name_or_path", "task"))
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from ..evaluation.benchmark import TaskFiles, evaluate, parse_task, save_results, score_table
+    from tuneforge.plugins.apps.benchmark.benchmark import TaskFiles, evaluate, parse_task, save_results, score_table
 
     config = prepared.config
     # fail on a wrong path or a used save_dir before loading the model
     TaskFiles(config.task_dir, parse_task(config.task)[0]).mapping()
     if config.save_dir and (Path(config.save_dir) / "results.json").exists():
-        from ..errors import TuneforgeError
+        from tuneforge.errors import TuneforgeError
 
         raise TuneforgeError(f"save_dir {config.save_dir} already holds results.json; choose another save_dir or remove it")
-    from ..train.context import RunContext
-    from ..train.model import load_model
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_model
 
     ctx = RunContext(config, prepared.plan, prepared.manager, training=False)
     load_model(ctx)

@@ -22,7 +22,7 @@ def register(sub, name):
 
 
 def _int_env(name: str, default: int) -> int:
-    from ..errors import TuneforgeError
+    from tuneforge.errors import TuneforgeError
 
     value = os.environ.get(name, "").strip()
     if not value:
@@ -34,9 +34,9 @@ def _int_env(name: str, default: int) -> int:
 
 
 def run(args) -> int:
-    from ..errors import TuneforgeError
-    from ..plan import prepare
-    from ..specs import Requirement
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.plan import prepare
+    from tuneforge.specs import Requirement
 
     missing = [r for r in (Requirement("fastapi", ""), Requirement("uvicorn", ""), Requirement("sse_starlette", "")) if r.missing()]
     if missing:
@@ -53,8 +53,8 @@ def run(args) -> int:
 
     import uvicorn
 
-    from ..api.app import create_app
-    from ..chat.engine import engine_for
+    from tuneforge.plugins.apps.api.app import create_app
+    from tuneforge.chat.engine import engine_for
 
     engine = engine_for(prepared)
     app = create_app(engine, model_name=model_name, api_key=api_key, max_concurrent=_int_env("MAX_CONCURRENT", 1),

@@ -34,8 +34,8 @@ class ChatSession:
 
         Raises :class:`tuneforge.errors.TuneforgeError` with every config problem when it cannot.
         """
-        from ..chat.engine import engine_for
-        from ..plan import prepare
+        from tuneforge.chat.engine import engine_for
+        from tuneforge.plan import prepare
 
         with self._lock:
             self._unload()
@@ -106,6 +106,6 @@ def message_text(content: Any) -> str:
 
 def short_error(exc: BaseException) -> str:
     """What to show for an error: our own errors speak for themselves, others get their type."""
-    from ..errors import TuneforgeError
+    from tuneforge.errors import TuneforgeError
 
     return str(exc) if isinstance(exc, TuneforgeError) else f"{type(exc).__name__}: {exc}"

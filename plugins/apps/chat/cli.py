@@ -27,12 +27,12 @@ def _reply(engine, history: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from ..plan import prepare
+    from tuneforge.plan import prepare
 
     prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin, inference=True)
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from ..chat.engine import engine_for
+    from tuneforge.chat.engine import engine_for
 
     engine = engine_for(prepared)
     if args.query is not None:

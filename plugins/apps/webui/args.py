@@ -3,7 +3,7 @@
 Everything here works on a plain ``{element id: widget value}`` mapping and imports no gradio, so
 the command preview, the saved arguments and the launched run are built by the same functions and
 tested without a browser. Widget values are converted with the config checker's own coercion
-(:mod:`tuneforge.webui.fields`), and plugin keys come from the plugins' specs:
+(:mod:`tuneforge.plugins.apps.webui.fields`), and plugin keys come from the plugins' specs:
 
 - the top bar and the tabs' fixed fields map onto core and TrainingArguments keys;
 - each selected plugin (method, stage, quantizer, inference engine) adds the keys of its own
@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from ..config.validate import declared_keys
-from ..errors import TuneforgeError
-from ..plugin_manager import PluginManager, split_names
-from ..specs import ConfigKey
+from tuneforge.config.validate import declared_keys
+from tuneforge.errors import TuneforgeError
+from tuneforge.plugin_manager import PluginManager, split_names
+from tuneforge.specs import ConfigKey
 from . import registry
 from .fields import NONE_CHOICE, WidgetValueError, from_widget, is_default, to_widget
 

@@ -36,7 +36,7 @@ def _truthy(value: str | None) -> bool:
 
 def server_settings(args, environ=os.environ) -> dict:
     """Host, port, share and auth from the options and LLaMA-Factory's environment variables."""
-    from ..errors import TuneforgeError
+    from tuneforge.errors import TuneforgeError
 
     host = args.host or environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port_text = str(args.port) if args.port is not None else environ.get("GRADIO_SERVER_PORT") or "7860"
@@ -69,9 +69,9 @@ def exposure_warning(settings: dict) -> str | None:
 
 
 def run(args) -> int:
-    from ..errors import TuneforgeError
-    from ..specs import Requirement
-    from ..webui import INSTALL
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.specs import Requirement
+    from tuneforge.plugins.apps.webui import INSTALL
 
     missing = [r.module for r in (Requirement("gradio", INSTALL), Requirement("pandas", INSTALL)) if r.missing()]
     if missing:
@@ -82,8 +82,8 @@ def run(args) -> int:
         print(warning, file=sys.stderr, flush=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-    from ..plugin_manager import PluginManager
-    from ..webui.app import WebUI
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.plugins.apps.webui.app import WebUI
 
     ui = WebUI(PluginManager(blocked=args.disable_plugin), save_root=args.save_root, dataset_dir=args.dataset_dir,
                model_path=args.model_path, lang=args.lang)

@@ -15,8 +15,8 @@ from typing import Any
 import gradio as gr
 import yaml
 
-from ..errors import TuneforgeError
-from ..plugin_manager import PluginManager
+from tuneforge.errors import TuneforgeError
+from tuneforge.plugin_manager import PluginManager
 from . import locales
 from .args import ArgumentError, Context
 from .chat_session import ChatSession
@@ -63,7 +63,7 @@ class WebUI:
 
     def problems(self, config: dict, require: tuple[str, ...] = ("model_name_or_path",)) -> str:
         """Every problem `tuneforge check` finds in ``config`` (empty when it would run); loads no model."""
-        from ..plan import prepare
+        from tuneforge.plan import prepare
 
         with tempfile.TemporaryDirectory(prefix="tuneforge-webui-check-") as folder:
             path = Path(folder) / "config.yaml"

@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any
 
-from ..chat.tools import MessageError, from_openai, may_be_tool_call, parse_tool_calls, tool_call_heads
+from tuneforge.chat.tools import MessageError, from_openai, may_be_tool_call, parse_tool_calls, tool_call_heads
 
 
 class ApiError(Exception):

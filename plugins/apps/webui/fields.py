@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..config.validate import coerce
-from ..specs import ConfigKey
+from tuneforge.config.validate import coerce
+from tuneforge.specs import ConfigKey
 
 #: The dropdown entry that means "leave the key unset" (LLaMA-Factory's UI writes "none" too).
 NONE_CHOICE = "none"

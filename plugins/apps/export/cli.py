@@ -18,12 +18,12 @@ def register(sub, name):
 
 
 def run(args) -> int:
-    from ..plan import prepare
+    from tuneforge.plan import prepare
 
     prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    from ..export.exporter import run_export
+    from tuneforge.plugins.apps.export.exporter import run_export
 
     run_export(prepared)
     return 0

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TuneforgeError
+from tuneforge.errors import TuneforgeError
 
 CHOICES = ("A", "B", "C", "D")
 SPLITS = {"test": ("test",), "dev": ("dev",), "train": ("dev", "train"), "val": ("val", "validation"),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from ..train.outputs import LOG_FILE
+from tuneforge.train.outputs import LOG_FILE
 
 RUN_LOG = "running_log.txt"
 #: Exit status of a run stopped by Ctrl-C / Abort (our CLI's, and the shell's 128 + SIGINT).

@@ -16,7 +16,7 @@ def register(sub, name):
 
 
 def run(args) -> int:
-    from ..tiny_model import build_tiny_model
+    from tuneforge.plugins.apps.tiny_model.builder import build_tiny_model
 
     path = build_tiny_model(args.out, family=args.family, size=args.size, seed=args.seed)
     print(f"wrote a {args.size} {args.family} model to {path}")

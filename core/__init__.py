@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .hookspecs import hookimpl  # noqa: E402
 from .specs import (  # noqa: E402
     ChatTemplateSpec,
+    CommandSpec,
     ConfigKey,
     DatasetFormatSpec,
     InferenceEngineSpec,
@@ -24,6 +25,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "ChatTemplateSpec",
+    "CommandSpec",
     "ConfigKey",
     "DatasetFormatSpec",
     "InferenceEngineSpec",

@@ -17,6 +17,7 @@ import pluggy
 
 from .specs import (
     ChatTemplateSpec,
+    CommandSpec,
     DatasetFormatSpec,
     InferenceEngineSpec,
     MethodSpec,
@@ -131,6 +132,26 @@ def tuneforge_inference_engines() -> Iterable[InferenceEngineSpec]:
     """
 
 
+@hookspec
+def tuneforge_commands() -> Iterable[CommandSpec]:
+    """`tuneforge` verbs (``tuneforge NAME ...``). The core verbs (train, check, plan, data, plugins,
+    show, env, version) cannot be replaced; two plugins with one verb name are an error naming both.
+
+    ``register(parser)`` adds the verb's arguments to the sub-parser the core made, and must not import
+    heavy modules (it runs for `tuneforge --help`); ``run(args)`` does the work. Example::
+
+        def register(parser):
+            parser.add_argument("name", nargs="?", default="world")
+
+        def run(args):
+            print(f"hello, {args.name}")
+
+        @hookimpl
+        def tuneforge_commands():
+            return [CommandSpec(name="hello", description="say hello", register=register, run=run)]
+    """
+
+
 # --- detection: the first plugin with an answer wins; built-ins answer last --------------------
 
 
@@ -205,4 +226,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "tuneforge_stages": "stage",
     "tuneforge_reward_functions": "reward",
     "tuneforge_inference_engines": "engine",
+    "tuneforge_commands": "command",
 }

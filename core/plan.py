@@ -116,8 +116,7 @@ def prepare(
     problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
     if plan is not None:
         for entry in plan.entries():
-            if entry.spec.validate is not None:
-                problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in entry.spec.validate(config)]
+            problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
     return Prepared(config, plan, manager, _warnings(config, plan, manager))

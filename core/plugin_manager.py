@@ -1,9 +1,13 @@
 """Discovers plugins, collects their specs, and hands them to the core through typed getters.
 
 Built-in plugins (``tuneforge.plugins.BUILTIN_MODULES``) and third-party ones (entry-point group
-``tuneforge``) go through the same :meth:`PluginManager._register` path. Nothing fails at discovery:
-a plugin that cannot import, lacks an optional dependency or clashes with another plugin's name is
-recorded with that status, so `tuneforge plugins` can show it; only a run that needs it fails.
+``tuneforge``) go through the same :meth:`PluginManager._load_and_register` path, and their specs are
+collected through pluggy's hook callers, one plugin at a time so each spec keeps its provider.
+Nothing fails at discovery: a plugin that cannot import, names a hook that does not exist, raises
+while handing over its specs or answering ``unavailable_reason()`` / ``validate()`` is recorded as
+``broken: <ExceptionType: message>``; one that lacks an optional dependency as ``unavailable``; one
+whose name or config key clashes with another plugin's as ``error``. `tuneforge plugins` shows every
+status; only a run that selects such a plugin fails, with the reason.
 
 Environment:
 - ``TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD=1`` skips entry-point discovery (built-ins still load);
@@ -22,9 +26,13 @@ import pluggy
 
 from . import __version__, hookspecs
 from .errors import PluginError, did_you_mean
-from .specs import KINDS, PluginSpec
+from .specs import KINDS, SPEC_TYPES, ConfigKey, PluginSpec
 
 ENTRY_POINT_GROUP = "tuneforge"
+#: Every hook a plugin may implement (the ``@hookspec`` functions of tuneforge.hookspecs).
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")
+)
 AUTOLOAD_ENV = "TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "TUNEFORGE_DISABLE_PLUGINS"
 
@@ -37,9 +45,23 @@ class PluginRecord:
     distribution: str
     version: str
     builtin: bool
-    status: str = "active"  # active | disabled | error
+    status: str = "active"  # active | disabled | broken
     error: str = ""
     module: Any = None
+
+    @property
+    def pluggy_name(self) -> str:
+        """The name this plugin is registered under in pluggy."""
+        return f"{self.distribution}:{self.name}"
+
+    @property
+    def provider(self) -> str:
+        where = "built-in" if self.builtin else f"entry point '{self.name}'"
+        return " ".join(p for p in (self.distribution, self.version, f"({where})") if p)
+
+    def mark_broken(self, reason: str) -> None:
+        self.status = "broken"
+        self.error = reason
 
 
 @dataclass
@@ -48,7 +70,7 @@ class SpecEntry:
 
     spec: PluginSpec
     record: PluginRecord
-    status: str = "active"  # active | disabled | unavailable: ... | error: ...
+    status: str = "active"  # active | disabled | unavailable: ... | broken: ... | error: ...
     duplicates: list["SpecEntry"] = field(default_factory=list)
 
     @property
@@ -61,9 +83,13 @@ class SpecEntry:
 
     @property
     def provider(self) -> str:
-        rec = self.record
-        where = "built-in" if rec.builtin else f"entry point '{rec.name}'"
-        return " ".join(p for p in (rec.distribution, rec.version, f"({where})") if p)
+        return self.record.provider
+
+
+def _exception_text(exc: BaseException, where: str = "") -> str:
+    """``ExceptionType: message (in where)``: what `tuneforge plugins` shows after ``broken:``."""
+    text = f"{type(exc).__name__}: {exc}"
+    return f"{text} (in {where})" if where else text
 
 
 def split_names(value: Any) -> list[str]:
@@ -92,6 +118,8 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.records: list[PluginRecord] = []
         self._entries: dict[str, dict[str, SpecEntry]] = {kind: {} for kind in KINDS}
+        #: Config key -> the error naming the two plugins that declare it differently.
+        self.key_conflicts: dict[str, str] = {}
 
         if builtins:
             from tuneforge.plugins import BUILTIN_MODULES
@@ -123,36 +151,94 @@ class PluginManager:
             return
         try:
             module = load()
-            self.pm.register(module, name=f"{record.distribution}:{record.name}")
         except Exception as exc:  # a broken third-party plugin must not break the CLI
-            record.status = "error"
-            record.error = f"{type(exc).__name__}: {exc}"
+            record.mark_broken(_exception_text(exc))
+            return
+        problems = self._hook_name_problems(module)
+        if problems:
+            record.mark_broken("; ".join(problems))
+            return
+        try:
+            self.pm.register(module, name=record.pluggy_name)
+        except Exception as exc:  # pluggy.PluginValidationError (wrong argument names), or registered twice
+            record.mark_broken(_exception_text(exc))
+            return
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:  # a marked hookimpl for a hook that does not exist
+            self.pm.unregister(module)
+            record.mark_broken(_exception_text(exc))
             return
         record.module = module
 
+    def _hook_name_problems(self, plugin: Any) -> list[str]:
+        """Attributes named like hooks that pluggy would skip without a word.
+
+        pluggy registers only functions marked ``@hookimpl``, and its ``check_pending()`` only sees those:
+        a misspelled, unmarked ``tuneforge_method`` would be ignored and the plugin would seem to provide
+        nothing. Every callable ``tuneforge_*`` attribute must be a marked implementation of a real hook.
+        """
+        hooks = HOOK_NAMES
+        problems = []
+        for name in sorted(dir(plugin)):
+            if not name.startswith(f"{hookspecs.PROJECT}_"):
+                continue
+            try:
+                value = getattr(plugin, name)
+            except Exception:
+                continue
+            if not callable(value):
+                continue
+            if name not in hooks:
+                problems.append(f"unknown hook '{name}'{did_you_mean(name, hooks)} (hooks: docs/hooks.md)")
+            elif self.pm.parse_hookimpl_opts(plugin, name) is None:
+                problems.append(f"'{name}' is not marked @hookimpl (from tuneforge import hookimpl), so pluggy would skip it")
+        return problems
+
     def _collect_specs(self) -> None:
-        for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
-            for record in self.records:
-                if record.module is None:
-                    continue
-                impl = getattr(record.module, hook_name, None)
-                if impl is None:
-                    continue
-                try:
-                    specs = list(impl() or ())
-                except Exception as exc:
-                    record.status = "error"
-                    record.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
-                    continue
-                for spec in specs:
-                    self._add_spec(kind, spec, record)
+        """Ask each plugin for its specs through pluggy, one plugin at a time.
+
+        One ``pm.hook.tuneforge_methods()`` call would stop at the first plugin that raises and would
+        not say which plugin returned which spec; a caller limited to one plugin
+        (``subset_hook_caller``) keeps both the attribution and the isolation. A plugin whose hook
+        raises, or returns the wrong spec type, is broken and contributes nothing.
+        """
+        plugins = dict(self.pm.list_name_plugin())
+        implementers = {
+            hook_name: {impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()}
+            for hook_name in hookspecs.REGISTRATION_HOOKS
+        }
+        for record in self.records:
+            if record.module is None:
+                continue
+            others = [plugin for name, plugin in plugins.items() if name != record.pluggy_name]
+            collected: list[tuple[str, PluginSpec]] = []
+            try:
+                for hook_name, kind in hookspecs.REGISTRATION_HOOKS.items():
+                    if record.pluggy_name not in implementers[hook_name]:
+                        continue
+                    caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+                    try:
+                        results = caller()
+                        specs = [spec for result in results for spec in (result or ())]
+                    except Exception as exc:
+                        raise _Broken(_exception_text(exc, f"{hook_name}()")) from exc
+                    expected = SPEC_TYPES[kind]
+                    for spec in specs:
+                        if not isinstance(spec, expected):
+                            raise _Broken(f"{hook_name}() returned {type(spec).__name__} {getattr(spec, 'name', spec)!r}; "
+                                          f"it must return {expected.__name__} objects")
+                        collected.append((kind, spec))
+            except _Broken as exc:
+                record.mark_broken(str(exc))
+                continue
+            for kind, spec in collected:
+                self._add_spec(kind, spec, record)
+        self._check_keys()
 
     def _add_spec(self, kind: str, spec: PluginSpec, record: PluginRecord) -> None:
-        if getattr(spec, "kind", None) != kind:
-            record.status = "error"
-            record.error = f"{kind} hook returned {type(spec).__name__} {getattr(spec, 'name', spec)!r}"
-            return
-        entry = SpecEntry(spec=spec, record=record, status=self._status_of(spec))
+        entry = SpecEntry(spec=spec, record=record)
+        entry.status = self._status_of(entry)
         existing = self._entries[kind].get(spec.name)
         if existing is not None:
             existing.duplicates.append(entry)
@@ -161,17 +247,78 @@ class PluginManager:
             return
         self._entries[kind][spec.name] = entry
 
-    def _status_of(self, spec: PluginSpec) -> str:
+    def _status_of(self, entry: SpecEntry) -> str:
+        spec = entry.spec
         if spec.name in self.blocked or f"{spec.kind}:{spec.name}" in self.blocked:
             return "disabled"
+        if spec.kind == "command":
+            from .cli import CORE_COMMANDS
+
+            if spec.name in CORE_COMMANDS:
+                return (f"error: command '{spec.name}' from {entry.provider} has the name of a core verb; "
+                        "core verbs cannot be replaced: rename the plugin's command")
         missing = spec.missing_requirements()
         if missing:
             return "unavailable: missing " + ", ".join(f"{r.module} ({r.pip})" for r in missing)
         if spec.unavailable_reason is not None:
-            reason = spec.unavailable_reason()
+            try:
+                reason = self.call(entry, "unavailable_reason")
+            except PluginError:
+                return entry.status
             if reason:
                 return f"unavailable: {reason}"
         return "active"
+
+    def _check_keys(self) -> None:
+        """One config key, one meaning: plugins that declare a key differently are an error naming both.
+
+        A key several plugins act on (``lora_rank`` for every LoRA variant) is fine when each declares
+        the same type, default and choices; otherwise which one a config got would depend on load order.
+        """
+        for name, owners in self.owned_keys().items():
+            first = owners[0]
+            first_key = _key(first, name)
+            for other in owners[1:]:
+                other_key = _key(other, name)
+                if _key_signature(other_key) == _key_signature(first_key):
+                    continue
+                message = (
+                    f"config key '{name}' is declared differently by {first.kind} '{first.name}' from {first.provider} "
+                    f"({_describe_key(first_key)}) and {other.kind} '{other.name}' from {other.provider} "
+                    f"({_describe_key(other_key)}); plugins sharing a key must declare the same type, default and "
+                    "choices (declare it once and share the ConfigKey), or one of them must rename it"
+                )
+                self.key_conflicts[name] = message
+                for entry in (first, other):
+                    if not entry.status.startswith("error"):
+                        entry.status = f"error: {message}"
+                break
+
+    def call(self, entry: SpecEntry, attr: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the plugin-provided callable ``entry.spec.<attr>``; the one guarded way to run plugin code
+        that answers the core's questions (availability, validation).
+
+        An exception is a bug in the plugin, not in the user's config: the entry is marked
+        ``broken: <ExceptionType: message>`` (so `tuneforge plugins` shows it) and a PluginError naming
+        the plugin is raised instead, which a command reports without a traceback.
+        """
+        fn = getattr(entry.spec, attr)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            reason = _exception_text(exc, f"{attr}()")
+            entry.status = f"broken: {reason}"
+            raise PluginError(_broken_message(entry)) from exc
+
+    def validate(self, entry: SpecEntry, *args: Any) -> list[str]:
+        """The problems ``entry.spec.validate(*args)`` finds in a config; a validator that raises is
+        reported as one problem naming the broken plugin."""
+        if entry.spec.validate is None:
+            return []
+        try:
+            return list(self.call(entry, "validate", *args) or ())
+        except PluginError as exc:
+            return [str(exc)]
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -205,8 +352,8 @@ class PluginManager:
                     )
             available = ", ".join(sorted(table)) or "none installed"
             hint = did_you_mean(name, table)
-            disabled = [r.name for r in self.disabled_records()]
-            blocked = f" (blocked plugins may provide it: {', '.join(disabled)})" if disabled and not hint else ""
+            unusable = [r.name for r in self.broken_records() + self.disabled_records()]
+            blocked = f" (broken or blocked plugins may provide it: {', '.join(unusable)})" if unusable and not hint else ""
             raise PluginError(f"unknown {key} '{name}'{hint} available: {available}{blocked}")
         entry = table[name]
         if entry.duplicates:
@@ -220,6 +367,10 @@ class PluginManager:
             raise PluginError(f"{kind} '{name}' is disabled (disable_plugins / {BLOCK_ENV}); remove it from the block list")
         if entry.status.startswith("unavailable"):
             raise PluginError(f"{kind} '{name}' is {entry.status}")
+        if entry.status.startswith("broken"):
+            raise PluginError(_broken_message(entry))
+        if entry.status.startswith("error"):
+            raise PluginError(entry.status.removeprefix("error: "))
         return entry.spec
 
     def loader(self, name: str):
@@ -255,10 +406,43 @@ class PluginManager:
         return [r for r in self.records if r.status == "disabled"]
 
     def broken_records(self) -> list[PluginRecord]:
-        return [r for r in self.records if r.status == "error"]
+        return [r for r in self.records if r.status == "broken"]
 
     def duplicate_entries(self) -> list[SpecEntry]:
         return [e for e in self.entries() if e.duplicates]
+
+    def errors(self) -> list[str]:
+        """Clashes between plugins (one name from two providers, one key declared two ways): each one
+        makes `tuneforge plugins` fail, and a config that selects a plugin involved."""
+        return [e.status.removeprefix("error: ") for e in self.duplicate_entries()] + list(self.key_conflicts.values())
+
+
+class _Broken(Exception):
+    """A plugin failed while handing over its specs."""
+
+
+def _broken_message(entry: SpecEntry) -> str:
+    reason = entry.status.removeprefix("broken: ")
+    return (f"{entry.kind} '{entry.name}' from {entry.provider} is broken: {reason}; this is a bug in the plugin: "
+            f"update or fix it, or block it with disable_plugins / --disable-plugin {entry.record.name}")
+
+
+def _key(entry: SpecEntry, name: str) -> ConfigKey:
+    return next(k for k in entry.spec.keys if k.name == name)
+
+
+def _key_signature(key: ConfigKey) -> tuple:
+    types = key.type if isinstance(key.type, tuple) else (key.type,)
+    return (types, repr(key.default), key.choices, key.effective)
+
+
+def _describe_key(key: ConfigKey) -> str:
+    text = f"{key.type_name()} = {key.default!r}"
+    if key.choices is not None:
+        text += f", choices {', '.join(map(str, key.choices))}"
+    if not key.effective:
+        text += ", not effective"
+    return text
 
 
 def _entry_points():

@@ -26,6 +26,7 @@ KINDS: dict[str, str | None] = {
     "stage": "stage",
     "reward": "reward_funcs",
     "engine": "infer_backend",
+    "command": None,
 }
 
 _MISSING = object()
@@ -213,8 +214,27 @@ class InferenceEngineSpec(PluginSpec):
     create: Callable[[Any], Any] | None = None
 
 
+@dataclass(frozen=True)
+class CommandSpec(PluginSpec):
+    """A `tuneforge` verb (``tuneforge NAME ...``), as datasette's and llm's ``register_commands`` add one.
+
+    The core makes the sub-parser (``tuneforge NAME``, with ``description`` as its help line) and hands
+    it to ``register(parser)``, which adds the verb's arguments; ``run(args)`` does the work and returns
+    the exit status (``None`` means 0). ``args`` also holds the global options (``args.disable_plugin``)
+    and the ``key=value`` overrides written after the verb's arguments (``args.overrides``).
+
+    ``register`` runs for every `tuneforge` call, `--help` included: it must not import torch or any
+    other heavy module. ``run`` imports what it needs. A TuneforgeError raised by ``run`` is printed as
+    ``error: ...`` with exit status 2, like the core verbs' errors.
+    """
+
+    kind: ClassVar[str] = "command"
+    register: Callable[[Any], None] | None = None
+    run: Callable[[Any], int | None] | None = None
+
+
 SPEC_TYPES: dict[str, type[PluginSpec]] = {
     cls.kind: cls
     for cls in (ModelLoaderSpec, QuantizerSpec, MethodSpec, ChatTemplateSpec, DatasetFormatSpec, StageSpec,
-                RewardFunctionSpec, InferenceEngineSpec)
+                RewardFunctionSpec, InferenceEngineSpec, CommandSpec)
 }

@@ -30,6 +30,13 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneforge.plugins.engines.huggingface",
     "tuneforge.plugins.engines.vllm",
     "tuneforge.plugins.engines.sglang",
+    # The applications built on the core: each adds its verb through tuneforge_commands.
+    "tuneforge.plugins.apps.chat.cli",
+    "tuneforge.plugins.apps.api.cli",
+    "tuneforge.plugins.apps.benchmark.cli",
+    "tuneforge.plugins.apps.export.cli",
+    "tuneforge.plugins.apps.webui.cli",
+    "tuneforge.plugins.apps.tiny_model.cli",
 )
 
 #: What a config selects when it leaves a selection key unset: LLaMA-Factory's defaults. They belong

@@ -3,7 +3,10 @@ with pip into a private folder and found through their `tuneforge` entry points 
 
 - tuneforge-normtune: a working method plugin with its own keys and validation;
 - tuneforge-broken: its module raises ImportError at import;
-- tuneforge-dup: registers a method named `lora`, which the built-ins already provide.
+- tuneforge-dup: registers a method named `lora`, which the built-ins already provide;
+- tuneforge-misspelled: its hook is `tuneforge_method` (one letter short);
+- tuneforge-raisingvalidate: a method whose validate() raises TypeError unless its key is set;
+- tuneforge-hello: adds a verb, `tuneforge hello`, through the tuneforge_commands hook.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import pytest
 from .conftest import REPO
 
 PACKAGES = REPO / "tests" / "plugin_packages"
-NAMES = ("tuneforge-normtune", "tuneforge-broken", "tuneforge-dup")
+NAMES = ("tuneforge-normtune", "tuneforge-broken", "tuneforge-dup", "tuneforge-misspelled",
+         "tuneforge-raisingvalidate", "tuneforge-hello")
 
 
 def _pip_install(source: Path, target: Path) -> None:
@@ -165,15 +169,14 @@ def test_broken_plugin_is_listed_and_does_not_break_the_cli(installed, tmp_path,
     rows = _rows(result.stdout)
     broken = rows["broken"]
     assert broken[2:4] == ["0.1.0", "tuneforge-broken"]
-    assert broken[4].startswith("error")
-    assert "ModuleNotFoundError: No module named 'a_module_that_does_not_exist_xyz'" in broken[4]
+    assert broken[4] == "broken: ModuleNotFoundError: No module named 'a_module_that_does_not_exist_xyz'"
     assert rows["normtune"][-1] == "active"
     for builtin in ("lora", "freeze", "full", "sft", "pt", "alpaca", "huggingface", "llama3"):
         assert builtin in rows, builtin
 
     rows = json.loads(cli("plugins", "--json", plugins=site).stdout)
     entry = next(r for r in rows if r["provider"] == "tuneforge-broken")
-    assert entry["status"].startswith("error: ModuleNotFoundError") and entry["version"] == "0.1.0"
+    assert entry["status"].startswith("broken: ModuleNotFoundError") and entry["version"] == "0.1.0"
 
     cfg = _config(tmp_path / "lora.yaml", finetuning_type="lora", dataset="tiny_alpaca", dataset_dir=str(data_dir))
     result = cli("check", str(cfg), plugins=site)
@@ -184,6 +187,86 @@ def test_broken_plugin_is_listed_and_does_not_break_the_cli(installed, tmp_path,
     result = cli("check", str(cfg), "brokenplugin_option=1", plugins=site)
     assert result.returncode == 2
     assert "plugins that failed to load or are blocked may own it: broken" in result.stderr
+
+
+# --- plugins with a bug: a misspelled hook, a validate() that raises -------------------------------
+
+
+def test_misspelled_hook_and_raising_validate_are_listed_as_broken(installed, tmp_path, data_dir):
+    site = [installed["tuneforge-misspelled"], installed["tuneforge-raisingvalidate"], installed["tuneforge-normtune"]]
+    result = cli("plugins", plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    rows = _rows(result.stdout)
+    assert rows["misspelled"][1:4] == ["?", "0.1.0", "tuneforge-misspelled"]
+    assert rows["misspelled"][4] == ("broken: unknown hook 'tuneforge_method'; did you mean 'tuneforge_methods'? "
+                                     "(hooks: docs/hooks.md)")
+    assert rows["raisingvalidate"][:4] == ["raisingvalidate", "method", "0.2.0", "tuneforge-raisingvalidate"]
+    assert rows["raisingvalidate"][4] == ("broken: TypeError: '>' not supported between instances of 'NoneType' and "
+                                          "'int' (in validate())")
+    assert rows["normtune"][-1] == "active" and rows["lora"][-1] == "active"
+
+    by_name = {r["name"]: r for r in json.loads(cli("plugins", "--json", plugins=site).stdout)}
+    assert by_name["misspelled"]["status"].startswith("broken: unknown hook 'tuneforge_method'")
+    assert by_name["raisingvalidate"]["status"].startswith("broken: TypeError")
+
+    # A config that uses neither passes; every other command works.
+    cfg = _config(tmp_path / "lora.yaml", finetuning_type="lora", dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout
+    assert cli("show", "method", "normtune", plugins=site).returncode == 0
+
+    # A config that selects the buggy method gets one clear problem naming the plugin, no traceback.
+    bad = _config(tmp_path / "bad.yaml", finetuning_type="raisingvalidate", dataset="tiny_alpaca", dataset_dir=str(data_dir))
+    result = cli("check", str(bad), plugins=site)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert ("method raisingvalidate: method 'raisingvalidate' from tuneforge-raisingvalidate 0.2.0 (entry point "
+            "'raisingvalidate') is broken: TypeError: '>' not supported between instances of 'NoneType' and 'int' "
+            "(in validate())") in result.stderr
+    assert "--disable-plugin raisingvalidate" in result.stderr
+    # Where its validate() does not raise, the plugin works as written.
+    result = cli("check", str(bad), "raisingvalidate_limit=3", plugins=site)
+    assert result.returncode == 0, result.stderr
+
+    # The misspelled plugin's method does not exist; the error says which plugin may have meant it.
+    result = cli("check", str(cfg), "finetuning_type=misspelled", plugins=site)
+    assert result.returncode == 2
+    assert "unknown finetuning_type 'misspelled'" in result.stderr
+    assert "(broken or blocked plugins may provide it: misspelled)" in result.stderr
+
+
+# --- a plugin that adds a verb -----------------------------------------------------------------------
+
+
+def test_plugin_verb_runs_and_shows_in_help(installed):
+    site = [installed["tuneforge-hello"]]
+    result = cli("--help", plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert "hello" in result.stdout and "greet someone (a verb added by the tuneforge-hello plugin)" in " ".join(result.stdout.split())
+    assert cli("--help").stdout.count("hello") == 0
+
+    result = cli("hello", plugins=site)
+    assert (result.returncode, result.stdout) == (0, "hello, world\n"), result.stderr
+    result = cli("hello", "tuneforge", "--methods", plugins=site)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "hello, tuneforge"
+    assert result.stdout.splitlines()[1].startswith("methods: apollo, badam, dora, freeze, full")
+    result = cli("hello", " ", plugins=site)
+    assert (result.returncode, result.stderr) == (2, "error: hello: NAME must not be empty\n")
+    result = cli("hello", "--help", plugins=site)
+    assert "--methods" in result.stdout and "who to greet" in result.stdout
+
+    rows = _rows(cli("plugins", "--kind", "command", plugins=site).stdout)
+    assert rows["hello"] == ["hello", "command", "0.1.0", "tuneforge-hello", "active"]
+    assert rows["chat"][3] == "tuneforge"
+
+    # Blocking the plugin removes the verb.
+    result = cli("--disable-plugin", "hello", "hello", plugins=site)
+    assert result.returncode == 2 and "invalid choice: 'hello'" in result.stderr
+    result = cli("hello", plugins=site, env={"TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.returncode == 2 and "invalid choice: 'hello'" in result.stderr
 
 
 # --- two plugins with one name -------------------------------------------------------------------

@@ -1,5 +1,11 @@
-"""`tuneforge` entry point. Each subcommand is its own module with ``register(subparsers)`` and
-``run(args)``; modules keep heavy imports inside ``run`` so `--help` and `plugins` stay fast."""
+"""`tuneforge` entry point.
+
+The core's verbs are modules of this package (:data:`tuneforge.cli.CORE_COMMANDS`), each with
+``register(subparsers, name)`` and ``run(args)``. Every other verb comes from a plugin through the
+``tuneforge_commands`` hook: the applications shipped with tuneforge (chat, api, eval, export, webui,
+tiny-model) and third-party ones alike. Registering a verb imports no heavy module, so `--help`
+stays fast; a plugin verb that cannot register still shows in `--help` and says why when run.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +14,11 @@ import importlib
 import sys
 
 from .. import __version__
-from ..errors import TuneforgeError
-
-_APPS = "tuneforge.plugins.apps"
-
-#: subcommand -> module with ``register`` and ``run``. The core's own verbs live in tuneforge.cli;
-#: the applications built on the core (chat, api, eval, export, webui, tiny-model) live in plugins/apps.
-SUBCOMMANDS = {
-    "train": f"{__package__}.train",
-    "check": f"{__package__}.check",
-    "plan": f"{__package__}.plan",
-    "data": f"{__package__}.data",
-    "chat": f"{_APPS}.chat.cli",
-    "api": f"{_APPS}.api.cli",
-    "eval": f"{_APPS}.benchmark.cli",
-    "export": f"{_APPS}.export.cli",
-    "webui": f"{_APPS}.webui.cli",
-    "plugins": f"{__package__}.plugins",
-    "show": f"{__package__}.show",
-    "tiny-model": f"{_APPS}.tiny_model.cli",
-    "env": f"{__package__}.env",
-    "version": f"{__package__}.version",
-}
+from ..errors import PluginError, TuneforgeError
+from . import CORE_COMMANDS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tuneforge",
-        description="Fine-tune large language models with plugins. Configs written for llamafactory-cli run unchanged.",
-    )
-    parser.add_argument("-V", "--version", action="version", version=f"tuneforge {__version__}")
+def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disable-plugin",
         action="append",
@@ -45,16 +26,71 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="block a plugin (entry-point name, plugin name or kind:name); repeatable",
     )
+
+
+def build_parser(manager=None, *, blocked: list[str] = ()) -> argparse.ArgumentParser:
+    """The full parser: core verbs, then every plugin verb ``manager`` (built if not given) found."""
+    parser = argparse.ArgumentParser(
+        prog="tuneforge",
+        description="Fine-tune large language models with plugins. Configs written for llamafactory-cli run unchanged.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"tuneforge {__version__}")
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
+    for name, module in CORE_COMMANDS.items():
         importlib.import_module(module).register(sub, name)
+    if manager is None:
+        from ..plugin_manager import PluginManager
+
+        manager = PluginManager(blocked=blocked)
+    for entry in manager.entries("command"):
+        _add_plugin_command(sub, entry, manager)
     return parser
 
 
+def _add_plugin_command(sub, entry, manager) -> None:
+    """One plugin verb. The plugin's ``register`` fills a detached parser first, so one that raises
+    halfway leaves nothing behind: the verb is then a stub that reports the plugin as broken."""
+    spec = entry.spec
+    if entry.status == "disabled":
+        return
+    problem = None
+    probe = argparse.ArgumentParser(prog=f"tuneforge {spec.name}", add_help=False)
+    try:
+        manager.get("command", spec.name)
+        if spec.run is None:
+            raise PluginError(f"command '{spec.name}' from {entry.provider} has no run(args); the plugin must set CommandSpec.run")
+        if spec.register is not None:
+            manager.call(entry, "register", probe)
+    except PluginError as exc:
+        problem = str(exc)
+    if problem is None:
+        parser = sub.add_parser(spec.name, help=spec.description, description=spec.description, parents=[probe])
+        parser.set_defaults(handler=spec.run)
+        return
+    parser = sub.add_parser(spec.name, help=f"({entry.status.split(':')[0]}: `tuneforge {spec.name}` says why)",
+                            description=problem)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def fail(args, message=problem):
+        raise PluginError(message)
+
+    parser.set_defaults(handler=fail)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --disable-plugin decides which plugins (and so which verbs) exist: read it before the full parser.
+    early = argparse.ArgumentParser(add_help=False)
+    _global_options(early)
+    blocked = early.parse_known_args(argv)[0].disable_plugin
+    from ..plugin_manager import PluginManager
+
+    manager = PluginManager(blocked=blocked)
     # LLaMA-Factory's CLI takes `key=value` overrides after the config; argparse gets them as extras.
-    parser = build_parser()
+    parser = build_parser(manager)
     args, extra = parser.parse_known_args(argv)
+    args.plugin_manager = manager  # the verbs that only list plugins reuse it instead of loading them again
     if args.command is None:
         parser.print_help()
         return 0

@@ -1,4 +1,9 @@
-"""`tuneforge plugins`: every installed plugin with its kind, provider and status."""
+"""`tuneforge plugins`: every installed plugin with its kind, provider and status.
+
+Listing a plugin also asks it the questions a run would: its specs, ``unavailable_reason()`` and
+``validate()`` on a config of defaults. A plugin that raises on one of them is listed as
+``broken: <ExceptionType: message>`` here, before any run selects it.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,24 @@ def register(sub, name):
     p.set_defaults(handler=run)
 
 
+def probe_validators(manager) -> None:
+    """Run every active plugin's ``validate`` on a config that sets nothing (every key at its
+    default), so one that raises is marked broken. The problems it reports are not wanted here: a
+    config of defaults names no model and no dataset."""
+    from ..config.model import Config
+    from ..config.validate import declared_defaults
+
+    config = Config({}, declared_defaults(manager))
+    for entry in manager.entries():
+        if entry.status == "active" and entry.spec.validate is not None:
+            manager.validate(entry, config)
+
+
 def run(args) -> int:
     from ..plugin_manager import PluginManager
 
-    manager = PluginManager(blocked=args.disable_plugin)
+    manager = getattr(args, "plugin_manager", None) or PluginManager(blocked=args.disable_plugin)
+    probe_validators(manager)
     rows = [
         {
             "name": e.name,
@@ -31,16 +50,16 @@ def run(args) -> int:
         }
         for e in manager.entries(args.kind)
     ]
-    # A plugin that failed to import provides no names, but must not vanish from the listing.
+    # A plugin that failed to load provides no names, but must not vanish from the listing.
     broken = [
         {"name": r.name, "kind": "?", "version": r.version, "provider": r.distribution, "plugin": r.name,
-         "builtin": r.builtin, "status": f"error: {r.error}", "description": ""}
-        for r in manager.records if r.status == "error"
+         "builtin": r.builtin, "status": f"broken: {r.error}", "description": ""}
+        for r in manager.broken_records()
     ]
     disabled = [
         {"name": r.name, "kind": "?", "version": r.version, "provider": r.distribution, "plugin": r.name,
          "builtin": r.builtin, "status": "disabled", "description": ""}
-        for r in manager.records if r.status == "disabled"
+        for r in manager.disabled_records()
     ]
     if args.kind is None:  # a plugin that never loaded has no known kind; list it with the full listing
         rows += broken + disabled
@@ -48,10 +67,10 @@ def run(args) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
         _print_table(rows)
-    duplicates = manager.duplicate_entries()
-    for entry in duplicates:
-        print(f"\nerror: {entry.status.removeprefix('error: ')}")
-    return 1 if duplicates else 0
+    errors = manager.errors()
+    for message in errors:
+        print(f"\nerror: {message}")
+    return 1 if errors else 0
 
 
 def _print_table(rows: list[dict]) -> None:

@@ -15,7 +15,7 @@ def register(sub, name):
 def run(args) -> int:
     from ..plugin_manager import PluginManager
 
-    manager = PluginManager(blocked=args.disable_plugin)
+    manager = getattr(args, "plugin_manager", None) or PluginManager(blocked=args.disable_plugin)
     entry = manager.entry(args.kind, args.name)
     spec = entry.spec
     print(f"{spec.kind} '{spec.name}' from {entry.provider}")

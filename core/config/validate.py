@@ -72,6 +72,9 @@ def validate_values(raw: dict[str, Any], sources: dict[str, str], manager) -> tu
     for name, value in raw.items():
         where = sources.get(name, "")
         key = keys.get(name)
+        if name in manager.key_conflicts:
+            problems.append(Problem(name, manager.key_conflicts[name], where))
+            continue
         if key is None:
             hint = did_you_mean(name, keys)
             if not hint and broken:

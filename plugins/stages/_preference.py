@@ -28,12 +28,23 @@ from typing import Any
 
 from tuneforge import ConfigKey
 
+#: pref_beta, declared once for every stage that reads it (dpo, kto and grpo): plugins that share a
+#: key must declare it identically. Its meaning and its value when unset are each stage's own, so the
+#: declared default is None and :func:`stage_settings` / grpo fill in theirs.
+PREF_BETA = ConfigKey(
+    "pref_beta", float, None,
+    "Preference loss temperature: how strongly the policy's log-ratio to the reference is rewarded "
+    "(orpo: the weight of the odds-ratio term); grpo: the KL coefficient against the reference model. "
+    "Unset: 0.1 for dpo and kto (LLaMA-Factory's default), 0.0 for grpo (no reference model is loaded).",
+)
+
+#: What dpo and kto use for a shared key whose declaration has no default.
+UNSET_DEFAULTS = {"pref_beta": 0.1}
+
 #: Keys both dpo and kto act on. Both specs declare them, so whichever stage runs, `tuneforge check`
 #: counts them as used (a key declared by several plugins has one definition: this one).
 SHARED_KEYS = (
-    ConfigKey("pref_beta", float, 0.1,
-              "Preference loss temperature: how strongly the policy's log-ratio to the reference is rewarded "
-              "(orpo: the weight of the odds-ratio term)."),
+    PREF_BETA,
     ConfigKey("pref_ftx", float, 0.0,
               "Weight of an SFT loss (mean per-token NLL of the chosen / desirable reply) added to the preference loss."),
     ConfigKey("ref_model", str, None,
@@ -54,12 +65,13 @@ def stage_settings(config, keys: tuple[ConfigKey, ...]) -> dict[str, Any]:
     """Key name -> the user's value, else this stage's own default.
 
     A key several plugins declare has one default in the merged config (the first declarer's), and it
-    need not be this stage's: grpo declares pref_beta with 0.0, dpo and kto mean 0.1.
+    need not be this stage's; a shared key declared without a default takes ``UNSET_DEFAULTS``.
     """
     values = {}
     for key in keys:
         value = config.get(key.name) if config.is_set(key.name) else None
-        values[key.name] = key.default if value is None else value
+        default = UNSET_DEFAULTS.get(key.name, key.default) if key.default is None else key.default
+        values[key.name] = default if value is None else value
     return values
 
 

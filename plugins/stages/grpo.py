@@ -23,6 +23,8 @@ from functools import lru_cache
 
 from tuneforge import ConfigKey, StageSpec, hookimpl
 
+from ._preference import PREF_BETA
+
 LOSS_TYPES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo")
 
 #: reward_funcs is not here: every stage with ``uses_rewards`` owns it (tuneforge.specs.REWARD_FUNCS_KEY).
@@ -34,9 +36,7 @@ KEYS = (
               "per_device_train_batch_size x gradient_accumulation_steps x processes, must be a multiple of it."),
     ConfigKey("num_iterations", int, 1,
               "Optimisation passes over each generated batch before generating again (mu in the GRPO paper)."),
-    ConfigKey("pref_beta", float, 0.0,
-              "grpo: KL coefficient against the reference (initial) model. 0.0 (trl's default when unset) "
-              "loads no reference model; DeepSeek-R1 used 0.001."),
+    PREF_BETA,  # grpo: the KL coefficient; unset: 0.0 (trl's default), no reference model. DeepSeek-R1 used 0.001.
     ConfigKey("grpo_epsilon", float, 0.2, "Clipping range of the policy ratio (trl's epsilon)."),
     ConfigKey("grpo_loss_type", str, "dapo",
               "How token losses are averaged (trl's loss_type): dapo (over the tokens of the whole batch), "

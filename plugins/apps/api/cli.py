@@ -12,13 +12,13 @@ import os
 import sys
 from pathlib import PurePath
 
+from tuneforge import CommandSpec, hookimpl
 
-def register(sub, name):
-    p = sub.add_parser(name, help="serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)")
-    p.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, generation keys)")
-    p.add_argument("--host", help="address to bind (default: $API_HOST or 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: $API_PORT or 8000)")
-    p.set_defaults(handler=run)
+
+def register(parser):
+    parser.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, generation keys)")
+    parser.add_argument("--host", help="address to bind (default: $API_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: $API_PORT or 8000)")
 
 
 def _int_env(name: str, default: int) -> int:
@@ -63,3 +63,9 @@ def run(args) -> int:
           f"(docs: http://{host}:{port}/docs; authentication: {'API_KEY' if api_key else 'none'})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("API_LOG_LEVEL", "info"))
     return 0
+
+
+@hookimpl
+def tuneforge_commands():
+    return [CommandSpec(name="api", description="serve the model with an OpenAI-compatible API (API_HOST, API_PORT, API_KEY)",
+                        register=register, run=run)]

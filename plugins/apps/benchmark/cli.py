@@ -10,11 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tuneforge import CommandSpec, hookimpl
 
-def register(sub, name):
-    p = sub.add_parser(name, help="score a model on a multiple-choice benchmark (task, task_dir, n_shot, lang)")
-    p.add_argument("config", help="YAML config (model keys plus task, task_dir, n_shot, lang, batch_size, save_dir)")
-    p.set_defaults(handler=run)
+
+def register(parser):
+    parser.add_argument("config", help="YAML config (model keys plus task, task_dir, n_shot, lang, batch_size, save_dir)")
 
 
 def run(args) -> int:
@@ -44,3 +44,9 @@ def run(args) -> int:
         written = save_results(results, config.save_dir)
         print(f"results saved: {', '.join(str(p) for p in written)}")
     return 0
+
+
+@hookimpl
+def tuneforge_commands():
+    return [CommandSpec(name="eval", description="score a model on a multiple-choice benchmark (task, task_dir, n_shot, lang)",
+                        register=register, run=run)]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
+from tuneforge import CommandSpec, hookimpl
 
-def register(sub, name):
-    p = sub.add_parser(name, help="chat with a model in the terminal (--query answers once)")
-    p.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, generation keys)")
-    p.add_argument("--query", help="answer this one message and exit")
-    p.set_defaults(handler=run)
+
+def register(parser):
+    parser.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, generation keys)")
+    parser.add_argument("--query", help="answer this one message and exit")
 
 
 def _reply(engine, history: list[dict]) -> str:
@@ -58,3 +58,9 @@ def run(args) -> int:
         history.append({"role": "user", "content": query})
         print("Assistant: ", end="", flush=True)
         history.append({"role": "assistant", "content": _reply(engine, history)})
+
+
+@hookimpl
+def tuneforge_commands():
+    return [CommandSpec(name="chat", description="chat with a model in the terminal (--query answers once)",
+                        register=register, run=run)]

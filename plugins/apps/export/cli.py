@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 
+from tuneforge import CommandSpec, hookimpl
 
-def register(sub, name):
-    p = sub.add_parser(name, help="merge adapters into the base, save and verify a standalone model (export_dir)")
-    p.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, export_dir, ...)")
-    p.set_defaults(handler=run)
+
+def register(parser):
+    parser.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, export_dir, ...)")
 
 
 def run(args) -> int:
@@ -27,3 +27,9 @@ def run(args) -> int:
 
     run_export(prepared)
     return 0
+
+
+@hookimpl
+def tuneforge_commands():
+    return [CommandSpec(name="export", description="merge adapters into the base, save and verify a standalone model (export_dir)",
+                        register=register, run=run)]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from tuneforge import CommandSpec, hookimpl
+
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 SIZES = ("tiny", "small")
 
 
-def register(sub, name):
-    p = sub.add_parser(name, help="build a tiny random model with a trained BPE tokenizer, offline")
-    p.add_argument("out", help="folder to write")
-    p.add_argument("--family", choices=FAMILIES, default="llama3")
-    p.add_argument("--size", choices=SIZES, default="tiny", help="tiny: 1-5M parameters; small: 20-40M")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=run)
+def register(parser):
+    parser.add_argument("out", help="folder to write")
+    parser.add_argument("--family", choices=FAMILIES, default="llama3")
+    parser.add_argument("--size", choices=SIZES, default="tiny", help="tiny: 1-5M parameters; small: 20-40M")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args) -> int:
@@ -21,3 +21,9 @@ def run(args) -> int:
     path = build_tiny_model(args.out, family=args.family, size=args.size, seed=args.seed)
     print(f"wrote a {args.size} {args.family} model to {path}")
     return 0
+
+
+@hookimpl
+def tuneforge_commands():
+    return [CommandSpec(name="tiny-model", description="build a tiny random model with a trained BPE tokenizer, offline",
+                        register=register, run=run)]

@@ -13,21 +13,21 @@ import os
 import signal
 import sys
 
+from tuneforge import CommandSpec, hookimpl
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 AUTH_ENV = "TUNEFORGE_WEBUI_AUTH"
 
 
-def register(sub, name):
-    p = sub.add_parser(name, help="the web UI: train, evaluate, chat and export in the browser (GRADIO_SERVER_NAME/PORT)")
-    p.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
-    p.add_argument("--share", action="store_true", help="also serve a public gradio.live link (or GRADIO_SHARE=1)")
-    p.add_argument("--auth", metavar="USER:PASSWORD", help=f"ask for this login (or ${AUTH_ENV})")
-    p.add_argument("--lang", choices=("en", "zh"), default="en", help="language the page opens in (switchable at the top)")
-    p.add_argument("--save-root", default="saves", help="folder of runs: <save-root>/<model>/<method>/<run> (default: saves)")
-    p.add_argument("--dataset-dir", default="data", help="dataset_info.json folder shown first (default: data)")
-    p.add_argument("--model-path", default="", help="model path filled in at start")
-    p.set_defaults(handler=run)
+def register(parser):
+    parser.add_argument("--host", help="address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--share", action="store_true", help="also serve a public gradio.live link (or GRADIO_SHARE=1)")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help=f"ask for this login (or ${AUTH_ENV})")
+    parser.add_argument("--lang", choices=("en", "zh"), default="en", help="language the page opens in (switchable at the top)")
+    parser.add_argument("--save-root", default="saves", help="folder of runs: <save-root>/<model>/<method>/<run> (default: saves)")
+    parser.add_argument("--dataset-dir", default="data", help="dataset_info.json folder shown first (default: data)")
+    parser.add_argument("--model-path", default="", help="model path filled in at start")
 
 
 def _truthy(value: str | None) -> bool:
@@ -102,3 +102,9 @@ def run(args) -> int:
             ui.runner.terminate()
         ui.chat.unload()
     return 0
+
+
+@hookimpl
+def tuneforge_commands():
+    return [CommandSpec(name="webui", description="the web UI: train, evaluate, chat and export in the browser (GRADIO_SERVER_NAME/PORT)",
+                        register=register, run=run)]

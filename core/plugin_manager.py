@@ -412,9 +412,11 @@ class PluginManager:
         return [e for e in self.entries() if e.duplicates]
 
     def errors(self) -> list[str]:
-        """Clashes between plugins (one name from two providers, one key declared two ways): each one
-        makes `tuneforge plugins` fail, and a config that selects a plugin involved."""
-        return [e.status.removeprefix("error: ") for e in self.duplicate_entries()] + list(self.key_conflicts.values())
+        """Clashes between plugins (one name from two providers, one key declared two ways, a command
+        named like a core verb): each one makes `tuneforge plugins` fail, and a config that selects a
+        plugin involved."""
+        messages = [e.status.removeprefix("error: ") for e in self.entries() if e.status.startswith("error")]
+        return list(dict.fromkeys(messages))
 
 
 class _Broken(Exception):

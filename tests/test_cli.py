@@ -68,3 +68,110 @@ def test_version_and_env():
     out = run_cli("env").stdout
     for pkg in ("python:", "torch: 2.13", "transformers:", "peft:", "trl:", "datasets:", "accelerate:", "device: cpu"):
         assert pkg in out
+
+
+# --- verbs added by plugins (tuneforge_commands) ----------------------------------------------------
+
+
+def _command_plugin(name: str, *specs):
+    import types
+
+    from tuneforge import hookimpl
+
+    module = types.ModuleType(name)
+
+    @hookimpl
+    def tuneforge_commands():
+        return list(specs)
+
+    module.tuneforge_commands = tuneforge_commands
+    return module
+
+
+def _run(parser, argv):
+    args, extra = parser.parse_known_args(argv)
+    return args.handler(args)
+
+
+def test_a_verb_from_two_plugins_is_an_error_naming_both_and_other_verbs_work():
+    import pytest
+
+    from tuneforge import CommandSpec
+    from tuneforge.cli.main import build_parser
+    from tuneforge.errors import PluginError
+    from tuneforge.plugin_manager import PluginManager
+
+    seen = []
+    one = CommandSpec(name="greet", description="one", run=lambda args: seen.append("one"))
+    two = CommandSpec(name="greet", description="two", run=lambda args: seen.append("two"))
+    other = CommandSpec(name="other", description="fine", run=lambda args: seen.append("other"))
+    manager = PluginManager(autoload=False, extra_plugins=[("first", _command_plugin("a", one, other)),
+                                                            ("second", _command_plugin("b", two))])
+    parser = build_parser(manager)
+    with pytest.raises(PluginError) as info:
+        _run(parser, ["greet"])
+    assert str(info.value) == ("duplicate command name 'greet', provided by (in process) (entry point 'first') "
+                               "and (in process) (entry point 'second')")
+    assert str(info.value) in manager.errors()
+    _run(parser, ["other"])
+    assert seen == ["other"]
+    assert _run(parser, ["version"]) in (0, None)
+
+
+def test_a_verb_whose_register_raises_is_broken_and_breaks_nothing_else(capsys):
+    import pytest
+
+    from tuneforge import CommandSpec
+    from tuneforge.cli.main import build_parser
+    from tuneforge.errors import PluginError
+    from tuneforge.plugin_manager import PluginManager
+
+    def register(parser):
+        parser.add_argument("config")
+        raise ImportError("register imported something it should not")
+
+    bad = CommandSpec(name="bad", description="d", register=register, run=lambda args: 0)
+    good = CommandSpec(name="good", description="works", register=lambda p: p.add_argument("--x", type=int),
+                       run=lambda args: args.x)
+    manager = PluginManager(autoload=False, extra_plugins=[("bad-plugin", _command_plugin("bad", bad)),
+                                                            ("good-plugin", _command_plugin("good", good))])
+    parser = build_parser(manager)
+    assert manager.entry("command", "bad").status == (
+        "broken: ImportError: register imported something it should not (in register())")
+    with pytest.raises(PluginError, match=r"command 'bad' from \(in process\) \(entry point 'bad-plugin'\) is broken: "
+                                          r"ImportError: register imported something it should not"):
+        _run(parser, ["bad", "whatever", "--flag"])
+    assert _run(parser, ["good", "--x", "7"]) == 7
+    parser.print_help()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "bad (broken: `tuneforge bad` says why)" in out and "good works" in out
+
+
+def test_a_plugin_cannot_replace_a_core_verb():
+    from tuneforge import CommandSpec
+    from tuneforge.cli.main import build_parser
+    from tuneforge.plugin_manager import PluginManager
+
+    fake = CommandSpec(name="train", description="not the real one", run=lambda args: "fake")
+    manager = PluginManager(autoload=False, extra_plugins=[("fake", _command_plugin("fake", fake))])
+    assert manager.entry("command", "train").status.startswith(
+        "error: command 'train' from (in process) (entry point 'fake') has the name of a core verb")
+    assert manager.errors() == [manager.entry("command", "train").status.removeprefix("error: ")]
+    parser = build_parser(manager)
+    args, _ = parser.parse_known_args(["train", "c.yaml"])
+    assert args.handler.__module__ == "tuneforge.cli.train"
+
+
+def test_the_apps_are_plugin_verbs():
+    from tuneforge.cli import CORE_COMMANDS
+    from tuneforge.plugin_manager import PluginManager
+
+    manager = PluginManager(autoload=False)
+    verbs = {e.name: e.record.name for e in manager.entries("command")}
+    assert verbs == {
+        "api": "tuneforge.plugins.apps.api.cli", "chat": "tuneforge.plugins.apps.chat.cli",
+        "eval": "tuneforge.plugins.apps.benchmark.cli", "export": "tuneforge.plugins.apps.export.cli",
+        "tiny-model": "tuneforge.plugins.apps.tiny_model.cli", "webui": "tuneforge.plugins.apps.webui.cli",
+    }
+    assert set(CORE_COMMANDS) == {"train", "check", "plan", "data", "plugins", "show", "env", "version"}
+    assert all(e.status == "active" for e in manager.entries("command"))

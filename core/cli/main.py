@@ -52,7 +52,7 @@ def _add_plugin_command(sub, entry, manager) -> None:
     """One plugin verb. The plugin's ``register`` fills a detached parser first, so one that raises
     halfway leaves nothing behind: the verb is then a stub that reports the plugin as broken."""
     spec = entry.spec
-    if entry.status == "disabled":
+    if entry.status == "disabled" or spec.name in CORE_COMMANDS:  # the clash is listed by `tuneforge plugins`
         return
     problem = None
     probe = argparse.ArgumentParser(prog=f"tuneforge {spec.name}", add_help=False)

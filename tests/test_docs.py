@@ -14,6 +14,7 @@ from .conftest import REPO
 
 DOCS = REPO / "docs"
 NORMTUNE = REPO / "tests" / "plugin_packages" / "tuneforge-normtune"
+HELLO = REPO / "tests" / "plugin_packages" / "tuneforge-hello"
 
 
 def _hooks() -> dict[str, object]:
@@ -69,7 +70,7 @@ def test_hooks_doc_names_no_hook_that_does_not_exist():
     hooks = set(_hooks())
     for path in (DOCS / "hooks.md", DOCS / "writing-plugins.md"):
         text = path.read_text(encoding="utf-8")
-        mentioned = set(re.findall(r"\btuneforge_[a-z_]+\b", text)) - {"tuneforge_normtune"}
+        mentioned = set(re.findall(r"\btuneforge_[a-z_]+\b", text)) - {"tuneforge_normtune", "tuneforge_hello"}
         assert mentioned - hooks == set(), f"{path.name} names hooks that do not exist"
         assert set(_sections(text)) <= hooks
     assert set(_sections((DOCS / "hooks.md").read_text(encoding="utf-8"))) == hooks
@@ -89,8 +90,33 @@ def test_writing_plugins_module_is_the_tested_package():
 
 def test_writing_plugins_pyproject_is_the_tested_package():
     text = (DOCS / "writing-plugins.md").read_text(encoding="utf-8")
-    pyproject = _one_block(text, "toml", "[project]")
+    pyproject = _one_block(text, "toml", "[project]", 'name = "tuneforge-normtune"')
     assert pyproject.strip() == (NORMTUNE / "pyproject.toml").read_text(encoding="utf-8").strip()
+
+
+def test_writing_plugins_verb_example_is_the_tested_package():
+    """The "Adding a verb" section shows tuneforge-hello, which test_third_party_plugins installs and runs."""
+    text = (DOCS / "writing-plugins.md").read_text(encoding="utf-8")
+    module = _one_block(text, "python", "def tuneforge_commands():", 'name="hello"')
+    assert module.strip() == (HELLO / "tuneforge_hello.py").read_text(encoding="utf-8").strip()
+    pyproject = _one_block(text, "toml", "[project]", 'name = "tuneforge-hello"')
+    assert pyproject.strip() == (HELLO / "pyproject.toml").read_text(encoding="utf-8").strip()
+
+
+def test_architecture_names_every_app_verb_and_plugin_family():
+    """docs/architecture.md draws the layout: every plugins/ family and every app verb is in it."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    from tuneforge.cli import CORE_COMMANDS
+    from tuneforge.plugin_manager import PluginManager
+
+    families = sorted(p.name for p in (REPO / "plugins").iterdir() if p.is_dir() and not p.name.startswith("_"))
+    assert "apps" in families
+    for folder in families:
+        assert f"{folder}/" in text, folder
+    for entry in PluginManager(autoload=False).entries("command"):
+        assert entry.name in text, entry.name
+    for verb in CORE_COMMANDS:
+        assert verb in text, verb
 
 
 def test_writing_plugins_covers_what_authors_need():

@@ -201,7 +201,8 @@ class PluginManager:
         One ``pm.hook.tuneforge_methods()`` call would stop at the first plugin that raises and would
         not say which plugin returned which spec; a caller limited to one plugin
         (``subset_hook_caller``) keeps both the attribution and the isolation. A plugin whose hook
-        raises, or returns the wrong spec type, is broken and contributes nothing.
+        raises, or returns the wrong spec type, is broken and contributes nothing: no spec, and no
+        detection or lifecycle hook either.
         """
         plugins = dict(self.pm.list_name_plugin())
         implementers = {
@@ -231,6 +232,7 @@ class PluginManager:
                         collected.append((kind, spec))
             except _Broken as exc:
                 record.mark_broken(str(exc))
+                self.pm.unregister(record.module)  # nor do its detection and lifecycle hooks run
                 continue
             for kind, spec in collected:
                 self._add_spec(kind, spec, record)

@@ -95,6 +95,7 @@ def test_a_plugin_that_raises_in_one_hook_contributes_nothing():
     assert "half-method" not in manager.names("method")
     assert next(r for r in manager.records if r.name == "half").error == (
         "ValueError: no rewards today (in tuneforge_reward_functions())")
+    assert manager.pm.get_plugin("(in process):half") is None  # its other hooks are not called either
 
 
 def test_wrong_spec_type_is_broken():

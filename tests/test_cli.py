@@ -14,7 +14,9 @@ from .conftest import ANCHOR, REPO, run_cli
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets")
 
 
-def test_help_and_plugins_do_not_import_torch_and_are_fast():
+def test_help_and_plugins_do_not_import_torch():
+    """What keeps `--help` and `plugins` fast is that they import no heavy library; the time itself
+    is measured by bench scripts, not asserted here (a loaded CI machine would make it flaky)."""
     code = (
         "import sys, io, contextlib, time\n"
         "from tuneforge.cli.main import main\n"
@@ -28,7 +30,6 @@ def test_help_and_plugins_do_not_import_torch_and_are_fast():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[1] == "", f"imported: {out[1]}"
-    assert float(out[0]) < 0.5
 
 
 def test_plugins_listing_and_json():

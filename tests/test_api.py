@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
@@ -33,6 +36,9 @@ from .conftest import REPO  # noqa: E402
 
 KEY = "sk-tuneforge-test"
 TIMEOUT = 120
+# the limits of the two module servers (the tiny model's context is 2048 tokens)
+KEYED_MAX_PROMPT, KEYED_TIMEOUT, OPEN_MAX_BODY = 1500, 3, 1_000_000
+CONTEXT = 2048
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
@@ -84,11 +90,12 @@ def servers(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("api")
     config = folder / "api.yaml"
     config.write_text(f"model_name_or_path: {tiny_model}\ntemplate: llama3\ndo_sample: false\nmax_new_tokens: 16\n")
-    with api_process(str(config), API_KEY=KEY, API_MODEL_NAME="tiny-test") as (keyed, keyed_url), \
-            api_process(str(config)) as (open_, open_url):
+    with api_process(str(config), API_KEY=KEY, API_MODEL_NAME="tiny-test", MAX_CONCURRENT="2",
+                     API_MAX_PROMPT_TOKENS=str(KEYED_MAX_PROMPT), API_REQUEST_TIMEOUT=str(KEYED_TIMEOUT)) as (keyed, keyed_url), \
+            api_process(str(config), MAX_CONCURRENT="2", API_MAX_QUEUE="100", API_MAX_BODY_BYTES=str(OPEN_MAX_BODY)) as (open_, open_url):
         wait_ready(keyed_url, keyed)
         wait_ready(open_url, open_)
-        yield {"keyed": keyed_url, "open": open_url, "keyed_process": keyed}
+        yield {"keyed": keyed_url, "open": open_url, "keyed_process": keyed, "open_process": open_}
 
 
 def client(url: str, key: str | None = KEY):
@@ -192,6 +199,306 @@ def test_invalid_json_and_unknown_routes(servers):
     assert httpx.get(f"{servers['keyed']}/v1/nothing", headers=headers, timeout=TIMEOUT).status_code == 404
     with pytest.raises(openai.BadRequestError):
         client(servers["keyed"]).chat.completions.create(model="x", messages=[{"role": "assistant", "content": "hi"}])
+
+
+# ---------------------------------------------------------------- limits, cancellation, strict types
+
+
+def health(url: str) -> dict:
+    return httpx.get(f"{url}/health", timeout=TIMEOUT).json()
+
+
+def wait_for(predicate, deadline: float, what: str) -> float:
+    """Poll until ``predicate()``; the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < deadline, f"{what}: not within {deadline} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def user(content: str) -> list[dict]:
+    return [{"role": "user", "content": content}]
+
+
+LONG = "hello world "  # about 7 tokens of the tiny tokenizer a time
+
+
+def test_a_body_over_the_limit_is_413_naming_the_limit(servers):
+    url = servers["open"]
+    big = {"model": "x", "messages": user("a" * (OPEN_MAX_BODY + 10))}
+    response = httpx.post(f"{url}/v1/chat/completions", json=big, timeout=TIMEOUT)
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert f"API_MAX_BODY_BYTES={OPEN_MAX_BODY}" in error["message"] and error["code"] == "request_too_large"
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(12):
+            yield b"a" * 100_000
+        yield b'"}]}'
+
+    response = httpx.post(f"{url}/v1/chat/completions", content=chunked(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    assert response.status_code == 413 and f"at most {OPEN_MAX_BODY} bytes" in response.json()["error"]["message"]
+    with pytest.raises(openai.APIStatusError) as info:
+        client(url, None).chat.completions.create(model="x", messages=big["messages"])
+    assert info.value.status_code == 413
+    assert client(url, None).chat.completions.create(model="x", messages=user("Hi"), max_tokens=2).choices[0].message.content
+
+
+def test_a_prompt_longer_than_the_context_is_400(servers):
+    api = client(servers["open"], None)
+    # far too long: refused from its length in characters, before any tokenising
+    with pytest.raises(openai.BadRequestError) as info:
+        api.chat.completions.create(model="x", messages=user(LONG * 20_000))
+    error = info.value
+    assert error.code == "context_length_exceeded" and error.param == "messages"
+    assert "240000 characters" in error.message and f"context is {CONTEXT} tokens" in error.message
+    # under that bound but still too long: refused from its tokens
+    with pytest.raises(openai.BadRequestError) as info:
+        api.chat.completions.create(model="x", messages=user(LONG * 450), stream=True)
+    assert info.value.code == "context_length_exceeded" and re.search(r"the prompt is \d{4} tokens", info.value.message)
+    assert f"at most {CONTEXT - 1} tokens" in info.value.message
+
+
+def test_api_max_prompt_tokens_bounds_the_prompt(servers):
+    api = client(servers["keyed"])
+    with pytest.raises(openai.BadRequestError) as info:
+        api.chat.completions.create(model="x", messages=user(LONG * 230))
+    assert f"API_MAX_PROMPT_TOKENS={KEYED_MAX_PROMPT}" in info.value.message and info.value.code == "context_length_exceeded"
+    reply = api.chat.completions.create(model="x", messages=user(LONG * 180), max_tokens=2)
+    assert 1000 < reply.usage.prompt_tokens <= KEYED_MAX_PROMPT
+
+
+def test_max_tokens_is_capped_to_what_fits_in_the_context(servers):
+    api = client(servers["open"], None)
+    reply = api.chat.completions.create(model="x", messages=user(LONG * 285), max_tokens=500)
+    room = CONTEXT - reply.usage.prompt_tokens
+    assert 0 < room < 100, reply.usage
+    assert reply.usage.completion_tokens == room and reply.choices[0].finish_reason == "length"
+    chunks = list(api.chat.completions.create(model="x", messages=user(LONG * 285), max_tokens=10**9, stream=True,
+                                              stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == room
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_a_client_that_disconnects_stops_its_generation(servers, stream):
+    """The slot is released only once the generation has ended, so ``running`` dropping to 0 right
+    after the client leaves (a full reply takes several seconds) shows the generation stopped; the
+    server's CPU time confirms it."""
+    url, pid = servers["open"], servers["open_process"].pid
+    wait_for(lambda: health(url)["running"] == 0, 30, "an idle server")
+    body = {"model": "x", "messages": user("Tell me a long story."), "max_tokens": 2000, "stream": stream}
+    running = []
+    if stream:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT) as response:
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            for _ in range(4):
+                next(lines)
+            running.append(health(url)["running"])
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            with httpx.Client(timeout=httpx.Timeout(TIMEOUT, read=1.5)) as http:
+                threading.Timer(0.8, lambda: running.append(health(url)["running"])).start()
+                http.post(f"{url}/v1/chat/completions", json=body)
+    assert running == [1]
+    took = wait_for(lambda: health(url)["running"] == 0, 3, "the gone client's generation to stop")
+    assert took < 1.5, f"the generation ran on {took:.1f} s after the client left"
+    before = cpu_seconds(pid)
+    time.sleep(1)
+    assert cpu_seconds(pid) - before < 0.5, "the server kept computing after the client left"
+
+
+def test_a_request_over_the_time_limit_is_stopped(servers):
+    api = client(servers["keyed"])
+    start = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        api.chat.completions.create(model="x", messages=user("Tell me a long story."), max_tokens=2000)
+    took = time.monotonic() - start
+    assert info.value.status_code == 504 and info.value.code == "request_timeout"
+    assert f"API_REQUEST_TIMEOUT={KEYED_TIMEOUT} s" in info.value.message
+    assert KEYED_TIMEOUT - 0.2 < took < KEYED_TIMEOUT + 3, took
+    pieces = []
+    start = time.monotonic()
+    with pytest.raises(openai.APIError) as info:
+        for chunk in api.chat.completions.create(model="x", messages=user("Tell me a long story."), max_tokens=2000, stream=True):
+            pieces.append(chunk)
+    assert "API_REQUEST_TIMEOUT" in str(info.value) and len(pieces) > 5
+    assert time.monotonic() - start < KEYED_TIMEOUT + 3
+    assert health(servers["keyed"])["running"] == 0
+
+
+STRICT = [
+    ({"stream": "true"}, "stream", "valid boolean"),
+    ({"stream": 1}, "stream", "valid boolean"),
+    ({"n": "2"}, "n", "valid integer"),
+    ({"n": 2.0}, "n", "valid integer"),
+    ({"n": 17}, "n", "less than or equal to 16"),
+    ({"n": 2, "stream": True}, "n", "cannot be streamed"),
+    ({"temperature": "0.5"}, "temperature", "valid number"),
+    ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+    ({"max_tokens": "10"}, "max_tokens", "valid integer"),
+    ({"stop": 5}, "stop", "string or a list of strings"),
+    ({"stop": ["a", 1]}, "stop", "string or a list of strings"),
+    ({"tool_choice": "sometimes"}, "tool_choice", "'none', 'auto', 'required'"),
+    ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "valid boolean"),
+    ({"messages": "hi"}, "messages", "valid list"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", "null is allowed only on an assistant"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content", "null is allowed only on an assistant"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "got a number"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "messages[0].content", "needs 'text' to be a string"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}, {"role": "user", "content": "b"}]},
+     "messages[1].content", "null is allowed only on an assistant message with tool_calls"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": 1}}]},
+                   {"role": "tool", "content": "r"}]}, "messages[1].tool_calls[0].function.arguments", "JSON string"),
+]
+
+
+@pytest.mark.parametrize("fields, param, words", STRICT, ids=[f"{p}-{i}" for i, (_, p, _) in enumerate(STRICT)])
+def test_wrong_types_are_400_naming_the_field(servers, fields, param, words):
+    body = {"model": "x", "messages": user("hi"), **fields}
+    response = httpx.post(f"{servers['keyed']}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert set(payload) == {"error"}, payload  # OpenAI's shape, no pydantic dump beside it
+    assert payload["error"]["param"] == param and words in payload["error"]["message"], payload
+    assert payload["error"]["type"] == "invalid_request_error"
+
+
+def test_content_null_is_accepted_where_openai_allows_it(servers):
+    reply = client(servers["keyed"]).chat.completions.create(model="x", max_tokens=2, messages=[
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                               "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}])
+    assert reply.usage.completion_tokens == 2
+    sampled = client(servers["keyed"]).chat.completions.create(model="x", messages=user("Hi"), n=3, max_tokens=4,
+                                                               temperature=1.0, extra_body={"do_sample": True})
+    assert [c.index for c in sampled.choices] == [0, 1, 2]  # n > 1 works (not streamed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_server_within_seconds(tiny_model, tmp_path, sig):
+    """A generation runs and a request waits: the signal ends the process within seconds, the waiting
+    request gets an OpenAI-shaped 503, the running stream an error event, and nothing logs a 500."""
+    config = tmp_path / "api.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model}\ntemplate: llama3\ndo_sample: false\n")
+    with api_process(str(config), MAX_CONCURRENT="1", API_MAX_QUEUE="4", API_LOG_LEVEL="info") as (process, url):
+        wait_ready(url, process)
+        api = client(url, None)
+        results: dict = {}
+
+        def streamer():
+            pieces = []
+            try:
+                for chunk in api.chat.completions.create(model="x", messages=user("Tell me a long story."), max_tokens=2000, stream=True):
+                    pieces.append(chunk)
+                results["stream"] = (None, pieces)
+            except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
+                results["stream"] = (exc, pieces)
+
+        def waiter():
+            try:
+                results["waiting"] = api.chat.completions.create(model="x", messages=user("Hi"), max_tokens=4)
+            except Exception as exc:  # noqa: BLE001
+                results["waiting"] = exc
+
+        threads = [threading.Thread(target=streamer)]
+        threads[0].start()
+        wait_for(lambda: health(url)["running"] == 1, 30, "the stream to start")
+        threads.append(threading.Thread(target=waiter))
+        threads[1].start()
+        wait_for(lambda: health(url)["waiting"] == 1, 30, "the second request to wait")
+        sent = time.monotonic()
+        process.send_signal(sig)
+        process.wait(timeout=30)
+        took = time.monotonic() - sent
+        for thread in threads:
+            thread.join(timeout=30)
+        output = process.stdout.read()
+    assert took < 5, f"the server took {took:.1f} s to stop:\n{output[-3000:]}"
+    waiting = results["waiting"]
+    assert isinstance(waiting, openai.APIStatusError) and waiting.status_code == 503, waiting
+    assert waiting.code == "server_shutting_down" and "shutting down" in waiting.message
+    error, pieces = results["stream"]
+    assert pieces and isinstance(error, openai.APIError) and "shutting down" in str(error), (error, len(pieces))
+    assert "Traceback" not in output and '" 500' not in output, output[-3000:]
+    assert '" 503' in output  # the waiting request, logged as what it got
+
+
+def test_load_64_streams_and_abusive_clients(servers):
+    """64 well-behaved streams at once (greedy: each must equal its reply served alone), beside
+    huge bodies, huge prompts and clients that leave mid-stream; memory stays bounded and the server
+    answers at once afterwards."""
+    url, pid = servers["open"], servers["open_process"].pid
+    api = client(url, None)
+    prompts = [f"Tell me about the number {i}." for i in range(8)]
+    reference = {p: api.chat.completions.create(model="x", messages=user(p), max_tokens=24).choices[0].message.content for p in prompts}
+    wait_for(lambda: health(url)["running"] == 0, 30, "an idle server")
+    rss_before = rss_bytes(pid)
+    peak, sampling = [rss_before], threading.Event()
+
+    def sample():
+        while not sampling.wait(0.1):
+            peak.append(rss_bytes(pid))
+
+    def well_behaved(i):
+        chunks = list(api.chat.completions.create(model="x", messages=user(prompts[i % 8]), max_tokens=24, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return prompts[i % 8], text, [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+
+    def huge_body(_):
+        return httpx.post(f"{url}/v1/chat/completions", json={"messages": user("a" * (OPEN_MAX_BODY * 2))}, timeout=TIMEOUT).status_code
+
+    def huge_prompt(_):
+        try:
+            api.chat.completions.create(model="x", messages=user(LONG * 40_000))
+        except openai.BadRequestError as exc:
+            return exc.code
+
+    def leaver(_):
+        body = {"messages": user("Tell me a long story."), "max_tokens": 2000, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT) as response:
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            return sum(1 for _ in zip(range(3), lines))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=80) as pool:
+            good = [pool.submit(well_behaved, i) for i in range(64)]
+            bad = {kind: [pool.submit(fn, i) for i in range(3)] for kind, fn in
+                   (("body", huge_body), ("prompt", huge_prompt), ("leaver", leaver))}
+            results = [f.result(timeout=120) for f in good]
+            outcomes = {kind: [f.result(timeout=120) for f in futures] for kind, futures in bad.items()}
+    finally:
+        sampling.set()
+        sampler.join()
+    took = time.monotonic() - start
+    assert took < 90, f"the load took {took:.0f} s"
+    for prompt, text, finish in results:
+        assert text == reference[prompt] and len(finish) == 1, (prompt, text, reference[prompt], finish)
+    assert outcomes == {"body": [413] * 3, "prompt": ["context_length_exceeded"] * 3, "leaver": [3] * 3}
+    grown = max(peak) - rss_before
+    assert grown < 300 * 2**20, f"the server grew by {grown / 2**20:.0f} MiB under load"
+    wait_for(lambda: health(url) == {**health(url), "running": 0, "waiting": 0}, 5, "the leavers' generations to stop")
+    start = time.monotonic()
+    assert api.chat.completions.create(model="x", messages=user("Hi"), max_tokens=4).choices[0].message.content
+    assert time.monotonic() - start < 5
 
 
 # ---------------------------------------------------------------- a scripted engine in a real server

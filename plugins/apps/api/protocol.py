@@ -49,7 +49,7 @@ class ChatMessage(_Model):
     # role and tool_calls come first: the content validator reads them (pydantic validates in order).
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     tool_calls: list[ToolCall] | None = None
-    content: Any = None
+    content: Any = Field(None, validate_default=True)
     tool_call_id: str | None = None
     name: str | None = None
 

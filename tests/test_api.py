@@ -389,54 +389,64 @@ def test_content_null_is_accepted_where_openai_allows_it(servers):
     assert [c.index for c in sampled.choices] == [0, 1, 2]  # n > 1 works (not streamed)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_server_within_seconds(tiny_model, tmp_path, sig):
-    """A generation runs and a request waits: the signal ends the process within seconds, the waiting
-    request gets an OpenAI-shaped 503, the running stream an error event, and nothing logs a 500."""
-    config = tmp_path / "api.yaml"
-    config.write_text(f"model_name_or_path: {tiny_model}\ntemplate: llama3\ndo_sample: false\n")
-    with api_process(str(config), MAX_CONCURRENT="1", API_MAX_QUEUE="4", API_LOG_LEVEL="info") as (process, url):
-        wait_ready(url, process)
-        api = client(url, None)
-        results: dict = {}
+def _stop_with(sig: int, process: subprocess.Popen, url: str) -> None:
+    """A generation runs and a request waits when ``sig`` arrives: the process ends within seconds,
+    the waiting request gets an OpenAI-shaped 503, the running stream an error event, and nothing
+    logs a 500 or a traceback."""
+    api = client(url, None)
+    results: dict = {}
 
-        def streamer():
-            pieces = []
-            try:
-                for chunk in api.chat.completions.create(model="x", messages=user("Tell me a long story."), max_tokens=2000, stream=True):
-                    pieces.append(chunk)
-                results["stream"] = (None, pieces)
-            except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
-                results["stream"] = (exc, pieces)
+    def streamer():
+        pieces = []
+        try:
+            for chunk in api.chat.completions.create(model="x", messages=user("Tell me a long story."), max_tokens=2000, stream=True):
+                pieces.append(chunk)
+            results["stream"] = (None, pieces)
+        except Exception as exc:  # noqa: BLE001 - the outcome is what is checked
+            results["stream"] = (exc, pieces)
 
-        def waiter():
-            try:
-                results["waiting"] = api.chat.completions.create(model="x", messages=user("Hi"), max_tokens=4)
-            except Exception as exc:  # noqa: BLE001
-                results["waiting"] = exc
+    def waiter():
+        try:
+            results["waiting"] = api.chat.completions.create(model="x", messages=user("Hi"), max_tokens=4)
+        except Exception as exc:  # noqa: BLE001
+            results["waiting"] = exc
 
-        threads = [threading.Thread(target=streamer)]
-        threads[0].start()
-        wait_for(lambda: health(url)["running"] == 1, 30, "the stream to start")
-        threads.append(threading.Thread(target=waiter))
-        threads[1].start()
-        wait_for(lambda: health(url)["waiting"] == 1, 30, "the second request to wait")
-        sent = time.monotonic()
-        process.send_signal(sig)
-        process.wait(timeout=30)
-        took = time.monotonic() - sent
-        for thread in threads:
-            thread.join(timeout=30)
-        output = process.stdout.read()
-    assert took < 5, f"the server took {took:.1f} s to stop:\n{output[-3000:]}"
+    threads = [threading.Thread(target=streamer)]
+    threads[0].start()
+    wait_for(lambda: health(url)["running"] == 1, 30, "the stream to start")
+    threads.append(threading.Thread(target=waiter))
+    threads[1].start()
+    wait_for(lambda: health(url)["waiting"] == 1, 30, "the second request to wait")
+    sent = time.monotonic()
+    process.send_signal(sig)
+    process.wait(timeout=30)
+    took = time.monotonic() - sent
+    for thread in threads:
+        thread.join(timeout=30)
+    output = process.stdout.read()
+    name = signal.Signals(sig).name
+    assert took < 5, f"{name}: the server took {took:.1f} s to stop:\n{output[-3000:]}"
     waiting = results["waiting"]
-    assert isinstance(waiting, openai.APIStatusError) and waiting.status_code == 503, waiting
+    assert isinstance(waiting, openai.APIStatusError) and waiting.status_code == 503, (name, waiting)
     assert waiting.code == "server_shutting_down" and "shutting down" in waiting.message
     error, pieces = results["stream"]
-    assert pieces and isinstance(error, openai.APIError) and "shutting down" in str(error), (error, len(pieces))
+    assert pieces and isinstance(error, openai.APIError) and "shutting down" in str(error), (name, error, len(pieces))
     assert "Traceback" not in output and '" 500' not in output, output[-3000:]
     assert '" 503' in output  # the waiting request, logged as what it got
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_stop_the_server_within_seconds(tiny_model, tmp_path):
+    config = tmp_path / "api.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model}\ntemplate: llama3\ndo_sample: false\n")
+    limits = dict(MAX_CONCURRENT="1", API_MAX_QUEUE="4", API_LOG_LEVEL="info")
+    with api_process(str(config), **limits) as (term, term_url), api_process(str(config), **limits) as (interrupt, interrupt_url):
+        wait_ready(term_url, term)  # both start side by side
+        wait_ready(interrupt_url, interrupt)
+        _stop_with(signal.SIGTERM, term, term_url)
+        _stop_with(signal.SIGINT, interrupt, interrupt_url)
+    assert term.returncode == -signal.SIGTERM  # uvicorn re-raises the signal once it has shut down
+    assert interrupt.returncode == 130
 
 
 def test_load_64_streams_and_abusive_clients(servers):

@@ -101,5 +101,14 @@ def run(args) -> int:
 
     config = uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("API_LOG_LEVEL", "info"),
                             timeout_graceful_shutdown=grace)
-    Server(config).run()
-    return 0
+    interrupted = False
+    try:
+        Server(config).run()  # after SIGTERM uvicorn re-raises it, ending the process here
+    except KeyboardInterrupt:  # SIGINT, re-raised the same way
+        interrupted = True
+    # The server has stopped and holds nothing to save: leave now. Tearing the interpreter down
+    # (the finalizers of torch and the tokenizers) takes seconds more on a busy machine, which a
+    # process manager's stop timeout would count against us.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130 if interrupted else 0)

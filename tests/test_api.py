@@ -693,6 +693,48 @@ def test_a_waiting_request_is_served_when_the_slot_frees(qwen):
         assert result["reply"].choices[0].message.content == "plain words here"
 
 
+def test_a_waiting_client_that_leaves_gives_up_its_place(qwen):
+    template, tokenizer = qwen
+    engine = ScriptedEngine(template, tokenizer, {})
+    with scripted_server(engine, max_concurrent=1, max_queue=1) as url:
+        api = client(url, None)
+        engine.gate.clear()
+        holder = api.chat.completions.create(model="scripted", messages=user("first"), stream=True)
+        next(iter(holder))
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json={"messages": user("second")}, timeout=httpx.Timeout(TIMEOUT, read=1))
+        wait_for(lambda: health(url)["waiting"] == 0, 2, "the gone client to leave the line")
+        result = {}
+        waiter = threading.Thread(target=lambda: result.setdefault("reply", api.chat.completions.create(
+            model="scripted", messages=user("third"))))
+        waiter.start()  # its place is free again: this one waits instead of getting a 429
+        wait_for(lambda: health(url)["waiting"] == 1, 5, "the third request to wait")
+        engine.gate.set()
+        waiter.join(timeout=30)
+        assert result["reply"].choices[0].message.content == "plain words here"
+        assert engine.prompts[-1].count("third") == 1 and not any("second" in p for p in engine.prompts)
+
+
+def test_the_time_limit_counts_waiting_and_ends_streams_with_an_error(qwen):
+    """An engine without ``cancel=`` (this one) still has its stream cancelled at the time limit."""
+    template, tokenizer = qwen
+    engine = ScriptedEngine(template, tokenizer, {})
+    with scripted_server(engine, max_concurrent=1, max_queue=4, request_timeout=1.5) as url:
+        api = client(url, None)
+        engine.gate.clear()
+        holder = api.chat.completions.create(model="scripted", messages=user("first"), stream=True)
+        next(iter(holder))
+        start = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            api.chat.completions.create(model="scripted", messages=user("second"))
+        assert info.value.status_code == 504 and "API_REQUEST_TIMEOUT=1.5 s" in info.value.message
+        assert time.monotonic() - start < 5
+        with pytest.raises(openai.APIError, match="API_REQUEST_TIMEOUT"):
+            list(holder)
+        assert engine.cancelled.is_set()
+        wait_for(lambda: health(url)["running"] == 0, 2, "the slot to be released")
+
+
 # ---------------------------------------------------------------- tool formats of every template
 
 

@@ -34,6 +34,7 @@ import uuid
 from typing import Any
 
 from tuneforge.chat.engine import accepts_cancel
+from tuneforge.errors import TuneforgeError
 from tuneforge.chat.tools import MessageError, from_openai, may_be_tool_call, parse_tool_calls, tool_call_heads
 
 log = logging.getLogger("uvicorn.error")  # printed with uvicorn's own lines, at its API_LOG_LEVEL
@@ -298,7 +299,9 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
     jobs: set[Job] = set()
     state = {"closing": False, "loop": None}
     context = getattr(engine, "context_length", None)
-    prompt_limit = min(x for x in (context - 1 if context else None, max_prompt_tokens or None) if x) if (context or max_prompt_tokens) else None
+    # the most prompt tokens a request may have: the context less one token to generate, and API_MAX_PROMPT_TOKENS
+    bounds = [b for b in ((context - 1) if context else None, max_prompt_tokens) if b and b > 0]
+    prompt_limit = min(bounds) if bounds else None
     longest_token = _longest_token(engine.tokenizer) if prompt_limit else None
     cancellable = accepts_cancel(engine.generate)
     timeout = request_timeout or None
@@ -430,7 +433,7 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
     def limit_note() -> str:
         notes = []
         if context:
-            notes.append(f"the model's context is {context} tokens (prompt and reply together)")
+            notes.append(f"the model's context is {context} tokens, prompt and reply together")
         if max_prompt_tokens:
             notes.append(f"API_MAX_PROMPT_TOKENS={max_prompt_tokens}")
         return f"this server takes prompts of at most {prompt_limit} tokens (" + "; ".join(notes) + ")"
@@ -456,7 +459,7 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
         try:
             try:
                 ids = await anyio.to_thread.run_sync(engine.encode, messages, system, tools)
-            except ValueError as exc:  # the template cannot render this conversation (bad tool schema, ...)
+            except (ValueError, TuneforgeError) as exc:  # the template cannot render this conversation (bad tool schema, ...)
                 raise ApiError(400, str(exc), param="messages") from None
             if prompt_limit and len(ids) > prompt_limit:
                 raise too_long(f"{len(ids)} tokens", limit_note())

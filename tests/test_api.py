@@ -32,7 +32,7 @@ pytest.importorskip("fastapi")
 from tuneforge.chat.engine import GenerationSettings, Response, StopText  # noqa: E402
 from tuneforge.chat.tools import from_openai, parse_tool_calls  # noqa: E402
 
-from .conftest import REPO  # noqa: E402
+from .conftest import REPO, run_cli  # noqa: E402
 
 KEY = "sk-tuneforge-test"
 TIMEOUT = 120
@@ -509,6 +509,18 @@ def test_load_64_streams_and_abusive_clients(servers):
     start = time.monotonic()
     assert api.chat.completions.create(model="x", messages=user("Hi"), max_tokens=4).choices[0].message.content
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("API_REQUEST_TIMEOUT", "soon", "is not a number of seconds"),
+    ("API_MAX_BODY_BYTES", "0", "must be at least 1"),
+    ("API_MAX_PROMPT_TOKENS", "lots", "is not a whole number"),
+])
+def test_a_bad_limit_variable_stops_the_server_before_the_model_loads(tmp_path, name, value, words):
+    config = tmp_path / "api.yaml"
+    config.write_text("model_name_or_path: /nowhere/at/all\ntemplate: llama3\n")
+    result = run_cli("api", str(config), env={name: value}, timeout=120)
+    assert result.returncode == 2 and f"{name}={value!r} {words}" in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------- a scripted engine in a real server

@@ -309,10 +309,19 @@ def test_a_client_that_disconnects_stops_its_generation(servers, stream):
                 next(lines)
             running.append(health(url)["running"])
     else:
+        def watch():  # while the client waits for its reply
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end and not running:
+                if health(url)["running"] == 1:
+                    running.append(1)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         with pytest.raises(httpx.ReadTimeout):
-            with httpx.Client(timeout=httpx.Timeout(TIMEOUT, read=1.5)) as http:
-                threading.Timer(0.8, lambda: running.append(health(url)["running"])).start()
+            with httpx.Client(timeout=httpx.Timeout(TIMEOUT, read=2)) as http:
                 http.post(f"{url}/v1/chat/completions", json=body)
+        watcher.join()
     assert running == [1]
     took = wait_for(lambda: health(url)["running"] == 0, 3, "the gone client's generation to stop")
     assert took < 1.5, f"the generation ran on {took:.1f} s after the client left"
@@ -504,6 +513,7 @@ def test_load_64_streams_and_abusive_clients(servers):
         assert text == reference[prompt] and len(finish) == 1, (prompt, text, reference[prompt], finish)
     assert outcomes == {"body": [413] * 3, "prompt": ["context_length_exceeded"] * 3, "leaver": [3] * 3}
     grown = max(peak) - rss_before
+    print(f"load: {took:.1f} s; server RSS {rss_before / 2**20:.0f} MiB, peak +{grown / 2**20:.0f} MiB")
     assert grown < 300 * 2**20, f"the server grew by {grown / 2**20:.0f} MiB under load"
     wait_for(lambda: health(url) == {**health(url), "running": 0, "waiting": 0}, 5, "the leavers' generations to stop")
     start = time.monotonic()

@@ -1,9 +1,12 @@
 """`tuneforge api` driven with the official openai client, against real servers on 127.0.0.1.
 
-Two `tuneforge api` processes serve the tiny model (one with API_KEY, one without); an in-process
-uvicorn server with a scripted engine covers what a random model cannot show on demand: tool calls
-in the template's format, the bound on concurrent generations, and a slot freed by a client that
-goes away. Every request has a timeout and every server is stopped at the end.
+Two `tuneforge api` processes serve the tiny model (one with API_KEY, a prompt-token bound and a
+short time limit; one without a key, with a small body limit and a queue deep enough for the load
+test); an in-process uvicorn server with a scripted engine covers what a random model cannot show
+on demand: tool calls in the template's format, the bound on concurrent generations, and slots and
+places in the line freed by clients that go away. Cancellation is observed from outside, as an
+operator would: ``/health``'s ``running`` count (a slot is freed only once its generation ended)
+and the server's CPU time. Every request has a timeout and every server is stopped at the end.
 """
 
 from __future__ import annotations

@@ -426,8 +426,8 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
             raise ApiError(404, f"model {model_id!r} does not exist; this server serves {model_name!r}", type="not_found_error", param="model")
         return model_card()
 
-    def too_long(size: str, limit_note: str) -> ApiError:
-        return ApiError(400, f"the prompt is {size}; {limit_note}: shorten the conversation", param="messages",
+    def too_long(size: str, note: str) -> ApiError:
+        return ApiError(400, f"the prompt is {size}; {note}: shorten the conversation", param="messages",
                         code="context_length_exceeded")
 
     def limit_note() -> str:

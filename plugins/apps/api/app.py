@@ -305,6 +305,8 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
     longest_token = _longest_token(engine.tokenizer) if prompt_limit else None
     cancellable = accepts_cancel(engine.generate)
     timeout = request_timeout or None
+    # Tokenising a prompt near the body limit takes a second of CPU: a few at a time, not one per request.
+    encoders = anyio.CapacityLimiter(max(2, limiter.max_concurrent))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -458,7 +460,7 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
         handed_over = False
         try:
             try:
-                ids = await anyio.to_thread.run_sync(engine.encode, messages, system, tools)
+                ids = await anyio.to_thread.run_sync(engine.encode, messages, system, tools, limiter=encoders)
             except (ValueError, TuneforgeError) as exc:  # the template cannot render this conversation (bad tool schema, ...)
                 raise ApiError(400, str(exc), param="messages") from None
             if prompt_limit and len(ids) > prompt_limit:

@@ -113,6 +113,22 @@ def test_max_new_tokens_gives_finish_reason_length(engine):
     assert reply.completion_tokens == 3 and reply.finish_reason == "length"
 
 
+def test_generate_stops_at_the_next_token_once_cancel_is_set(engine):
+    """The API server's cancellation: an event set before (or during) the generation ends it after
+    the token under way; the engine also says how long a context its model takes."""
+    import threading
+
+    from tuneforge.chat.engine import accepts_cancel
+
+    assert accepts_cancel(engine.generate) and engine.context_length == 2048
+    messages = [{"role": "user", "content": QUESTION}]
+    cancel = threading.Event()
+    cancel.set()
+    settings = engine.settings.updated(max_new_tokens=200)
+    assert [r.completion_tokens for r in engine.generate(messages, settings=settings, n=2, cancel=cancel)] == [1, 1]
+    assert engine.generate(messages, settings=settings, cancel=threading.Event())[0].completion_tokens == 200
+
+
 def test_batches_are_left_padded_and_match_one_by_one_generation(engine):
     questions = ["Hi", QUESTION, "What is 5 plus 1? Please answer with a whole sentence."]
     prompts = [engine.encode([{"role": "user", "content": q}]) for q in questions]

@@ -10,6 +10,8 @@ Nothing here imports torch at module level.
 
 from __future__ import annotations
 
+import inspect
+import threading
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator, Protocol
 
@@ -76,12 +78,21 @@ class TextStream(Protocol):
 class InferenceEngine(Protocol):
     """The methods every engine provides. ``messages`` alternate user/observation and
     assistant/function turns and end with a user (or observation) turn, as
-    :meth:`tuneforge.data.template.Template.encode_prompt` takes them."""
+    :meth:`tuneforge.data.template.Template.encode_prompt` takes them.
+
+    Optional, for servers that must bound and stop work (the API reads them with ``getattr`` and
+    :func:`accepts_cancel`, so an engine written before them keeps working, unbounded):
+
+    - ``context_length``: the most tokens (prompt + reply) the model takes, or None if unknown.
+    - ``generate(..., cancel=event)``: a :class:`threading.Event` checked after every token; once it
+      is set the generation ends at the next token and returns what it has.
+    """
 
     name: str
     tokenizer: Any
     template: Any
     settings: GenerationSettings
+    context_length: int | None
 
     def encode(self, messages: list[dict], system: str | None = None, tools: Any = None) -> list[int]:
         """The prompt ids for a conversation, rendered with the run's template."""
@@ -91,11 +102,20 @@ class InferenceEngine(Protocol):
         """Generate one reply, piece by piece."""
 
     def generate(self, messages: list[dict], system: str | None = None, tools: Any = None,
-                 settings: GenerationSettings | None = None, n: int = 1) -> list[Response]:
-        """Generate ``n`` replies to one conversation."""
+                 settings: GenerationSettings | None = None, n: int = 1,
+                 cancel: threading.Event | None = None) -> list[Response]:
+        """Generate ``n`` replies to one conversation (stopped early once ``cancel`` is set)."""
 
     def generate_batch(self, prompts: list[list[int]], settings: GenerationSettings | None = None) -> list[Response]:
         """Generate one reply per prompt (token ids), batched (predictions)."""
+
+
+def accepts_cancel(method) -> bool:
+    """Whether an engine method takes ``cancel=`` (engines written before it existed do not)."""
+    try:
+        return "cancel" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------- stop strings

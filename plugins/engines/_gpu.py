@@ -31,10 +31,12 @@ class WholeReplyEngine:
     """The chat/api methods built on one ``_complete(prompts, settings)`` that returns whole replies.
 
     vLLM and SGLang engines batch well but are driven here without token streaming: ``stream``
-    yields the finished reply in one piece.
+    yields the finished reply in one piece. A ``cancel`` set before the call skips the generation;
+    one already running is not interrupted (their offline ``LLM.generate`` has no per-token hook).
     """
 
     name = ""
+    context_length: int | None = None
 
     def encode(self, messages, system=None, tools=None) -> list[int]:
         config = self.ctx.config
@@ -46,8 +48,12 @@ class WholeReplyEngine:
 
         return FinishedStream(self.generate(messages, system, tools, settings)[0])
 
-    def generate(self, messages, system=None, tools=None, settings=None, n: int = 1):
+    def generate(self, messages, system=None, tools=None, settings=None, n: int = 1, cancel=None):
         ids = self.encode(messages, system, tools)
+        if cancel is not None and cancel.is_set():
+            from tuneforge.chat.engine import Response
+
+            return [Response("", len(ids), 0, "stop")] * n
         return self._complete([ids] * n, settings or self.settings)
 
     def generate_batch(self, prompts, settings=None):

@@ -2,7 +2,7 @@
 
 Token streaming runs ``generate`` in a thread that hands token ids to the caller through a queue;
 stop strings are cut on the decoded text; a cancelled stream (a client that went away) stops the
-generation at the next token. Batches are left-padded.
+generation at the next token, and so does ``generate(..., cancel=event)``. Batches are left-padded.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class HuggingfaceEngine:
         self.template = ctx.template
         self.settings = GenerationSettings.from_config(ctx.config)
         self.stop_ids = self.template.stop_token_ids(self.tokenizer)
+        self.context_length = context_length(self.model.config)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.stop_ids or [0])[0]
         if self.model.training:
             self.model.eval()
@@ -85,17 +86,18 @@ class HuggingfaceEngine:
             return FinishedStream(self.generate_batch([ids], settings)[0])
         return _Stream(self, ids, settings)
 
-    def generate(self, messages, system=None, tools=None, settings=None, n: int = 1) -> list[Response]:
+    def generate(self, messages, system=None, tools=None, settings=None, n: int = 1, cancel=None) -> list[Response]:
         settings = settings or self.settings
         ids = self.encode(messages, system, tools)
         if n > 1 and not settings.do_sample:  # greedy decoding has one answer
-            return self._generate([ids], settings, 1) * n
-        return self._generate([ids], settings, n)
+            return self._generate([ids], settings, 1, cancel) * n
+        return self._generate([ids], settings, n, cancel)
 
     def generate_batch(self, prompts, settings=None) -> list[Response]:
         return self._generate([list(p) for p in prompts], settings or self.settings, 1)
 
-    def _generate(self, prompts: list[list[int]], settings: GenerationSettings, n: int) -> list[Response]:
+    def _generate(self, prompts: list[list[int]], settings: GenerationSettings, n: int,
+                  cancel: threading.Event | None = None) -> list[Response]:
         import torch
         from transformers import StoppingCriteriaList
 
@@ -103,12 +105,23 @@ class HuggingfaceEngine:
         device = self.model.device
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        criteria = StoppingCriteriaList([_StopStrings(self, width, settings)] if settings.stop else [])
+        criteria = StoppingCriteriaList(([_StopStrings(self, width, settings)] if settings.stop else [])
+                                        + ([_Cancel(cancel)] if cancel is not None else []))
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                       generation_config=self._generation_config(settings, n), stopping_criteria=criteria)
         lens = [len(p) for p in prompts for _ in range(n)]
         return self._rows(out, width, settings, lens)
+
+
+def context_length(config) -> int | None:
+    """The most positions the model takes (prompt + reply), from its config; None if it does not say."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class _StopStrings:

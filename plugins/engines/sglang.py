@@ -26,6 +26,7 @@ class SglangEngine(WholeReplyEngine):
         import sglang
 
         self._load_tokenizer(ctx)
+        self.context_length = ctx.config.sglang_maxlen
         config = ctx.config
         self.adapter = single_adapter(ctx, "sglang")
         extra = config.sglang_config or {}

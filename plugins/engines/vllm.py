@@ -27,6 +27,7 @@ class VllmEngine(WholeReplyEngine):
         from vllm import LLM
 
         self._load_tokenizer(ctx)
+        self.context_length = ctx.config.vllm_maxlen
         config = ctx.config
         self.adapter = single_adapter(ctx, "vllm")
         extra = config.vllm_config or {}

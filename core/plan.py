@@ -120,7 +120,10 @@ def prepare(
                 problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in entry.spec.validate(config)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
-    return Prepared(config, plan, manager, _warnings(config, plan, manager))
+    warnings = _warnings(config, plan, manager)
+    if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
+        warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
+    return Prepared(config, plan, manager, warnings)
 
 
 def _line_of(problem: Problem) -> tuple[int, int]:

@@ -7,20 +7,30 @@ from .context import RunContext
 
 
 def resolve_template(ctx: RunContext, tokenizer):
-    """The plan's template, else the one a detection hook names for this tokenizer."""
+    """The plan's template, else the one a detection hook names for this tokenizer, else the
+    tokenizer's own Jinja chat template (what ``template: auto`` selects)."""
     from ..data.template import Template
+    from ..data.tokenizer_template import TokenizerTemplate, chat_template_source
 
     entry = ctx.plan.template
     if entry is None:
         name = ctx.manager.hook.tuneforge_detect_template(tokenizer=tokenizer)
         if name is None:
-            raise TuneforgeError(
-                "template is not set and no plugin recognises this tokenizer's chat template; "
-                f"set template: to one of {', '.join(ctx.manager.names('template'))}"
-            )
+            if chat_template_source(tokenizer) is None:
+                raise TuneforgeError(
+                    "template is not set, no plugin recognises this tokenizer and it has no chat template of its own; "
+                    f"set template: to one of {', '.join(ctx.manager.names('template'))}"
+                )
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "template is not set and no built-in template matches this tokenizer: using its own chat template (template: auto)")
+            return TokenizerTemplate.from_tokenizer(tokenizer)
         spec = ctx.manager.template(name)
     else:
         spec = entry.spec
+    if spec.build is not None:
+        return spec.build(tokenizer)
     return Template.from_definition(spec.name, spec.definition)
 
 

@@ -33,9 +33,79 @@ def _known_models(name: str) -> tuple[tuple[str, str], ...]:
     return tuple((m["name"], m["hub_id"]) for m in found)
 
 
+def _build_auto(tokenizer):
+    from tuneforge.data.tokenizer_template import TokenizerTemplate
+
+    return TokenizerTemplate.from_tokenizer(tokenizer)
+
+
+#: A two-exchange conversation with reasoning in the first reply: what `check` renders to see whether
+#: the model's own template keeps earlier turns as they were (the prefix property).
+_PROBE = [
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4."},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6."},
+]
+
+
+def _auto_problems(config) -> list[str]:
+    """A local model without a chat template cannot use ``auto``: said at `check`, not at training."""
+    from pathlib import Path
+
+    path = Path(str(config.model_name_or_path or ""))
+    if not path.is_dir() or not (path / "tokenizer_config.json").is_file():
+        return []
+    import json
+
+    try:
+        data = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    if data.get("chat_template") or (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return []
+    return [f"{path} has no chat template of its own (no chat_template in tokenizer_config.json, no chat_template.jinja); "
+            "set template: to a built-in name"]
+
+
+def _auto_notes(config) -> list[str]:
+    """How the local model's own template will be used, rendered once on a probe conversation."""
+    from pathlib import Path
+
+    path = Path(str(config.model_name_or_path or ""))
+    if not path.is_dir() or _auto_problems(config):
+        return []
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.tokenizer_template import RenderError, TokenizerTemplate
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        template = TokenizerTemplate.from_tokenizer(tokenizer)
+        rewritten = template.history_rewritten(tokenizer, _PROBE)
+    except (RenderError, OSError, ValueError) as exc:
+        return [f"the model's own chat template could not render a probe conversation: {exc}"]
+    notes = [template.how]
+    if rewritten:
+        notes.append("this chat template renders earlier turns differently once the conversation goes on (e.g. it drops "
+                     "past reasoning), so multi-turn rows train only their last reply, in the context the model sees at "
+                     "inference (`tuneforge data` counts them)")
+    return notes
+
+
+AUTO = ChatTemplateSpec(
+    name="auto",
+    description="The tokenizer's own Jinja chat template (tokenizer_config.json / chat_template.jinja), "
+                "with exact reply masks; see docs/templates.md",
+    build=_build_auto,
+    validate=_auto_problems,
+    notes=_auto_notes,
+)
+
+
 @hookimpl
 def tuneforge_chat_templates():
-    return [
+    return [AUTO] + [
         ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d, models=_known_models(name))
         for name, d in _definitions().items()
     ]

@@ -295,3 +295,17 @@ def test_check_names_vision_templates_and_accepts_new_ones(tmp_path):
                           f"dataset_dir: {tmp_path}\noutput_dir: {tmp_path / 'out'}\n")
         result = run_cli("check", str(config))
         assert result.returncode == 0 and "config OK" in result.stdout, (name, result.stderr[-2000:])
+
+
+def test_known_models_of_the_new_families():
+    """The web UI's model list and its template choice know the added families (``models:`` in the YAML)."""
+    from tuneforge.plugins.apps.webui import registry
+
+    manager = PluginManager(autoload=False)
+    expected = {"gemma-2-9b-it": "gemma2", "Llama-4-Scout-17B-16E-Instruct": "llama4", "DeepSeek-R1-Distill-Qwen-7B": "deepseekr1",
+                "gpt-oss-20b": "gpt_oss", "GLM-4.5-Air": "glm4_moe", "Mistral-Small-3.1-24B-Instruct-2503": "mistral_small",
+                "Phi-4-mini-instruct": "phi4_mini", "granite-3.1-8b-instruct": "granite3", "SmolLM2-1.7B-Instruct": "smollm2"}
+    for name, template in expected.items():
+        model = registry.known_model(manager, name)
+        assert model is not None and model.template == template, name
+        assert model.hub_id.endswith("/" + name)

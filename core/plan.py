@@ -170,6 +170,15 @@ def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = F
         if quantizer and quantizer.spec.bits and config.quantization_bit not in quantizer.spec.bits:
             problems.append(Problem("quantization_bit", f"{quantizer.name} supports {', '.join(map(str, quantizer.spec.bits))} bits, not {config.quantization_bit}", config.where("quantization_bit")))
     template = _select(manager, "template", "template", config, problems) if config.template else None
+    tool_format = config.get("tool_format")
+    if tool_format:
+        tool_entry = _select(manager, "template", "tool_format", config, problems, name=str(tool_format))
+        if tool_entry is not None and tool_entry.spec.build is not None:
+            problems.append(Problem("tool_format", f"'{tool_format}' is not a tool format: name a template whose tool format to use "
+                                    "(default, glm4, llama3, mistral, qwen, ...)", config.where("tool_format")))
+        elif template is not None and template.spec.build is not None:
+            problems.append(Problem("tool_format", f"template '{template.name}' renders tools with the tokenizer's own chat template; "
+                                    "remove tool_format or choose a built-in template", config.where("tool_format")))
 
     def datasets(key: str) -> list[DatasetPlan]:
         names = split_names(config.get(key))

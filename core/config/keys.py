@@ -140,7 +140,7 @@ DATA_KEYS = (
     _k("eval_on_each_dataset", bool, False, "Evaluate each eval dataset separately.", effective=False),
     _k("packing", bool, None, "Pack several samples into one row (pt: on unless false)."),
     _k("neat_packing", bool, False, "Pack without cross-sample attention (per-sample position ids); implies packing."),
-    _k("tool_format", str, None, "Tool-call format override.", effective=False),
+    _k("tool_format", str, None, "Tool-call format override: the tool format of the named template (default, glm4, llama3, mistral, qwen, ...)."),
     _k("default_system", str, None, "System prompt used when a row has none."),
     _k("enable_thinking", bool, True, "Thinking models: keep the reasoning block."),
     _k("tokenized_path", str, None, "Save tokenised data here after preprocessing; load it from here when it exists."),

@@ -522,5 +522,21 @@ def _single_token_id(tokenizer, word: str) -> int | None:
     return token_id
 
 
+#: The keys that make up a tool format: how tools are offered and how calls are written. ``tool_format:
+#: NAME`` takes these from template NAME's definition (LLaMA-Factory's tool_format values are template
+#: names: default, glm4, llama3, mistral, qwen, ...), keeping the rest of the selected template.
+TOOL_KEYS = (
+    "format_tools", "format_tool", "tool_separator", "tool_json_indent", "tool_wrap_function", "system_tools_separator",
+    "format_tool_call", "tool_call_separator", "format_tool_calls", "format_tool_calls_many", "parallel_tool_calls",
+)
+
+
+def with_tool_format(definition: dict, tool_definition: dict) -> dict:
+    """``definition`` with its tool format replaced by ``tool_definition``'s (missing keys: the defaults)."""
+    out = {k: v for k, v in definition.items() if k not in TOOL_KEYS}
+    out.update({k: v for k, v in tool_definition.items() if k in TOOL_KEYS})
+    return out
+
+
 #: Every key a template definition may use (the Template fields but ``name``).
 KEYS = tuple(f.name for f in fields(Template) if f.name != "name")

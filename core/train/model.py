@@ -31,7 +31,13 @@ def resolve_template(ctx: RunContext, tokenizer):
         spec = entry.spec
     if spec.build is not None:
         return spec.build(tokenizer)
-    return Template.from_definition(spec.name, spec.definition)
+    definition = spec.definition
+    tool_format = ctx.config.get("tool_format") if ctx.config is not None else None
+    if tool_format:
+        from ..data.template import with_tool_format
+
+        definition = with_tool_format(definition, ctx.manager.template(str(tool_format)).definition)
+    return Template.from_definition(spec.name, definition)
 
 
 def load_tokenizer(ctx: RunContext):

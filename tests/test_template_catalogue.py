@@ -14,6 +14,9 @@ What each template was compared against:
   ``cpm3``, ``cpm4``, ``falcon_h1``, ``smollm``, ``smollm2``, ``opencoder``, ``dbrx``, ``chatml_de``,
   ``marco`` (ChatML turns as Qwen2's template writes them) in ``test_same_format_as_a_reference_jinja``
   (the generation prompt of a two-turn conversation with a system prompt);
+- token for token with the model's own published Jinja chat template (templates/reference/NAME.jinja):
+  ``deepseekcoder``, ``orion``, ``granite3`` (granite-3.0-8b-instruct's), ``phi_small`` in
+  ``test_equals_the_models_published_jinja``;
 - every other text template: the table ``FIRST_EXCHANGE`` below, written from the published format
   (not compared with a Jinja template: none is bundled for them).
 """
@@ -102,8 +105,8 @@ FIRST_EXCHANGE = {
         'Hello!<|im_end|>\n'),
     'dbrx': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
         'Hello!<|im_end|>\n'),
-    'deepseekcoder': ('none', '<|begin_of_text|>Be brief.### Instruction:\nHi\n### Response:',
-        '\nHello!\n<|EOT|>\n'),
+    'deepseekcoder': ('none', '<|begin_of_text|>Be brief.### Instruction:\nHi\n### Response:\n',
+        'Hello!\n<|EOT|>\n'),
     'deepseekr1': ('append', '<|begin_of_text|>Be brief.<｜User｜>Hi<｜Assistant｜>',
         '<think>\n\n</think>\n\nHello!'),
     'ernie': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n\n<|im_start|>user\nHi<|im_end|>\n\n<|im_start|>assistant\n',
@@ -168,7 +171,7 @@ FIRST_EXCHANGE = {
         'Hello!'),
     'phi4_mini': ('none', '<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>',
         'Hello!<|end|>'),
-    'phi_small': ('none', '<|endoftext|><|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n',
+    'phi_small': ('none', '<|begin_of_text|><|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n',
         'Hello!<|end|>\n'),
     'qwen3_5': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
         '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
@@ -262,6 +265,29 @@ def test_two_turns_with_tools_render_and_train_only_the_replies(name, templates,
     ids, labels = template.encode_supervised(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
     trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
     assert "It is 3." in trained and "What is 1+2?" not in trained and SYSTEM not in trained
+
+
+# template -> whether the model's published Jinja template renders the system prompt (Orion's ignores it)
+PUBLISHED = {"deepseekcoder": True, "orion": False, "granite3": True, "phi_small": True}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_equals_the_models_published_jinja(name, templates):
+    """The model's own chat template (templates/reference/NAME.jinja, as published with the model) renders
+    exactly our generation prompt for a two-turn conversation, and the tokens are the same."""
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("llama3"))
+    tokenizer.chat_template = reference_jinja(name)
+    messages = ONE + [{"role": "user", "content": "And 2+2?"}]
+    template = templates[name]
+    for system in ([SYSTEM, None] if PUBLISHED[name] else [None]):
+        hf = ([{"role": "system", "content": system}] if system else []) + messages
+        expected = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
+        assert template.render_prompt(tokenizer, messages, system) == expected, system
+        assert template.encode_prompt(tokenizer, messages, system) == tokenizer.encode(expected, add_special_tokens=False)
+    # and the trained reply is what the published template writes for the assistant turn
+    full = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}] + ONE if PUBLISHED[name] else ONE, tokenize=False)
+    prompt, reply = template.render_turns(tokenizer, ONE, SYSTEM if PUBLISHED[name] else None)[0]
+    assert full.startswith(prompt + reply.removesuffix(tokenizer.eos_token if template.append_eos else ""))
 
 
 @pytest.mark.parametrize("name", sorted(SAME_FORMAT))

@@ -1,9 +1,12 @@
 """Reference Jinja chat templates of real model families (templates/reference/*.jinja).
 
-Each file is written to render like the model's published Hugging Face chat template (the parts the
-tiny test models need: system, turns, tools, thinking). The tiny-model builder puts them into the
-tokenizers it builds, and the tests compare the built-in YAML templates against them, so "renders
-like the real model" is checked in one place.
+``llama3``, ``qwen2``, ``qwen3``, ``mistral`` and ``gemma`` are written to render like those models'
+published Hugging Face chat templates (the parts the tiny test models need: system, turns, tools,
+thinking); the tiny-model builder puts them into the tokenizers it builds. ``deepseekcoder``,
+``orion``, ``granite3`` and ``phi_small`` are the chat templates published with
+deepseek-coder-33b-instruct, Orion-14B-Chat, granite-3.0-8b-instruct and Phi-3-small, as they ship in
+those models' tokenizer_config.json. The tests compare the built-in YAML templates against them, so
+"renders like the real model" is checked in one place.
 """
 
 from __future__ import annotations

@@ -257,3 +257,49 @@ def test_an_unknown_template_trains_chats_and_exports_with_the_tokenizers_own_te
                                             export_dir=export))
     assert result.returncode == 0, result.stderr[-3000:]
     assert AutoTokenizer.from_pretrained(export).chat_template == CUSTOM
+
+
+# ------------------------------------------------------------------ preserve_thinking (reasoning templates)
+
+THOUGHTFUL = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+    {"role": "user", "content": "What is 2+2?"},
+]
+
+
+def test_preserve_thinking_keeps_past_reasoning_in_builtin_and_exported_templates(tokenizers):
+    import dataclasses
+
+    tokenizer = tokenizers["qwen3"]
+    qwen3 = Template.from_definition("qwen3", _definitions()["qwen3"])
+    dropped = qwen3.render_prompt(tokenizer, THOUGHTFUL)
+    assert "Greet back." not in dropped and "<|im_start|>assistant\nHello!<|im_end|>" in dropped
+    kept = dataclasses.replace(qwen3, preserve_thinking=True)
+    prompt = kept.render_prompt(tokenizer, THOUGHTFUL)
+    assert "<|im_start|>assistant\n<think>\nGreet back.\n</think>\n\nHello!<|im_end|>" in prompt
+    # as history of a trained reply (mask_history): the thought stays, untrained
+    ids, labels = kept.encode_supervised(tokenizer, THOUGHTFUL + [{"role": "assistant", "content": "4."}], mask_history=True)
+    assert "Greet back." in tokenizer.decode(ids)
+    assert trained_text(tokenizer, ids, labels) == ["<think>\n\n</think>\n\n4.<|im_end|>\n"]
+    # the Jinja written into the saved tokenizer renders the same, and honours the variable at inference
+    for template, expected in ((qwen3, dropped), (kept, prompt)):
+        tokenizer_copy = AutoTokenizer.from_pretrained(cached_tiny_model("qwen3"))
+        template.apply_to_tokenizer(tokenizer_copy)
+        assert tokenizer_copy.apply_chat_template(THOUGHTFUL, tokenize=False) == expected
+    assert tokenizer_copy.apply_chat_template(THOUGHTFUL, tokenize=False, preserve_thinking=False) == dropped
+
+
+def test_preserve_thinking_is_a_config_key(tokenizers):
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import resolve_template
+
+    def resolved(*extra):
+        prepared = prepare(None, [f"model_name_or_path={cached_tiny_model('qwen3')}", *extra], manager=PluginManager(autoload=False))
+        return resolve_template(RunContext(prepared.config, prepared.plan, prepared.manager), tokenizers["qwen3"])
+
+    assert resolved("template=qwen3").preserve_thinking is False
+    assert resolved("template=qwen3", "preserve_thinking=true").preserve_thinking is True
+    assert resolved("template=auto", "preserve_thinking=true").preserve_thinking is True

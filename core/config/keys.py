@@ -143,6 +143,7 @@ DATA_KEYS = (
     _k("tool_format", str, None, "Tool-call format override: the tool format of the named template (default, glm4, llama3, mistral, qwen, ...)."),
     _k("default_system", str, None, "System prompt used when a row has none."),
     _k("enable_thinking", bool, True, "Thinking models: keep the reasoning block."),
+    _k("preserve_thinking", bool, None, "Thinking models: earlier replies keep their reasoning (unset: the template's default)."),
     _k("tokenized_path", str, None, "Save tokenised data here after preprocessing; load it from here when it exists."),
     _k("data_shared_file_system", bool, False, "Nodes share one file system: one process in all builds the cache."),
     _k("replace_placeholders", dict, None,

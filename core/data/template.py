@@ -90,6 +90,9 @@ class Template:
     # thinking
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
+    #: Reasoning templates: earlier replies keep their thoughts (LLaMA-Factory's preserve_thinking;
+    #: the ``preserve_thinking`` config key sets it for a run). False: history replies lose them.
+    preserve_thinking: bool = False
     # detection markers (see tuneforge.plugins.templates.builtin)
     detect: tuple[str, ...] = field(default=(), compare=False)
 
@@ -292,7 +295,7 @@ class Template:
             lead = ""
             if self.reasoning:
                 is_target = targets == "all" or (targets == "last" and i + 2 >= len(messages))
-                if not is_target or not enable_thinking:
+                if (not is_target and not self.preserve_thinking) or (is_target and not enable_thinking):
                     answer = self._remove_thought(answer)
                 if is_target and not self._has_thought(answer):
                     if enable_thinking:

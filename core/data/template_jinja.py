@@ -103,7 +103,9 @@ class _JinjaWriter:
             open_tag, close_tag = (_jinja_str(w.strip()) for w in t.thought_words)
             out += [
                 "{%- set _last = loop.last -%}",
-                "{%- if not _last or (enable_thinking is defined and enable_thinking is false) -%}",
+                "{%- set _keep = preserve_thinking if preserve_thinking is defined and preserve_thinking is not none else "
+                + ("true" if t.preserve_thinking else "false") + " -%}",
+                "{%- if (not _last and not _keep) or (_last and enable_thinking is defined and enable_thinking is false) -%}",
                 "{%- if " + close_tag + " in content -%}{%- set content = content.split(" + close_tag + ")[-1].lstrip('\\n') -%}{%- endif -%}",
                 "{%- endif -%}",
                 "{%- if _last and " + open_tag + " not in content and " + close_tag + " not in content -%}"

@@ -152,10 +152,11 @@ class TokenizerTemplate(Template):
     def _render(self, tokenizer, hf_messages: list[dict], tools, enable_thinking: bool, generation_prompt: bool) -> str:
         if not hf_messages:
             return ""
+        extra = {"preserve_thinking": True} if self.preserve_thinking else {}
         try:
             return tokenizer.apply_chat_template(
                 hf_messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt,
-                chat_template=self.source, enable_thinking=enable_thinking,
+                chat_template=self.source, enable_thinking=enable_thinking, **extra,
             )
         except Exception as exc:  # a template's raise_exception, or a Jinja error inside it
             raise RenderError(f"the tokenizer's chat template cannot render this conversation: {exc}") from None
@@ -164,6 +165,8 @@ class TokenizerTemplate(Template):
         from transformers.utils.chat_template_utils import render_jinja_template
 
         kwargs = {**tokenizer.special_tokens_map, "enable_thinking": enable_thinking}
+        if self.preserve_thinking:
+            kwargs["preserve_thinking"] = True
         try:
             rendered, spans = render_jinja_template(
                 conversations=[hf_messages], tools=tools, chat_template=self.source,

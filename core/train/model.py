@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import TuneforgeError
 from .context import RunContext
 
@@ -25,19 +27,25 @@ def resolve_template(ctx: RunContext, tokenizer):
 
             logging.getLogger(__name__).warning(
                 "template is not set and no built-in template matches this tokenizer: using its own chat template (template: auto)")
-            return TokenizerTemplate.from_tokenizer(tokenizer)
-        spec = ctx.manager.template(name)
+            spec = None
+        else:
+            spec = ctx.manager.template(name)
     else:
         spec = entry.spec
-    if spec.build is not None:
-        return spec.build(tokenizer)
-    definition = spec.definition
-    tool_format = ctx.config.get("tool_format") if ctx.config is not None else None
-    if tool_format:
-        from ..data.template import with_tool_format
+    if spec is None:
+        template = TokenizerTemplate.from_tokenizer(tokenizer)
+    elif spec.build is not None:
+        template = spec.build(tokenizer)
+    else:
+        definition = spec.definition
+        tool_format = ctx.config.get("tool_format")
+        if tool_format:
+            from ..data.template import with_tool_format
 
-        definition = with_tool_format(definition, ctx.manager.template(str(tool_format)).definition)
-    return Template.from_definition(spec.name, definition)
+            definition = with_tool_format(definition, ctx.manager.template(str(tool_format)).definition)
+        template = Template.from_definition(spec.name, definition)
+    preserve = ctx.config.get("preserve_thinking")
+    return template if preserve is None else dataclasses.replace(template, preserve_thinking=bool(preserve))
 
 
 def load_tokenizer(ctx: RunContext):

@@ -303,3 +303,19 @@ def test_preserve_thinking_is_a_config_key(tokenizers):
     assert resolved("template=qwen3").preserve_thinking is False
     assert resolved("template=qwen3", "preserve_thinking=true").preserve_thinking is True
     assert resolved("template=auto", "preserve_thinking=true").preserve_thinking is True
+
+
+def test_tool_calls_the_model_writes_are_parsed_back_through_the_templates_own_format(tokenizers):
+    from tuneforge.chat.tools import parse_tool_calls
+
+    for family, reply in (("qwen2", '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>'),
+                          ("qwen3", '<think>\nAdd them.\n</think>\n\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>'),
+                          ("mistral", '[TOOL_CALLS] [{"name": "add", "arguments": {"a": 1}}]')):
+        tokenizer = tokenizers[family]
+        template = TokenizerTemplate.from_tokenizer(tokenizer)
+        parsed = parse_tool_calls(template, reply, tokenizer)
+        assert parsed is not None and parsed[1] == [{"name": "add", "arguments": {"a": 1}}], family
+        assert parse_tool_calls(template, "Just text.", tokenizer) is None
+    # a template without tool calls: nothing is ever parsed as one, not even LLaMA-Factory's "Action:" format
+    template = TokenizerTemplate.from_tokenizer(tokenizers["llama3"])
+    assert parse_tool_calls(template, 'Action: add\nAction Input: {"a": 1}', tokenizers["llama3"]) is None

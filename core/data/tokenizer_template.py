@@ -78,7 +78,8 @@ class TokenizerTemplate(Template):
             )
         template = cls(name=name, description="the tokenizer's own Jinja chat template", source=source)
         stops = template._probe_stop_words(tokenizer)
-        return cls(name=name, description=template.description, source=source, stop_words=tuple(stops))
+        return cls(name=name, description=template.description, source=source, stop_words=tuple(stops),
+                   **template._probe_tool_format(tokenizer))
 
     @property
     def has_generation_markers(self) -> bool:
@@ -272,6 +273,45 @@ class TokenizerTemplate(Template):
         specials = sorted((t for t in getattr(tokenizer, "all_special_tokens", []) + list(getattr(tokenizer, "added_tokens_encoder", {}))
                            if t and t in tail), key=tail.index)
         return list(dict.fromkeys(specials))[:1]
+
+    def _probe_tool_format(self, tokenizer) -> dict:
+        """The template's tool-call format as slots, found by rendering one probe call, so a reply the
+        model generates in it can be parsed back (chat and the API). Unknown: calls are never parsed."""
+        never = {"format_tool_calls": "\0{{content}}\0", "format_tool_call": "\0{{name}}\0{{arguments}}"}
+        tools = [{"type": "function", "function": {"name": "tfprobe", "description": "probe",
+                                                   "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]
+        ask = [{"role": "user", "content": _PROBE_USER}]
+        call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "tfprobe", "arguments": {"x": 7}}}]}
+        try:
+            prompt = self._render(tokenizer, ask, tools, True, True)
+            full = self._render(tokenizer, ask + [call], tools, True, False)
+            plain = self._render(tokenizer, ask + [{"role": "assistant", "content": _PROBE_REPLY}], None, True, False)
+            plain_prompt = self._render(tokenizer, ask, None, True, True)
+        except RenderError:
+            return never
+        if not full.startswith(prompt) or not plain.startswith(plain_prompt) or _PROBE_REPLY not in plain:
+            return never
+        reply = full[len(prompt):]
+        end = plain[plain.rindex(_PROBE_REPLY) + len(_PROBE_REPLY):]  # what ends any reply (e.g. <|im_end|>\n)
+        at_name = reply.find("tfprobe")
+        for arguments in ('{"x": 7}', '{"x":7}', "{'x': 7}"):
+            at_args = reply.find(arguments, at_name)
+            if at_name >= 0 and at_args > at_name:
+                break
+        else:
+            return never
+        head, between, rest = reply[:at_name], reply[at_name + len("tfprobe"):at_args], reply[at_args + len(arguments):]
+        if end and rest.endswith(end):
+            rest = rest[: len(rest) - len(end)]
+        if "{{" in head + between + rest:
+            return never
+        out = {"format_function": "{{content}}" + end, "format_tool_call": "{{name}}" + between + "{{arguments}}",
+               "tool_call_separator": "\n"}
+        if "</think>" in head:  # the template opens every reply with a (here empty) thought block
+            head = head[head.rindex("</think>") + len("</think>"):].lstrip("\n")
+            out["reasoning"] = True
+        out["format_tool_calls"] = head + "{{content}}" + rest
+        return out
 
     def to_jinja(self) -> str:
         return self.source

@@ -13,12 +13,16 @@ import yaml
 from tuneforge import ChatTemplateSpec, hookimpl
 
 
+#: libyaml's loader when present: about a hundred template files are read on every command.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @lru_cache(maxsize=1)
 def _load() -> tuple[tuple[str, dict], ...]:
     out = []
     for item in sorted(resources.files("tuneforge.templates").iterdir(), key=lambda p: p.name):
         if item.name.endswith(".yaml") and not item.name.startswith("_"):
-            out.append((item.name[: -len(".yaml")], yaml.safe_load(item.read_text(encoding="utf-8")) or {}))
+            out.append((item.name[: -len(".yaml")], yaml.load(item.read_text(encoding="utf-8"), Loader=_LOADER) or {}))
     return tuple(out)
 
 
@@ -111,7 +115,7 @@ NEEDS_VISION = "needs the vision support (issue 17): images, video and audio are
 def multimodal_names() -> dict[str, str]:
     """LLaMA-Factory's multimodal template names (templates/_multimodal.yaml) -> the models they are for."""
     path = resources.files("tuneforge.templates").joinpath("_multimodal.yaml")
-    return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return dict(yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {})
 
 
 def _needs_vision() -> str:

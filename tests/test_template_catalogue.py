@@ -335,3 +335,31 @@ def test_known_models_of_the_new_families():
         model = registry.known_model(manager, name)
         assert model is not None and model.template == template, name
         assert model.hub_id.endswith("/" + name)
+
+
+REASONING = sorted(name for name, d in _definitions().items() if d.get("reasoning"))
+
+
+@pytest.mark.parametrize("name", REASONING)
+def test_reasoning_templates_keep_train_and_drop_thoughts_as_llamafactory(name, templates, tokenizer):
+    """Which turns keep their reasoning and what is trained, for every reasoning template."""
+    import dataclasses
+
+    template = templates[name]
+    open_tag, close_tag = template.thought_words
+    thought = f"{open_tag}Think.{close_tag}"
+    empty = open_tag + close_tag
+    two = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": thought + "Hello!"},
+           {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+    (p1, r1), (p2, r2) = template.render_turns(tokenizer, two)
+    assert r1.startswith(thought + "Hello!")  # a trained reply keeps its thought
+    assert r2.startswith(empty + "Bye!")  # a reply without one gets the empty block, trained
+    (_, r1), (p2, r2) = template.render_turns(tokenizer, two, enable_thinking=False)
+    assert r1.startswith("Hello!") and r2.startswith("Bye!") and p2.endswith(empty)  # the block is given, not trained
+    history = template.render_prompt(tokenizer, two[:3])
+    assert "Think." not in history and "Hello!" in history  # history drops past thoughts ...
+    kept = dataclasses.replace(template, preserve_thinking=True).render_prompt(tokenizer, two[:3])
+    assert thought + "Hello!" in kept  # ... unless preserve_thinking
+    # the generation prompt: nothing added with enable_thinking, the empty block without
+    assert template.render_prompt(tokenizer, two[:1], enable_thinking=False).endswith(empty)
+    assert not template.render_prompt(tokenizer, two[:1]).endswith(empty)

@@ -319,3 +319,20 @@ def test_tool_calls_the_model_writes_are_parsed_back_through_the_templates_own_f
     # a template without tool calls: nothing is ever parsed as one, not even LLaMA-Factory's "Action:" format
     template = TokenizerTemplate.from_tokenizer(tokenizers["llama3"])
     assert parse_tool_calls(template, 'Action: add\nAction Input: {"a": 1}', tokenizers["llama3"]) is None
+
+
+def test_data_counts_the_rows_a_history_rewriting_template_trains_only_last(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+                               {"from": "human", "value": "And?"}, {"from": "gpt", "value": "Bye."}]},
+            {"conversations": [{"from": "human", "value": "One turn"}, {"from": "gpt", "value": "Only."}]}]
+    (tmp_path / "chats.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"chats": {"file_name": "chats.json", "formatting": "sharegpt"}}))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {cached_tiny_model('qwen3')}\ntemplate: auto\ndataset: chats\n"
+                      f"dataset_dir: {tmp_path}\noutput_dir: {tmp_path / 'out'}\ncutoff_len: 128\n")
+    result = run_cli("data", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "template auto: the tokenizer's own chat template; replies found by rendering turn by turn" in result.stdout
+    assert "1 row(s): the chat template renders earlier turns differently" in result.stdout
+    # the example: the first row, only its last reply trained
+    assert "[[<think>\n\n</think>\n\nBye.<|im_end|>\n]]" in result.stdout and "[[Hello!" not in result.stdout

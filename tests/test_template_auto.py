@@ -111,8 +111,13 @@ def test_qwen3_rewrites_history_so_only_the_last_reply_trains_as_at_inference(to
     assert ids == tokenizer.encode(full, add_special_tokens=False)
     # ... and only the last reply (with the empty think block the template gives it) is trained
     assert trained_text(tokenizer, ids, labels) == ["<think>\n\n</think>\n\n4.<|im_end|>\n"]
-    # one exchange: no rewriting, the same as the built-in qwen3
+    # preference data (only the last reply is a target): the same as the built-in qwen3
     builtin = Template.from_definition("qwen3", _definitions()["qwen3"])
+    assert auto.encode_oneturn(tokenizer, MESSAGES, SYSTEM) == builtin.encode_oneturn(tokenizer, MESSAGES, SYSTEM)
+    # (mask_history differs on purpose: the built-in qwen3, like LLaMA-Factory, renders every reply of an SFT row
+    # with a think block, history included; auto renders history as the model's own template does)
+    assert auto.encode_supervised(tokenizer, MESSAGES, SYSTEM, mask_history=True) == (ids, labels)
+    # one exchange: no rewriting, the same as the built-in qwen3
     assert not auto.history_rewritten(tokenizer, MESSAGES[:2], SYSTEM)
     assert auto.encode_supervised(tokenizer, MESSAGES[:2], SYSTEM) == builtin.encode_supervised(tokenizer, MESSAGES[:2], SYSTEM)
     # enable_thinking=False: the empty block is given in the prompt, not trained

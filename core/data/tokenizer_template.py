@@ -179,11 +179,11 @@ class TokenizerTemplate(Template):
 
     # ------------------------------------------------------------------ pieces
 
-    def _turn_renders(self, tokenizer, hf: list[dict], tools, enable_thinking: bool, lead: int):
+    def _turn_renders(self, tokenizer, hf: list[dict], tools, enable_thinking: bool, lead: int, *, last_only: bool = False):
         """[(prompt render, full render)] per exchange: the conversation cut after each query and reply."""
         out = []
         assistant_positions = [i for i in range(lead, len(hf)) if (i - lead) % 2 == 1]
-        for position in assistant_positions:
+        for position in assistant_positions[-1:] if last_only else assistant_positions:
             prompt = self._render(tokenizer, hf[:position], tools, enable_thinking, True)
             full = self._render(tokenizer, hf[: position + 1], tools, enable_thinking, False)
             out.append((prompt, full))
@@ -239,7 +239,7 @@ class TokenizerTemplate(Template):
             if targets == "last" and len(pieces) > 1:
                 return [("".join(p + r for p, r in pieces[:-1]) + pieces[-1][0], pieces[-1][1])]
             return pieces
-        renders = self._turn_renders(tokenizer, hf, tool_list, enable_thinking, lead)
+        renders = self._turn_renders(tokenizer, hf, tool_list, enable_thinking, lead, last_only=targets != "all")
         pieces = self._prefix_pieces(renders) if targets == "all" else None
         if pieces is not None:
             return pieces

@@ -15,7 +15,8 @@ What each template was compared against:
   ``marco`` (ChatML turns as Qwen2's template writes them) in ``test_same_format_as_a_reference_jinja``
   (the generation prompt of a two-turn conversation with a system prompt);
 - token for token with the model's own published Jinja chat template (templates/reference/NAME.jinja):
-  ``deepseekcoder``, ``orion``, ``granite3`` (granite-3.0-8b-instruct's), ``phi_small`` in
+  ``deepseekcoder``, ``orion``, ``granite3`` (granite-3.0-8b-instruct's), ``phi_small``, ``deepseek``
+  (DeepSeek-V2's), ``cohere`` (Command-R+'s) in
   ``test_equals_the_models_published_jinja``;
 - every other text template: the table ``FIRST_EXCHANGE`` below, written from the published format
   (not compared with a Jinja template: none is bundled for them).
@@ -267,26 +268,31 @@ def test_two_turns_with_tools_render_and_train_only_the_replies(name, templates,
     assert "It is 3." in trained and "What is 1+2?" not in trained and SYSTEM not in trained
 
 
-# template -> whether the model's published Jinja template renders the system prompt (Orion's ignores it)
-PUBLISHED = {"deepseekcoder": True, "orion": False, "granite3": True, "phi_small": True}
+# template -> (whether the model's published Jinja renders the system prompt (Orion's ignores it), the EOS
+# token of the model when the published Jinja writes it literally instead of eos_token)
+PUBLISHED = {"deepseekcoder": (True, None), "orion": (False, None), "granite3": (True, None), "phi_small": (True, None),
+             "deepseek": (True, None), "cohere": (True, "<|END_OF_TURN_TOKEN|>")}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_equals_the_models_published_jinja(name, templates):
     """The model's own chat template (templates/reference/NAME.jinja, as published with the model) renders
     exactly our generation prompt for a two-turn conversation, and the tokens are the same."""
+    with_system, eos = PUBLISHED[name]
     tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("llama3"))
+    if eos:
+        tokenizer.add_special_tokens({"eos_token": eos})
     tokenizer.chat_template = reference_jinja(name)
     messages = ONE + [{"role": "user", "content": "And 2+2?"}]
     template = templates[name]
-    for system in ([SYSTEM, None] if PUBLISHED[name] else [None]):
+    for system in ([SYSTEM, None] if with_system else [None]):
         hf = ([{"role": "system", "content": system}] if system else []) + messages
         expected = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
         assert template.render_prompt(tokenizer, messages, system) == expected, system
         assert template.encode_prompt(tokenizer, messages, system) == tokenizer.encode(expected, add_special_tokens=False)
     # and the trained reply is what the published template writes for the assistant turn
-    full = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}] + ONE if PUBLISHED[name] else ONE, tokenize=False)
-    prompt, reply = template.render_turns(tokenizer, ONE, SYSTEM if PUBLISHED[name] else None)[0]
+    full = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}] + ONE if with_system else ONE, tokenize=False)
+    prompt, reply = template.render_turns(tokenizer, ONE, SYSTEM if with_system else None)[0]
     assert full.startswith(prompt + reply.removesuffix(tokenizer.eos_token if template.append_eos else ""))
 
 

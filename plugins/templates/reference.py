@@ -3,8 +3,9 @@
 ``llama3``, ``qwen2``, ``qwen3``, ``mistral`` and ``gemma`` are written to render like those models'
 published Hugging Face chat templates (the parts the tiny test models need: system, turns, tools,
 thinking); the tiny-model builder puts them into the tokenizers it builds. ``deepseekcoder``,
-``orion``, ``granite3`` and ``phi_small`` are the chat templates published with
-deepseek-coder-33b-instruct, Orion-14B-Chat, granite-3.0-8b-instruct and Phi-3-small, as they ship in
+``orion``, ``granite3``, ``phi_small``, ``deepseek`` and ``cohere`` are the chat templates published with
+deepseek-coder-33b-instruct, Orion-14B-Chat, granite-3.0-8b-instruct, Phi-3-small, DeepSeek-V2-Chat and
+c4ai-command-r-plus, as they ship in
 those models' tokenizer_config.json. The tests compare the built-in YAML templates against them, so
 "renders like the real model" is checked in one place.
 """

@@ -119,7 +119,10 @@ def prepare(
             problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
-    return Prepared(config, plan, manager, _warnings(config, plan, manager))
+    warnings = _warnings(config, plan, manager)
+    if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
+        warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
+    return Prepared(config, plan, manager, warnings)
 
 
 def _line_of(problem: Problem) -> tuple[int, int]:
@@ -166,6 +169,15 @@ def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = F
         if quantizer and quantizer.spec.bits and config.quantization_bit not in quantizer.spec.bits:
             problems.append(Problem("quantization_bit", f"{quantizer.name} supports {', '.join(map(str, quantizer.spec.bits))} bits, not {config.quantization_bit}", config.where("quantization_bit")))
     template = _select(manager, "template", "template", config, problems) if config.template else None
+    tool_format = config.get("tool_format")
+    if tool_format:
+        tool_entry = _select(manager, "template", "tool_format", config, problems, name=str(tool_format))
+        if tool_entry is not None and tool_entry.spec.build is not None:
+            problems.append(Problem("tool_format", f"'{tool_format}' is not a tool format: name a template whose tool format to use "
+                                    "(default, glm4, llama3, mistral, qwen, ...)", config.where("tool_format")))
+        elif template is not None and template.spec.build is not None:
+            problems.append(Problem("tool_format", f"template '{template.name}' renders tools with the tokenizer's own chat template; "
+                                    "remove tool_format or choose a built-in template", config.where("tool_format")))
 
     def datasets(key: str) -> list[DatasetPlan]:
         names = split_names(config.get(key))

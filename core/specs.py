@@ -143,6 +143,12 @@ class ChatTemplateSpec(PluginSpec):
     #: (display name, hub id) of models this template serves: the web UI's model-name list, so a
     #: template plugin brings its known models along.
     models: tuple[tuple[str, str], ...] = ()
+    #: ``build(tokenizer)`` returns the renderer, for a template that needs the tokenizer to exist
+    #: (``auto`` reads the tokenizer's own Jinja template); None: built from ``definition``.
+    build: Callable[[Any], Any] | None = None
+    #: ``notes(config)``: what `check` should say about this template for this config (warnings,
+    #: not errors), e.g. that the model's own template rewrites earlier turns.
+    notes: Callable[[Any], list[str]] | None = None
 
 
 @dataclass(frozen=True)

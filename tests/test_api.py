@@ -772,7 +772,9 @@ def _templates():
     from tuneforge.plugin_manager import PluginManager
 
     manager = PluginManager(autoload=False)
-    return [Template.from_definition(n, manager.template(n).definition) for n in manager.names("template")]
+    # every template built from a definition (not auto, which needs a tokenizer; not the multimodal names)
+    return [Template.from_definition(e.name, e.spec.definition) for e in manager.entries("template")
+            if e.status == "active" and e.spec.build is None]
 
 
 @pytest.mark.parametrize("template", _templates(), ids=lambda t: t.name)

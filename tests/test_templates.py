@@ -129,7 +129,8 @@ def decode(tokenizer, ids):
 
 
 def test_the_shipped_templates_are_llamafactorys_names(templates):
-    assert set(templates) == LLAMA_FACTORY_NAMES == set(EXPECTED)
+    # the first 26; the rest of LLaMA-Factory's catalogue is tested in tests/test_template_catalogue.py
+    assert LLAMA_FACTORY_NAMES == set(EXPECTED) and set(EXPECTED) <= set(templates)
     assert all(t.description for t in templates.values())
 
 

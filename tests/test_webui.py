@@ -113,7 +113,9 @@ def test_dropdowns_list_the_installed_plugins(ui):
     assert _choice_values(page["train.stage"]) == manager.names("stage")
     assert _choice_values(page["top.quantization_method"]) == manager.names("quantizer")
     assert _choice_values(page["chat.infer_backend"]) == manager.names("engine")
-    assert _choice_values(page["top.template"]) == ["auto", *manager.names("template")]
+    # "auto" (unset: detected, else the tokenizer's own template) first, then every template that can run here
+    assert _choice_values(page["top.template"]) == ["auto", *(e.name for e in manager.entries("template")
+                                                             if e.status == "active" and e.name != "auto")]
     # a plugin that cannot run here says so in its label
     labels = dict((v, k) for k, v in page["top.quantization_method"].choices)
     assert labels["eetq"].startswith("eetq (unavailable")

@@ -25,12 +25,14 @@ GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
 def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind: str) -> dict:
     """Per example: untruncated length, length within cutoff_len, trained tokens within cutoff_len."""
     examples = [json.loads(text) for text in batch["_example"]]
-    out = {"full": [], "kept": [], "trained": []}
+    out = {"full": [], "kept": [], "trained": [], "rewritten": []}
+    rewritten = getattr(template, "history_rewritten", None)
     if kind == "text":
         for ids in text_token_ids([e["text"] for e in examples], tokenizer):
             out["full"].append(len(ids))
             out["kept"].append(min(len(ids), settings.cutoff_len))
             out["trained"].append(min(len(ids), settings.cutoff_len))
+            out["rewritten"].append(False)
         return out
     for example in examples:
         variants = [example]
@@ -48,6 +50,10 @@ def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind:
         out["full"].append(max(full))
         out["kept"].append(max(kept))
         out["trained"].append(min(trained))
+        # the tokenizer's own template (template: auto) rewrites earlier turns: only the last reply trains
+        out["rewritten"].append(bool(rewritten) and kind == "supervised" and not settings.mask_history and rewritten(
+            tokenizer, example["messages"], example.get("system") or settings.default_system,
+            example.get("tools") or None, enable_thinking=settings.enable_thinking))
     return out
 
 
@@ -100,6 +106,8 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
     settings = Settings.from_config(config, kind)
     template_name = getattr(ctx.template, "name", "?") if kind != "text" else "(none: pre-training text)"
     say(f"data check for stage '{ctx.plan.stage.name}' ({kind} rows), template {template_name}, cutoff_len {settings.cutoff_len}")
+    if kind != "text" and getattr(ctx.template, "how", None):
+        say(f"template {template_name}: {ctx.template.how}")
 
     groups: list[tuple[str, list[Converted]]] = []
     for label, plans in (("dataset", ctx.plan.datasets), ("eval_dataset", ctx.plan.eval_datasets)):
@@ -137,6 +145,11 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
             total = sum(full)
             say(f"    {total:,} tokens -> about {max(1, -(-total // settings.cutoff_len)) if settings.packing else len(full)} "
                 f"training rows of up to {settings.cutoff_len} tokens" + (" (concatenated and chunked)" if settings.packing else ""))
+        rewritten = sum(stats["rewritten"])
+        if rewritten:
+            say(f"    {rewritten} row(s): the chat template renders earlier turns differently once the conversation goes on "
+                "(e.g. it drops past reasoning), so turn-by-turn rendering is not a prefix of the whole; "
+                "these rows train only their last reply, in the context the model sees at inference")
         kept_all += [k for k, t in zip(kept, trained) if t]
     if settings.packing and kind == "supervised" and kept_all:
         size = max(1, config.preprocessing_batch_size)

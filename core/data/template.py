@@ -90,6 +90,9 @@ class Template:
     # thinking
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
+    #: Reasoning templates: earlier replies keep their thoughts (LLaMA-Factory's preserve_thinking;
+    #: the ``preserve_thinking`` config key sets it for a run). False: history replies lose them.
+    preserve_thinking: bool = False
     # detection markers (see tuneforge.plugins.templates.builtin)
     detect: tuple[str, ...] = field(default=(), compare=False)
 
@@ -292,7 +295,7 @@ class Template:
             lead = ""
             if self.reasoning:
                 is_target = targets == "all" or (targets == "last" and i + 2 >= len(messages))
-                if not is_target or not enable_thinking:
+                if (not is_target and not self.preserve_thinking) or (is_target and not enable_thinking):
                     answer = self._remove_thought(answer)
                 if is_target and not self._has_thought(answer):
                     if enable_thinking:
@@ -485,8 +488,9 @@ class Template:
         thought block when ``enable_thinking`` is false. A ``function`` message is written through
         the function slot as it is (Jinja cannot parse its JSON).
         """
-        j = _JinjaWriter(self)
-        return j.build()
+        from .template_jinja import template_to_jinja
+
+        return template_to_jinja(self)
 
     def apply_to_tokenizer(self, tokenizer) -> None:
         """Write :meth:`to_jinja` into ``tokenizer.chat_template`` (and, for ``replace_eos`` templates,
@@ -521,127 +525,20 @@ def _single_token_id(tokenizer, word: str) -> int | None:
     return token_id
 
 
-def _jinja_str(text: str) -> str:
-    """A Jinja string literal (Jinja unescapes literals with Python's unicode-escape)."""
-    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return "'" + escaped + "'"
+#: The keys that make up a tool format: how tools are offered and how calls are written. ``tool_format:
+#: NAME`` takes these from template NAME's definition (LLaMA-Factory's tool_format values are template
+#: names: default, glm4, llama3, mistral, qwen, ...), keeping the rest of the selected template.
+TOOL_KEYS = (
+    "format_tools", "format_tool", "tool_separator", "tool_json_indent", "tool_wrap_function", "system_tools_separator",
+    "format_tool_call", "tool_call_separator", "format_tool_calls", "format_tool_calls_many", "parallel_tool_calls",
+)
 
 
-class _JinjaWriter:
-    """Turns a Template's slots into one Jinja chat template. Every output is a ``{{- ... -}}`` or
-    ``{%- ... -%}`` tag, so Hugging Face's trim/lstrip settings cannot add whitespace."""
-
-    def __init__(self, template: Template):
-        self.t = template
-
-    def expr(self, slot: str, variables: dict[str, str]) -> str:
-        pieces, pos = [], 0
-        for match in _PLACEHOLDER.finditer(slot):
-            if match.start() > pos:
-                pieces.append(_jinja_str(slot[pos : match.start()]))
-            pieces.append("(" + variables[match.group(1)] + ")")
-            pos = match.end()
-        if pos < len(slot):
-            pieces.append(_jinja_str(slot[pos:]))
-        return " ~ ".join(pieces) if pieces else "''"
-
-    def msg(self, slot: str, content: str, idx: str = "0") -> str:
-        return self.expr(slot, {"content": content, "bos_token": "_bos", "eos_token": "_eos", "idx": idx})
-
-    def build(self) -> str:
-        t = self.t
-        eos_after = " ~ _eos" if t.append_eos else ""
-        out = [
-            "{%- set _bos = bos_token if bos_token is defined and bos_token is not none else '' -%}",
-            "{%- set _eos = eos_token if eos_token is defined and eos_token is not none else '' -%}",
-            "{%- set ns = namespace(system=" + _jinja_str(t.default_system) + ", items='', names='') -%}",
-            "{%- if messages and messages[0]['role'] == 'system' -%}",
-            "{%- if messages[0]['content'] -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}",
-            "{%- set loop_messages = messages[1:] -%}",
-            "{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}",
-            # tools offered
-            "{%- if tools is defined and tools -%}",
-            "{%- for _t in tools -%}",
-            "{%- if _t['type'] is defined and _t['type'] == 'function' and _t['function'] is defined -%}"
-            "{%- set _fn = _t['function'] -%}{%- else -%}{%- set _fn = _t -%}{%- endif -%}",
-        ]
-        if t.tool_wrap_function:
-            out.append("{%- if _t['type'] is defined and _t['type'] == 'function' -%}{%- set _shown = _t -%}"
-                       "{%- else -%}{%- set _shown = {'type': 'function', 'function': _t} -%}{%- endif -%}")
-        else:
-            out.append("{%- set _shown = _fn -%}")
-        indent = "" if t.tool_json_indent is None else f"(indent={int(t.tool_json_indent)})"
-        item = self.expr(t.format_tool, {
-            "tool": f"_shown | tojson{indent}",
-            "name": "_fn['name'] if _fn['name'] is defined else ''",
-            "description": "_fn['description'] if _fn['description'] is defined else ''",
-            "parameters": "(_fn['parameters'] if _fn['parameters'] is defined else {}) | tojson",
-        })
-        out += [
-            "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_separator) + " if not loop.first else '') ~ " + item + " -%}",
-            "{%- set ns.names = ns.names ~ (', ' if not loop.first else '') ~ (_fn['name'] if _fn['name'] is defined else '') -%}",
-            "{%- endfor -%}",
-            "{%- set _tools_text = " + self.expr(t.format_tools, {"content": "ns.items", "tool_names": "ns.names"}) + " -%}",
-            "{%- if ns.system -%}{%- set ns.system = ns.system ~ " + _jinja_str(t.system_tools_separator) + " ~ _tools_text -%}"
-            "{%- else -%}{%- set ns.system = _tools_text -%}{%- endif -%}",
-            "{%- endif -%}",
-        ]
-        if t.format_prefix:
-            out.append("{{- " + self.msg(t.format_prefix, "''") + " -}}")
-        if not t.system_in_user:
-            out.append("{%- if ns.system -%}{{- " + self.msg(t.format_system, "ns.system") + " -}}{%- endif -%}")
-        out += [
-            "{%- for message in loop_messages -%}",
-            "{%- set content = message['content'] if message['content'] is string else '' -%}",
-        ]
-        if t.system_in_user:
-            out.append("{%- if loop.first and ns.system -%}{%- set content = " + self.msg(t.format_system, "ns.system") + " ~ content -%}{%- endif -%}")
-        idx = "(loop.index0 // 2) | string"
-        out += [
-            "{%- if message['role'] == 'user' -%}",
-            "{{- " + self.msg(t.format_user, "content", idx) + " -}}",
-            "{%- elif message['role'] == 'tool' or message['role'] == 'observation' -%}",
-            "{{- " + self.msg(t.format_observation or t.format_user, "content", idx) + " -}}",
-            "{%- elif message['role'] == 'assistant' or message['role'] == 'function' -%}",
-        ]
-        if t.reasoning:
-            open_tag, close_tag = (_jinja_str(w.strip()) for w in t.thought_words)
-            out += [
-                "{%- set _last = loop.last -%}",
-                "{%- if not _last or (enable_thinking is defined and enable_thinking is false) -%}",
-                "{%- if " + close_tag + " in content -%}{%- set content = content.split(" + close_tag + ")[-1].lstrip('\\n') -%}{%- endif -%}",
-                "{%- endif -%}",
-                "{%- if _last and " + open_tag + " not in content and " + close_tag + " not in content -%}"
-                "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}",
-            ]
-        call = self.expr(t.format_tool_call, {
-            "name": "_c['name']",
-            "arguments": "_c['arguments'] if _c['arguments'] is string else (_c['arguments'] | tojson)",
-        })
-        many = t.format_tool_calls_many if t.format_tool_calls_many is not None else t.format_tool_calls
-        function_slot = t.format_function or t.format_assistant
-        out += [
-            "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}",
-            "{%- set ns.items = '' -%}",
-            "{%- for _tc in message['tool_calls'] -%}",
-            "{%- set _c = _tc['function'] if _tc['function'] is defined else _tc -%}",
-            "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_call_separator) + " if not loop.first else '') ~ " + call + " -%}",
-            "{%- endfor -%}",
-            "{%- if message['tool_calls'] | length > 1 -%}{%- set _calls = " + self.expr(many, {"content": "ns.items"}) + " -%}"
-            "{%- else -%}{%- set _calls = " + self.expr(t.format_tool_calls, {"content": "ns.items"}) + " -%}{%- endif -%}",
-            "{{- " + self.msg(function_slot, "_calls") + eos_after + " -}}",
-            "{%- elif message['role'] == 'function' -%}",
-            "{{- " + self.msg(function_slot, "content") + eos_after + " -}}",
-            "{%- else -%}",
-            "{{- " + self.msg(t.format_assistant, "content") + eos_after + " -}}",
-            "{%- endif -%}",
-            "{%- endif -%}",
-            "{%- endfor -%}",
-        ]
-        if t.reasoning:
-            out.append("{%- if add_generation_prompt and enable_thinking is defined and enable_thinking is false -%}"
-                       "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}")
-        return "\n".join(out) + "\n"
+def with_tool_format(definition: dict, tool_definition: dict) -> dict:
+    """``definition`` with its tool format replaced by ``tool_definition``'s (missing keys: the defaults)."""
+    out = {k: v for k, v in definition.items() if k not in TOOL_KEYS}
+    out.update({k: v for k, v in tool_definition.items() if k in TOOL_KEYS})
+    return out
 
 
 #: Every key a template definition may use (the Template fields but ``name``).

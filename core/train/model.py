@@ -2,26 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..errors import TuneforgeError
 from .context import RunContext
 
 
 def resolve_template(ctx: RunContext, tokenizer):
-    """The plan's template, else the one a detection hook names for this tokenizer."""
+    """The plan's template, else the one a detection hook names for this tokenizer, else the
+    tokenizer's own Jinja chat template (what ``template: auto`` selects)."""
     from ..data.template import Template
+    from ..data.tokenizer_template import TokenizerTemplate, chat_template_source
 
     entry = ctx.plan.template
     if entry is None:
         name = ctx.manager.hook.tuneforge_detect_template(tokenizer=tokenizer)
         if name is None:
-            raise TuneforgeError(
-                "template is not set and no plugin recognises this tokenizer's chat template; "
-                f"set template: to one of {', '.join(ctx.manager.names('template'))}"
-            )
-        spec = ctx.manager.template(name)
+            if chat_template_source(tokenizer) is None:
+                raise TuneforgeError(
+                    "template is not set, no plugin recognises this tokenizer and it has no chat template of its own; "
+                    f"set template: to one of {', '.join(ctx.manager.names('template'))}"
+                )
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "template is not set and no built-in template matches this tokenizer: using its own chat template (template: auto)")
+            spec = None
+        else:
+            spec = ctx.manager.template(name)
     else:
         spec = entry.spec
-    return Template.from_definition(spec.name, spec.definition)
+    if spec is None:
+        template = TokenizerTemplate.from_tokenizer(tokenizer)
+    elif spec.build is not None:
+        template = spec.build(tokenizer)
+    else:
+        definition = spec.definition
+        tool_format = ctx.config.get("tool_format")
+        if tool_format:
+            from ..data.template import with_tool_format
+
+            definition = with_tool_format(definition, ctx.manager.template(str(tool_format)).definition)
+        template = Template.from_definition(spec.name, definition)
+    preserve = ctx.config.get("preserve_thinking")
+    return template if preserve is None else dataclasses.replace(template, preserve_thinking=bool(preserve))
 
 
 def load_tokenizer(ctx: RunContext):

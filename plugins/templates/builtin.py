@@ -13,8 +13,7 @@ import yaml
 from tuneforge import ChatTemplateSpec, hookimpl
 
 
-#: libyaml's safe loader when PyYAML was built with it: every CLI call, `--help` included, reads
-#: these files, and the pure-Python loader takes a tenth of a second for them.
+#: libyaml's loader when present: about a hundred template files are read on every command.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -22,7 +21,7 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _load() -> tuple[tuple[str, dict], ...]:
     out = []
     for item in sorted(resources.files("tuneforge.templates").iterdir(), key=lambda p: p.name):
-        if item.name.endswith(".yaml"):
+        if item.name.endswith(".yaml") and not item.name.startswith("_"):
             out.append((item.name[: -len(".yaml")], yaml.load(item.read_text(encoding="utf-8"), Loader=_LOADER) or {}))
     return tuple(out)
 
@@ -38,9 +37,97 @@ def _known_models(name: str) -> tuple[tuple[str, str], ...]:
     return tuple((m["name"], m["hub_id"]) for m in found)
 
 
+def _build_auto(tokenizer):
+    from tuneforge.data.tokenizer_template import TokenizerTemplate
+
+    return TokenizerTemplate.from_tokenizer(tokenizer)
+
+
+#: A two-exchange conversation with reasoning in the first reply: what `check` renders to see whether
+#: the model's own template keeps earlier turns as they were (the prefix property).
+_PROBE = [
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\n4."},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6."},
+]
+
+
+def _auto_problems(config) -> list[str]:
+    """A local model without a chat template cannot use ``auto``: said at `check`, not at training."""
+    from pathlib import Path
+
+    path = Path(str(config.model_name_or_path or ""))
+    if not path.is_dir() or not (path / "tokenizer_config.json").is_file():
+        return []
+    import json
+
+    try:
+        data = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    if data.get("chat_template") or (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return []
+    return [f"{path} has no chat template of its own (no chat_template in tokenizer_config.json, no chat_template.jinja); "
+            "set template: to a built-in name"]
+
+
+def _auto_notes(config) -> list[str]:
+    """How the local model's own template will be used, rendered once on a probe conversation."""
+    from pathlib import Path
+
+    path = Path(str(config.model_name_or_path or ""))
+    if not path.is_dir() or _auto_problems(config):
+        return []
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.tokenizer_template import RenderError, TokenizerTemplate
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        template = TokenizerTemplate.from_tokenizer(tokenizer)
+        rewritten = template.history_rewritten(tokenizer, _PROBE)
+    except (RenderError, OSError, ValueError) as exc:
+        return [f"the model's own chat template could not render a probe conversation: {exc}"]
+    notes = [template.how]
+    if rewritten:
+        notes.append("this chat template renders earlier turns differently once the conversation goes on (e.g. it drops "
+                     "past reasoning), so multi-turn rows train only their last reply, in the context the model sees at "
+                     "inference (`tuneforge data` counts them)")
+    return notes
+
+
+AUTO = ChatTemplateSpec(
+    name="auto",
+    description="The tokenizer's own Jinja chat template (tokenizer_config.json / chat_template.jinja), "
+                "with exact reply masks; see docs/templates.md",
+    build=_build_auto,
+    validate=_auto_problems,
+    notes=_auto_notes,
+)
+
+
+#: Why a multimodal template name cannot run yet (the same reason for each, so `check` says it).
+NEEDS_VISION = "needs the vision support (issue 17): images, video and audio are not in the data pipeline yet"
+
+
+@lru_cache(maxsize=1)
+def multimodal_names() -> dict[str, str]:
+    """LLaMA-Factory's multimodal template names (templates/_multimodal.yaml) -> the models they are for."""
+    path = resources.files("tuneforge.templates").joinpath("_multimodal.yaml")
+    return dict(yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {})
+
+
+def _needs_vision() -> str:
+    return NEEDS_VISION
+
+
 @hookimpl
 def tuneforge_chat_templates():
-    return [
+    vision = [ChatTemplateSpec(name=name, description=f"{models} (multimodal; {NEEDS_VISION.split(':')[0]})",
+                               unavailable_reason=_needs_vision)
+              for name, models in multimodal_names().items()]
+    return vision + [AUTO] + [
         ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d, models=_known_models(name))
         for name, d in _definitions().items()
     ]

@@ -38,7 +38,8 @@ def build(ui) -> None:
             page.make("top.quantization_bit", gr.Dropdown, choices=quantization_bits(manager), value=NONE_CHOICE)
             page.make("top.quantization_method", gr.Dropdown, choices=plugin_choices(manager, "quantizer"),
                       value=DEFAULT_SELECTIONS["quantization_method"])
-            page.make("top.template", gr.Dropdown, choices=[AUTO, *manager.names("template")], value=AUTO)
+            page.make("top.template", gr.Dropdown, choices=[AUTO, *(e.name for e in manager.entries("template")
+                                                                         if e.status == "active" and e.name != AUTO)], value=AUTO)
             rope = ui.args.keys["rope_scaling"].choices
             page.make("top.rope_scaling", gr.Dropdown, choices=[NONE_CHOICE, *(c for c in rope if c)], value=NONE_CHOICE)
             page.make("top.booster", gr.Dropdown, choices=list(BOOSTERS), value="auto")

@@ -1,0 +1,371 @@
+"""LLaMA-Factory's whole template catalogue: every name is a tuneforge template.
+
+Text templates render a two-turn conversation with tools, tool calls and results; the first exchange
+of each is asserted exactly (text, ids, labels) against the table below, which is written from each
+model's published chat format (model card / its tokenizer's chat template). Multimodal names are
+known and refused with the reason (they need the vision support, issue 17), never "unknown".
+
+What each template was compared against:
+
+- token for token with the model family's own Jinja chat template (templates/reference/*.jinja, run
+  through ``apply_chat_template`` on the tiny models): ``llama3``, ``qwen``, ``qwen3``, ``mistral``,
+  ``gemma`` / ``gemma3`` (tests/test_templates.py) and, through the same reference templates,
+  ``gemma2``, ``gemma3n`` (Gemma format), ``skywork_o1`` (Llama 3 format), ``qwen3_5`` (Qwen3 format),
+  ``cpm3``, ``cpm4``, ``falcon_h1``, ``smollm``, ``smollm2``, ``opencoder``, ``dbrx``, ``chatml_de``,
+  ``marco`` (ChatML turns as Qwen2's template writes them) in ``test_same_format_as_a_reference_jinja``
+  (the generation prompt of a two-turn conversation with a system prompt);
+- token for token with the model's own published Jinja chat template (templates/reference/NAME.jinja):
+  ``deepseekcoder``, ``orion``, ``granite3`` (granite-3.0-8b-instruct's), ``phi_small``, ``deepseek``
+  (DeepSeek-V2's), ``cohere`` (Command-R+'s) in
+  ``test_equals_the_models_published_jinja``;
+- every other text template: the table ``FIRST_EXCHANGE`` below, written from the published format
+  (not compared with a Jinja template: none is bundled for them).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from tuneforge.data.template import IGNORE_INDEX, Template
+from tuneforge.plugin_manager import PluginManager
+from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+from tuneforge.plugins.templates.builtin import NEEDS_VISION, _definitions, multimodal_names
+from tuneforge.plugins.templates.reference import reference_jinja
+
+from .conftest import run_cli
+
+#: Every template name of LLaMA-Factory's data/template.py (plus qwen3_5 and phi4_mini, named by issue 18).
+LLAMA_FACTORY_TEXT = {
+    "alpaca", "aquila", "atom", "baichuan", "baichuan2", "bailing", "bailing_v2", "belle", "bluelm", "breeze",
+    "chatglm2", "chatglm3", "chatml", "chatml_de", "codegeex2", "codegeex4", "cohere", "cpm", "cpm3", "cpm4", "dbrx",
+    "deepseek", "deepseek3", "deepseekr1", "deepseekcoder", "default", "empty", "ernie", "ernie_nothink", "exaone",
+    "falcon", "falcon_h1", "fewshot", "gemma", "gemma2", "gemma3", "gemma3n", "glm4", "glm4_moe", "glmz1", "gpt_oss",
+    "granite3", "granite4", "index", "hunyuan", "intern", "intern2", "llama2", "llama2_zh", "llama3", "llama4",
+    "moonlight", "marco", "mimo", "mimo_v2", "minimax1", "minimax2", "ministral", "mistral", "mistral_small",
+    "ministral3", "olmo", "openchat", "openchat-3.6", "opencoder", "orion", "phi", "phi_small", "phi4", "phi4_mini",
+    "qwen", "qwen3", "qwen3_nothink", "qwen3_5", "sailor", "seed_coder", "seed_oss", "skywork_o1", "smollm", "smollm2",
+    "solar", "starchat", "telechat", "telechat2", "vicuna", "xuanyuan", "xverse", "yayi", "yi", "yuan", "zephyr", "ziya",
+}
+LLAMA_FACTORY_MULTIMODAL = {
+    "dots_ocr", "ernie_vl", "glm4v", "glm4_5v", "granite3_vision", "intern_vl", "intern_s1", "keye_vl", "kimi_vl",
+    "llava", "llava_next", "llava_next_llama3", "llava_next_mistral", "llava_next_qwen", "llava_next_yi",
+    "llava_next_video", "llava_next_video_mistral", "llava_next_video_yi", "mimo_vl", "minicpm_v", "minicpm_o",
+    "mllama", "paligemma", "paligemma_chat", "pixtral", "qwen2_audio", "qwen2_omni", "qwen3_omni",
+    "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "video_llava", "yi_vl",
+}
+
+SYSTEM = "Be brief."
+ONE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+TOOLS = json.dumps([{"name": "add", "description": "Add two numbers.",
+                     "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}])
+WITH_TOOLS = [
+    {"role": "user", "content": "What is 1+2?"},
+    {"role": "function", "content": json.dumps({"name": "add", "arguments": {"a": 1, "b": 2}})},
+    {"role": "observation", "content": "3"},
+    {"role": "assistant", "content": "It is 3."},
+]
+
+# template -> (eos policy, prompt text, response text) of SYSTEM + ONE, with the tiny llama3 tokenizer
+# (bos <|begin_of_text|>, eos <|eot_id|>). "append": the EOS id follows the response; "efficient": an
+# EOS label after the response and one real EOS at the end; "none": the slot ends the turn.
+FIRST_EXCHANGE = {
+    'aquila': ('none', 'System: Be brief.###Human: Hi###Assistant:',
+        'Hello!###'),
+    'atom': ('none', 'Be brief.<|begin_of_text|>Human: Hi\n<|eot_id|><|begin_of_text|>Assistant:',
+        'Hello!\n<|eot_id|>'),
+    'baichuan': ('efficient', 'Be brief.<reserved_102>Hi<reserved_103>',
+        'Hello!'),
+    'bailing': ('efficient', '<role>SYSTEM</role>Be brief.<role>HUMAN</role>Hi<role>ASSISTANT</role>',
+        'Hello!'),
+    'bailing_v2': ('efficient', '<role>SYSTEM</role>Be brief.<|role_end|><role>HUMAN</role>Hi<|role_end|><role>ASSISTANT</role>',
+        'Hello!<|role_end|>'),
+    'belle': ('none', '<|begin_of_text|>Be brief.Human: Hi\n\nBelle: ',
+        'Hello!<|eot_id|>\n\n'),
+    'bluelm': ('append', 'Be brief.[|Human|]:Hi[|AI|]:',
+        'Hello!'),
+    'breeze': ('efficient', '<|begin_of_text|>Be brief. [INST] Hi [/INST] ',
+        'Hello!'),
+    'chatglm2': ('efficient', '[gMASK]sopBe brief.[Round 0]\n\n问：Hi\n\n答：',
+        'Hello!'),
+    'chatglm3': ('efficient', '[gMASK]sop<|system|>\nBe brief.<|user|>\nHi<|assistant|>',
+        '\nHello!'),
+    'chatml_de': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'codegeex2': ('append', '[gMASK]sopBe brief.Hi',
+        'Hello!'),
+    'codegeex4': ('efficient', '[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\n',
+        'Hello!'),
+    'cpm': ('append', '<|begin_of_text|>Be brief.<用户>Hi<AI>',
+        'Hello!'),
+    'cpm3': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'cpm4': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'dbrx': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'deepseekcoder': ('none', '<|begin_of_text|>Be brief.### Instruction:\nHi\n### Response:\n',
+        'Hello!\n<|EOT|>\n'),
+    'deepseekr1': ('append', '<|begin_of_text|>Be brief.<｜User｜>Hi<｜Assistant｜>',
+        '<think>\n\n</think>\n\nHello!'),
+    'ernie': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n\n<|im_start|>user\nHi<|im_end|>\n\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n\n'),
+    'ernie_nothink': ('none', '<|begin_of_sentence|>Be brief.\nUser: Hi\nAssistant: ',
+        'Hello!<|end_of_sentence|>'),
+    'exaone': ('none', '[|system|]Be brief.[|endofturn|]\n[|user|]Hi\n[|assistant|]',
+        'Hello!<|eot_id|>\n'),
+    'falcon_h1': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'fewshot': ('efficient', 'Be brief.Hi',
+        'Hello!\n\n'),
+    'gemma2': ('none', '<|begin_of_text|><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n',
+        'Hello!<end_of_turn>\n'),
+    'gemma3n': ('none', '<|begin_of_text|><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n',
+        'Hello!<end_of_turn>\n'),
+    'glm4_moe': ('efficient', '[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\n',
+        '<think></think>\nHello!'),
+    'glmz1': ('efficient', '[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\n',
+        '<think></think>\nHello!'),
+    'gpt_oss': ('efficient', '<|start|>system<|message|>Be brief.<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant',
+        '<|channel|>analysis<|message|><|end|><|start|>assistant<|channel|>final<|message|>Hello!<|end|>'),
+    'granite3': ('none', '<|start_of_role|>system<|end_of_role|>Be brief.<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>Hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>',
+        'Hello!<|end_of_text|>\n'),
+    'granite4': ('none', '<|start_of_role|>system<|end_of_role|>Be brief.<|end_of_text|>\n<|start_of_role|>user<|end_of_role|>Hi<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>',
+        'Hello!<|end_of_text|>\n'),
+    'hunyuan': ('none', '<|startoftext|>Be brief.<|extra_4|>Hi<|extra_0|>',
+        'Hello!<|eos|>'),
+    'index': ('efficient', '<unk>Be brief.reserved_0Hireserved_1',
+        'Hello!'),
+    'intern': ('none', '<|begin_of_text|><|System|>:Be brief.\n<|User|>:Hi\n<|Bot|>:',
+        'Hello!<eoa>\n'),
+    'llama2_zh': ('append', '<|begin_of_text|>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]',
+        'Hello!'),
+    'llama4': ('none', '<|begin_of_text|><|header_start|>system<|header_end|>\n\nBe brief.<|eot|><|header_start|>user<|header_end|>\n\nHi<|eot|><|header_start|>assistant<|header_end|>\n\n',
+        'Hello!<|eot|>'),
+    'marco': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'mimo': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
+    'mimo_v2': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think></think>Hello!<|im_end|>\n'),
+    'minimax1': ('none', '<beginning_of_sentence>system ai_setting=assistant\nBe brief.<end_of_sentence>\n<beginning_of_sentence>user name=user\nHi<end_of_sentence>\n<beginning_of_sentence>ai name=assistant\n',
+        'Hello!<end_of_sentence>\n'),
+    'minimax2': ('none', ']~!b[]~b]system\nBe brief.[e~[\n]~b]user\nHi[e~[\n]~b]ai\n',
+        '<think>\n\n</think>\n\nHello![e~[\n'),
+    'ministral': ('append', '<|begin_of_text|>[INST]Be brief.\n\nHi[/INST]',
+        'Hello!'),
+    'ministral3': ('append', '<|begin_of_text|>[INST]Be brief.\n\nHi[/INST]',
+        'Hello!'),
+    'mistral_small': ('append', '<|begin_of_text|>[SYSTEM_PROMPT]Be brief.[/SYSTEM_PROMPT][INST]Hi[/INST]',
+        'Hello!'),
+    'moonlight': ('none', '<|im_system|>system<|im_middle|>Be brief.<|im_end|><|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>assistant<|im_middle|>',
+        'Hello!<|im_end|>'),
+    'olmo': ('none', '<|eot_id|><|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n',
+        'Hello!<|eot_id|>\n'),
+    'openchat-3.6': ('none', '<|begin_of_text|>Be brief.<|start_header_id|>GPT4 Correct User<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>GPT4 Correct Assistant<|end_header_id|>\n\n',
+        'Hello!<|eot_id|>'),
+    'opencoder': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'orion': ('append', '<|begin_of_text|>Be brief.Human: Hi\n\nAssistant: <|eot_id|>',
+        'Hello!'),
+    'phi4_mini': ('none', '<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>',
+        'Hello!<|end|>'),
+    'phi_small': ('none', '<|begin_of_text|><|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n',
+        'Hello!<|end|>\n'),
+    'qwen3_5': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
+    'sailor': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>question\nHi<|im_end|>\n<|im_start|>answer\n',
+        'Hello!<|im_end|>\n'),
+    'seed_coder': ('append', '<|begin_of_text|>system\nBe brief.<|eot_id|><|begin_of_text|>user\nHi<|eot_id|><|begin_of_text|>assistant\n',
+        'Hello!'),
+    'seed_oss': ('append', '<|begin_of_text|>system\nBe brief.<|eot_id|><|begin_of_text|>user\nHi<|eot_id|><|begin_of_text|>assistant\n',
+        '<seed:think></seed:think>Hello!'),
+    'skywork_o1': ('none', '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
+        'Hello!<|eot_id|>'),
+    'smollm': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'smollm2': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'solar': ('efficient', '### System:\nBe brief.\n\n### User:\nHi\n\n### Assistant:\n',
+        'Hello!'),
+    'telechat': ('append', '<_system>Be brief.<_end><_user>Hi<_bot>',
+        'Hello!'),
+    'telechat2': ('append', '<_system>Be brief.<_user>Hi<_bot>',
+        'Hello!'),
+    'xuanyuan': ('append', 'Be brief.Human: Hi Assistant:',
+        'Hello!'),
+    'xverse': ('append', 'Be brief.Human: Hi\n\nAssistant: ',
+        'Hello!'),
+    'yayi': ('append', '<|System|>:\nBe brief.\n\n<|Human|>:\nHi\n\n<|YaYi|>:',
+        'Hello!\n\n'),
+    'yuan': ('none', 'Be brief.Hi<sep>',
+        'Hello!<eod>\n'),
+    'ziya': ('append', 'Be brief.<human>:Hi\n<bot>:',
+        'Hello!\n'),
+}
+
+# template -> (tiny family whose reference Jinja writes the same format, the built-in template that is
+# compared with that Jinja in tests/test_templates.py)
+SAME_FORMAT = {
+    "gemma2": ("gemma", "gemma"), "gemma3n": ("gemma", "gemma"), "skywork_o1": ("llama3", "llama3"),
+    "qwen3_5": ("qwen3", "qwen3"), "cpm3": ("qwen2", "qwen"), "cpm4": ("qwen2", "qwen"), "falcon_h1": ("qwen2", "qwen"), "smollm": ("qwen2", "qwen"), "smollm2": ("qwen2", "qwen"),
+    "opencoder": ("qwen2", "qwen"), "dbrx": ("qwen2", "qwen"), "chatml_de": ("qwen2", "qwen"), "marco": ("qwen2", "qwen"),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(cached_tiny_model("llama3"))
+
+
+@pytest.fixture(scope="module")
+def templates():
+    return {name: Template.from_definition(name, d) for name, d in _definitions().items()}
+
+
+def test_every_llamafactory_name_is_a_template(templates):
+    assert LLAMA_FACTORY_TEXT <= set(templates), sorted(LLAMA_FACTORY_TEXT - set(templates))
+    assert set(multimodal_names()) == LLAMA_FACTORY_MULTIMODAL
+    assert not LLAMA_FACTORY_MULTIMODAL & set(templates)
+    manager = PluginManager(autoload=False)
+    for name in LLAMA_FACTORY_MULTIMODAL:
+        assert manager.entry("template", name).status == f"unavailable: {NEEDS_VISION}"
+    for name in LLAMA_FACTORY_TEXT:
+        assert manager.entry("template", name).status == "active", name
+    assert set(FIRST_EXCHANGE) == set(templates) - {
+        "default", "empty", "alpaca", "vicuna", "chatml", "llama2", "llama3", "qwen", "qwen3", "qwen3_nothink", "mistral",
+        "gemma", "gemma3", "glm4", "phi", "phi4", "deepseek", "deepseek3", "yi", "zephyr", "baichuan2", "intern2", "cohere",
+        "falcon", "starchat", "openchat"}  # those 26: tests/test_templates.py
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_EXCHANGE))
+def test_first_exchange_text_ids_and_labels(name, templates, tokenizer):
+    policy, prompt, response = FIRST_EXCHANGE[name]
+    template = templates[name]
+    assert template.render_turns(tokenizer, ONE, SYSTEM) == [(prompt, response)]
+    ids, labels = template.encode_supervised(tokenizer, ONE, SYSTEM)
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    response_ids = tokenizer.encode(response, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    tail = {"append": [eos], "efficient": [eos], "none": []}[policy]
+    assert ids == prompt_ids + response_ids + tail
+    assert labels == [IGNORE_INDEX] * len(prompt_ids) + response_ids + tail
+
+
+@pytest.mark.parametrize("name", sorted(set(_definitions())))
+def test_two_turns_with_tools_render_and_train_only_the_replies(name, templates, tokenizer):
+    template = templates[name]
+    turns = template.render_turns(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    assert len(turns) == 2
+    first_prompt = turns[0][0]
+    assert SYSTEM in first_prompt and "What is 1+2?" in first_prompt and "add" in first_prompt  # tools are offered
+    assert '"a": 1' in turns[0][1] and "add" in turns[0][1]  # the call is written in the reply
+    assert "3" in turns[1][0] and "It is 3." in turns[1][1]
+    ids, labels = template.encode_supervised(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert "It is 3." in trained and "What is 1+2?" not in trained and SYSTEM not in trained
+
+
+# template -> (whether the model's published Jinja renders the system prompt (Orion's ignores it), the EOS
+# token of the model when the published Jinja writes it literally instead of eos_token)
+PUBLISHED = {"deepseekcoder": (True, None), "orion": (False, None), "granite3": (True, None), "phi_small": (True, None),
+             "deepseek": (True, None), "cohere": (True, "<|END_OF_TURN_TOKEN|>")}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_equals_the_models_published_jinja(name, templates):
+    """The model's own chat template (templates/reference/NAME.jinja, as published with the model) renders
+    exactly our generation prompt for a two-turn conversation, and the tokens are the same."""
+    with_system, eos = PUBLISHED[name]
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("llama3"))
+    if eos:
+        tokenizer.add_special_tokens({"eos_token": eos})
+    tokenizer.chat_template = reference_jinja(name)
+    messages = ONE + [{"role": "user", "content": "And 2+2?"}]
+    template = templates[name]
+    for system in ([SYSTEM, None] if with_system else [None]):
+        hf = ([{"role": "system", "content": system}] if system else []) + messages
+        expected = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
+        assert template.render_prompt(tokenizer, messages, system) == expected, system
+        assert template.encode_prompt(tokenizer, messages, system) == tokenizer.encode(expected, add_special_tokens=False)
+    # and the trained reply is what the published template writes for the assistant turn
+    full = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM}] + ONE if with_system else ONE, tokenize=False)
+    prompt, reply = template.render_turns(tokenizer, ONE, SYSTEM if with_system else None)[0]
+    assert full.startswith(prompt + reply.removesuffix(tokenizer.eos_token if template.append_eos else ""))
+
+
+@pytest.mark.parametrize("name", sorted(SAME_FORMAT))
+def test_same_format_as_a_reference_jinja(name, templates):
+    """Templates that share a family's format render what that family's own Jinja renders (given the system prompt)."""
+    family, _ = SAME_FORMAT[name]
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model(family))
+    assert tokenizer.chat_template == reference_jinja(family)
+    messages = ONE + [{"role": "user", "content": "And 2+2?"}]
+    hf = [{"role": "system", "content": SYSTEM}] + messages
+    expected = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
+    template = templates[name]
+    if name in ("cpm3", "cpm4", "falcon_h1"):
+        expected = (tokenizer.bos_token or "") + expected
+    assert template.render_prompt(tokenizer, messages, SYSTEM) == expected
+    assert template.encode_prompt(tokenizer, messages, SYSTEM) == tokenizer.encode(expected, add_special_tokens=False)
+
+
+def test_check_names_vision_templates_and_accepts_new_ones(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {cached_tiny_model('llama3')}\ntemplate: qwen2_vl\ndataset: identity\n"
+                      f"dataset_dir: {cached_tiny_model('llama3').parent}\n")
+    result = run_cli("check", str(config))
+    assert result.returncode != 0
+    assert "template 'qwen2_vl' is unavailable: needs the vision support (issue 17)" in result.stderr
+    assert "unknown template" not in result.stderr
+    (tmp_path / "rows.json").write_text(json.dumps([{"instruction": "Hi", "input": "", "output": "Hello!"}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"rows": {"file_name": "rows.json"}}))
+    for name in ("gemma2", "llama4", "deepseekr1", "gpt_oss", "glm4_moe", "mistral_small", "phi4_mini", "granite3", "qwen3_5"):
+        config.write_text(f"model_name_or_path: {cached_tiny_model('llama3')}\ntemplate: {name}\ndataset: rows\n"
+                          f"dataset_dir: {tmp_path}\noutput_dir: {tmp_path / 'out'}\n")
+        result = run_cli("check", str(config))
+        assert result.returncode == 0 and "config OK" in result.stdout, (name, result.stderr[-2000:])
+
+
+def test_known_models_of_the_new_families():
+    """The web UI's model list and its template choice know the added families (``models:`` in the YAML)."""
+    from tuneforge.plugins.apps.webui import registry
+
+    manager = PluginManager(autoload=False)
+    expected = {"gemma-2-9b-it": "gemma2", "Llama-4-Scout-17B-16E-Instruct": "llama4", "DeepSeek-R1-Distill-Qwen-7B": "deepseekr1",
+                "gpt-oss-20b": "gpt_oss", "GLM-4.5-Air": "glm4_moe", "Mistral-Small-3.1-24B-Instruct-2503": "mistral_small",
+                "Phi-4-mini-instruct": "phi4_mini", "granite-3.1-8b-instruct": "granite3", "SmolLM2-1.7B-Instruct": "smollm2"}
+    for name, template in expected.items():
+        model = registry.known_model(manager, name)
+        assert model is not None and model.template == template, name
+        assert model.hub_id.endswith("/" + name)
+
+
+REASONING = sorted(name for name, d in _definitions().items() if d.get("reasoning"))
+
+
+@pytest.mark.parametrize("name", REASONING)
+def test_reasoning_templates_keep_train_and_drop_thoughts_as_llamafactory(name, templates, tokenizer):
+    """Which turns keep their reasoning and what is trained, for every reasoning template."""
+    import dataclasses
+
+    template = templates[name]
+    open_tag, close_tag = template.thought_words
+    thought = f"{open_tag}Think.{close_tag}"
+    empty = open_tag + close_tag
+    two = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": thought + "Hello!"},
+           {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+    (p1, r1), (p2, r2) = template.render_turns(tokenizer, two)
+    assert r1.startswith(thought + "Hello!")  # a trained reply keeps its thought
+    assert r2.startswith(empty + "Bye!")  # a reply without one gets the empty block, trained
+    (_, r1), (p2, r2) = template.render_turns(tokenizer, two, enable_thinking=False)
+    assert r1.startswith("Hello!") and r2.startswith("Bye!") and p2.endswith(empty)  # the block is given, not trained
+    history = template.render_prompt(tokenizer, two[:3])
+    assert "Think." not in history and "Hello!" in history  # history drops past thoughts ...
+    kept = dataclasses.replace(template, preserve_thinking=True).render_prompt(tokenizer, two[:3])
+    assert thought + "Hello!" in kept  # ... unless preserve_thinking
+    # the generation prompt: nothing added with enable_thinking, the empty block without
+    assert template.render_prompt(tokenizer, two[:1], enable_thinking=False).endswith(empty)
+    assert not template.render_prompt(tokenizer, two[:1]).endswith(empty)

@@ -113,6 +113,8 @@ def prepare(
     plan, plan_problems = _resolve_plan(config, manager, inference=inference)
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
+    if plan is not None:
+        problems += _media_problems(plan)
     problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
     if plan is not None:
         for entry in plan.entries():
@@ -123,6 +125,20 @@ def prepare(
     if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
         warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
     return Prepared(config, plan, manager, warnings)
+
+
+def _media_problems(plan) -> list[Problem]:
+    """A media column needs a template with a media handler: never dropped silently (issue 17)."""
+    from .data.media import media_columns, text_only_message
+
+    template = plan.template
+    media = getattr(template.spec, "media", None) if template is not None else None
+    problems = []
+    for dataset in plan.datasets + plan.eval_datasets:
+        for column in media_columns(dataset.attr):
+            if media is None or column not in media.modalities:
+                problems.append(Problem("dataset", text_only_message(dataset.attr, column, template.name if template else None)))
+    return problems
 
 
 def _line_of(problem: Problem) -> tuple[int, int]:

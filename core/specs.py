@@ -149,6 +149,9 @@ class ChatTemplateSpec(PluginSpec):
     #: ``notes(config)``: what `check` should say about this template for this config (warnings,
     #: not errors), e.g. that the model's own template rewrites earlier turns.
     notes: Callable[[Any], list[str]] | None = None
+    #: A :class:`tuneforge.data.media.MediaHandler` for a multimodal template (how ``<image>`` becomes
+    #: this model's tokens and inputs); None: text-only, and a dataset with a media column is an error.
+    media: Any = None
 
 
 @dataclass(frozen=True)

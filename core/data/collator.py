@@ -48,8 +48,29 @@ class PadCollator:
             batch[f"{prefix}attention_mask"] = _pad(masks, 0, width)
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
+    #: (MediaHandler, model path, tokenizer) for a multimodal model: the rows' media files become the
+    #: handler's model inputs (pixel_values, ...) and ``mm_token_type_ids`` marks the media tokens.
+    media = None
+
+    def add_media(self, batch: dict, features: list[dict]) -> dict:
+        import torch
+
+        handler, model_path, tokenizer = self.media
+        rows = [{c: f.get(c) or [] for c in handler.modalities} for f in features]
+        if any(files for row in rows for files in row.values()):
+            batch.update(handler.inputs(rows, model_path, tokenizer))
+        types = handler.media_token_ids(tokenizer)
+        ids = batch["input_ids"]
+        kinds = torch.zeros_like(ids)
+        for token, kind in types.items():
+            kinds[ids == token] = kind
+        batch["mm_token_type_ids"] = kinds
+        return batch
+
     def __call__(self, features: list[dict]) -> dict:
         batch = self.pad(features)
+        if self.media is not None:
+            batch = self.add_media(batch, features)
         if "position_ids" in batch:
             # transformers builds the per-sample mask from position_ids only without a KV cache,
             # and a causal LM creates one whenever use_cache is on (its config default).

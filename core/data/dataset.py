@@ -56,7 +56,11 @@ def _say(message: str) -> None:
 def make_collator(ctx, kind: str):
     pad = ctx.tokenizer.pad_token_id
     label_pad = IGNORE_INDEX if ctx.config.ignore_pad_token_for_loss else pad
-    return COLLATORS[kind](pad, label_pad_token_id=label_pad)
+    collator = COLLATORS[kind](pad, label_pad_token_id=label_pad)
+    media = getattr(ctx, "media", None)
+    if media is not None:
+        collator.media = (media, str(ctx.config.model_name_or_path), ctx.tokenizer)
+    return collator
 
 
 def featurizer(ctx, kind: str, settings: Settings):
@@ -65,7 +69,11 @@ def featurizer(ctx, kind: str, settings: Settings):
         return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings)
     if kind not in BATCH_FUNCTIONS:
         raise ValueError(f"no featurizer for data kind '{kind}'")
-    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings)
+    extra = {}
+    media = getattr(ctx, "media", None)
+    if kind == "supervised" and media is not None:
+        extra = {"media": media, "model_path": str(ctx.config.model_name_or_path)}
+    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, **extra)
 
 
 def _examples_dataset(examples: list[dict]):

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from ..errors import DataError, RowError, TuneforgeError
 from .example import check_example, kind_of
+from .media import attach_media, media_columns, text_only_message
 from .registry import DATA_FILE_SUFFIXES, DatasetAttr
 
 logger = logging.getLogger(__name__)
@@ -232,15 +233,31 @@ def resolve_format(ctx, plan, first_row):
     return ctx.manager.format(name)
 
 
-def convert_row(row: Any, attr: DatasetAttr, convert, kind: str, placeholders: dict | None) -> dict:
-    """One raw row to a checked example; raises RowError."""
+def convert_row(row: Any, attr: DatasetAttr, convert, kind: str, placeholders: dict | None, media_dir=None) -> dict:
+    """One raw row to a checked example (with its media, when ``media_dir`` is given); raises RowError."""
     if not isinstance(row, dict):
         raise RowError("(row)", f"must be an object, got {type(row).__name__}")
     example = convert(row, attr)
     if placeholders:
         example = _replace(example, placeholders)
     check_example(example, kind_of(attr))
+    if media_dir is not None:
+        attach_media(row, attr, example, media_dir)
     return example
+
+
+def _media_dir(ctx, attr: DatasetAttr):
+    """Where the dataset's media paths are relative to (None: it has no media column); a media column
+    with a text-only template is a DataError here too (`check` says it first)."""
+    columns = media_columns(attr)
+    if not columns:
+        return None
+    media = getattr(ctx, "media", None)
+    template = ctx.plan.template.name if getattr(ctx.plan, "template", None) is not None else None
+    for column in columns:
+        if media is None or column not in media.modalities:
+            raise DataError(text_only_message(attr, column, template))
+    return ctx.config.get("media_dir") or ctx.config.dataset_dir
 
 
 def _replace(value: Any, placeholders: dict) -> Any:
@@ -264,13 +281,14 @@ def convert_dataset(ctx, plan, kind: str, *, every_row: bool = False) -> Convert
     if not rows.rows:
         raise DataError(f"dataset '{attr.name}' ({attr.path}) has no rows")
     spec = resolve_format(ctx, plan, rows.rows[0])
+    media_dir = _media_dir(ctx, attr)
     selected = select_indices(len(rows.rows), attr, config)
     wanted = set(selected)
     examples_at: dict[int, dict] = {}
     bad: list[BadRow] = []
     for index in range(len(rows.rows)) if every_row else sorted(wanted):
         try:
-            examples_at[index] = convert_row(rows.rows[index], attr, spec.convert, kind, config.replace_placeholders)
+            examples_at[index] = convert_row(rows.rows[index], attr, spec.convert, kind, config.replace_placeholders, media_dir)
         except RowError as exc:
             bad.append(BadRow(*rows.locate(index), exc.field, exc.reason))
     examples = [examples_at[i] for i in selected if i in examples_at]
@@ -326,7 +344,7 @@ def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
         if spec is None:
             spec = resolve_format(ctx, plan, row)
         try:
-            example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders)
+            example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders, _media_dir(ctx, attr))
         except RowError as exc:
             bad = BadRow(file, number, exc.field, exc.reason)
             if not config.skip_bad_rows:

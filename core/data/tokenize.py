@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .media import mask_media_labels
 from .template import IGNORE_INDEX
 
 #: What the whole length is measured against when the doctor wants untruncated lengths.
@@ -103,14 +104,38 @@ def _trained(labels: list[int]) -> bool:
     return any(label != IGNORE_INDEX for label in labels)
 
 
-def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def _media_of(example: dict, media) -> dict[str, list[str]]:
+    return {c: example[c] for c in media.modalities if example.get(c)} if media is not None else {}
+
+
+def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "") -> dict:
+    """``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
+    media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
+    (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
+    dropped: a partial image cannot be fed to the model."""
     out = {"input_ids": [], "attention_mask": [], "labels": []}
+    if media is not None:
+        out.update({c: [] for c in media.modalities})
+        media_ids = media.media_token_ids(tokenizer)
     for text in batch["_example"]:
-        input_ids, labels = encode_conversation(template, tokenizer, json.loads(text), settings)
+        example = json.loads(text)
+        files = _media_of(example, media)
+        if files:
+            example = {**example, "messages": media.expand(example["messages"], files, model_path, tokenizer)}
+        input_ids, labels = encode_conversation(template, tokenizer, example, settings)
+        if media is not None:
+            labels = mask_media_labels(input_ids, labels, media_ids)
+            expected = sum(m["content"].count(t) for m in example["messages"]
+                           for t in (tokenizer.convert_ids_to_tokens(i) for i in media_ids))
+            if sum(1 for i in input_ids if i in media_ids) != expected:
+                continue  # truncation cut into the media tokens
         if _trained(labels):
             out["input_ids"].append(input_ids)
             out["attention_mask"].append([1] * len(input_ids))
             out["labels"].append(labels)
+            if media is not None:
+                for column in media.modalities:
+                    out[column].append(files.get(column, []))
     return out
 
 

@@ -24,6 +24,12 @@ class RunContext:
     extras: dict = field(default_factory=dict)
 
     @property
+    def media(self):
+        """The template's media handler (tuneforge.data.media.MediaHandler), None when text-only."""
+        entry = self.plan.template if self.plan is not None else None
+        return getattr(entry.spec, "media", None) if entry is not None else None
+
+    @property
     def output_dir(self) -> Path:
         return Path(self.config.get("output_dir") or "output")
 

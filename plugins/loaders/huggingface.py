@@ -26,11 +26,26 @@ def load_tokenizer(ctx):
     return tokenizer
 
 
+def _auto_class(config):
+    """AutoModelForImageTextToText for a vision-language checkpoint (its config has a vision part),
+    AutoModelForCausalLM otherwise."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        model_config = AutoConfig.from_pretrained(config.model_name_or_path, **_common(config))
+    except (OSError, ValueError):
+        return AutoModelForCausalLM
+    if getattr(model_config, "vision_config", None) is not None:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def load(ctx):
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = ctx.config
+    AutoModelForCausalLM = _auto_class(config)
     tokenizer = load_tokenizer(ctx)
     kwargs = _common(config)
     dtype = ctx.compute_dtype

@@ -64,6 +64,41 @@ def linear_module_names(model) -> list[str]:
     return sorted(found)
 
 
+#: Module-path parts of a vision-language model's vision side (tower and projector), as in
+#: LLaMA-Factory: LoRA never goes there unless asked (a lora_target naming such a module).
+VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "merger")
+
+
+def _vision_side(name: str) -> bool:
+    return any(part in VISION_PARTS for part in name.split("."))
+
+
+def language_linear_names(model) -> list[str] | None:
+    """Leaf names of the linear layers outside the vision side; None for a text-only model."""
+    import torch
+
+    names = [n for n, _ in model.named_modules() if n]
+    if not any(_vision_side(n) for n in names):
+        return None
+    output = model.get_output_embeddings()
+    found = set()
+    for full_name, module in model.named_modules():
+        kind = type(module).__name__
+        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
+        if linear and module is not output and full_name and not _vision_side(full_name):
+            found.add(full_name.split(".")[-1])
+    return sorted(found)
+
+
+def _language_only(targets: list[str]) -> str:
+    """A PEFT target regex (full match on the module path) for ``targets`` outside the vision side."""
+    import re
+
+    sides = "|".join(VISION_PARTS)
+    leaves = "|".join(re.escape(t) for t in targets)
+    return rf"^(?!(?:.*\.)?(?:{sides})\.).*\.(?:{leaves})$"
+
+
 def _matches(module_names: list[str], target: str) -> bool:
     """PEFT's rule for a list of targets: the module name is the target or ends with '.target'."""
     return any(n == target or n.endswith(f".{target}") for n in module_names)
@@ -76,8 +111,9 @@ def lora_config(config, model):
 
     targets = names(config.lora_target) or ["all"]
     module_names = [n for n, _ in model.named_modules() if n]
+    language = language_linear_names(model)
     if targets == ["all"]:
-        targets = linear_module_names(model)
+        targets = language if language is not None else linear_module_names(model)
     else:
         unknown = [t for t in targets if not _matches(module_names, t)]
         if unknown:
@@ -90,6 +126,8 @@ def lora_config(config, model):
             outside = sorted({n.split(".")[-1] for n in module_names if ".layers." not in f"{n}."})
             raise TuneforgeError(f"additional_target: no module named {', '.join(unknown)} in this model "
                                  f"(modules outside the decoder layers: {', '.join(outside)})")
+    if language is not None and isinstance(targets, list):
+        targets = _language_only(targets)
     init = True
     if config.pissa_init:
         init = "pissa" if config.pissa_iter == -1 else f"pissa_niter_{config.pissa_iter}"

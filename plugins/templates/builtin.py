@@ -28,7 +28,17 @@ def _load() -> tuple[tuple[str, dict], ...]:
 
 def _definitions() -> dict[str, dict]:
     """Template name -> its rendering definition (a fresh copy; the YAML files are read once)."""
-    return {name: {k: v for k, v in d.items() if k != "models"} for name, d in _load()}
+    return {name: {k: v for k, v in d.items() if k not in ("models", "media")} for name, d in _load()}
+
+
+def _media(name: str):
+    """The media handler a template file names (``media: qwen2_vl``), or None for a text-only one."""
+    key = dict(_load()).get(name, {}).get("media")
+    if not key:
+        return None
+    from .media import HANDLERS
+
+    return HANDLERS[key]()
 
 
 def _known_models(name: str) -> tuple[tuple[str, str], ...]:
@@ -128,7 +138,8 @@ def tuneforge_chat_templates():
                                unavailable_reason=_needs_vision)
               for name, models in multimodal_names().items()]
     return vision + [AUTO] + [
-        ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d, models=_known_models(name))
+        ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d, models=_known_models(name),
+                         media=_media(name))
         for name, d in _definitions().items()
     ]
 

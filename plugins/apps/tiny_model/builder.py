@@ -53,7 +53,7 @@ from typing import Any
 
 from tuneforge.plugins.templates.reference import reference_jinja
 
-FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma", "qwen2_vl")
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -224,6 +224,40 @@ _FAMILIES["qwen3"] = {
     "config_class": "Qwen3Config",
     "tail_plain": ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"],
     "template": _QWEN3_TEMPLATE,
+}
+
+# Qwen2-VL: Qwen2's tokenizer plus the vision markers (special, as in the real tokenizer), a tiny
+# vision tower (1 block, 64 wide, real patch/merge sizes so the processor's grid arithmetic is the real
+# one) and Qwen2-VL's own chat template, which writes <|vision_start|><|image_pad|><|vision_end|> for
+# an image content part; the processor expands <|image_pad|> to one token per merged patch.
+_QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_FAMILIES["qwen2_vl"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "Qwen2VLConfig",
+    "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                      "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"],
+    "template": _QWEN2_VL_TEMPLATE,
+    "tie": True,
+    "vision": {
+        "config": {"depth": 1, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+        # at most 8x8 patches (4x4 = 16 image tokens): real arithmetic, tiny cost
+        "image_processor": {"min_pixels": 28 * 28, "max_pixels": 112 * 112},
+    },
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -447,6 +481,8 @@ def _build_model(family: str, size: str, tokenizer, seed: int):
     }
     if "head_dim" in getattr(config_cls, "__dataclass_fields__", {}):  # Qwen2Config derives it
         config_kwargs["head_dim"] = spec["head_dim"]
+    if "vision" in fam:
+        return _build_vision_model(fam, config_cls, config_kwargs, tokenizer, seed)
     config = config_cls(**config_kwargs)
     config.dtype = torch.float32
 
@@ -462,6 +498,63 @@ def _build_model(family: str, size: str, tokenizer, seed: int):
         pad_token_id=ids["pad"],
     )
     return model
+
+
+def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int):
+    """A vision-language model: the text kwargs become its text_config, plus the tiny vision tower."""
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    tie = text_kwargs.pop("tie_word_embeddings")
+    # multimodal RoPE: the (temporal, height, width) sections must sum to head_dim / 2 (Qwen2-VL's
+    # [16, 24, 24] is for head_dim 128; ours is 64)
+    half = text_kwargs.get("head_dim", text_kwargs["hidden_size"] // text_kwargs["num_attention_heads"]) // 2
+    section = [half // 4, (half - half // 4) // 2]
+    section.append(half - sum(section))
+    text_kwargs["rope_parameters"] = {**text_kwargs["rope_parameters"], "mrope_section": section}
+    text_kwargs.pop("use_sliding_window", None)
+    vision = dict(fam["vision"]["config"], hidden_size=text_kwargs["hidden_size"])
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    config = config_cls(
+        text_config={**text_kwargs, "model_type": "qwen2_vl_text"}, vision_config=vision,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=tie,
+    )
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(
+        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], pad_token_id=text_kwargs["pad_token_id"],
+    )
+    return model
+
+
+def _build_image_processor(family: str):
+    """The image processor a vision family saves beside the model (None for text-only families).
+
+    The PIL image processor: torchvision (which the default one needs) does not install beside the CPU
+    torch here, and ``AutoImageProcessor`` loads the PIL one when torchvision is missing anyway. Only
+    the image processor is saved (preprocessor_config.json, naming Qwen2VLProcessor): transformers
+    5.23 cannot construct a ``Qwen2VLProcessor`` without a video processor, which needs torchvision;
+    the tokenizer (with the chat template) sits beside it, so ``AutoProcessor`` assembles the
+    processor on a machine that has torchvision.
+    """
+    fam = _FAMILIES[family]
+    if "vision" not in fam:
+        return None
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=fam["vision"]["config"]["patch_size"], merge_size=fam["vision"]["config"]["spatial_merge_size"],
+        temporal_patch_size=fam["vision"]["config"]["temporal_patch_size"],
+        size={"shortest_edge": fam["vision"]["image_processor"]["min_pixels"],
+              "longest_edge": fam["vision"]["image_processor"]["max_pixels"]},
+    )
+    image_processor.processor_class = "Qwen2VLProcessor"
+    return image_processor
 
 
 def build_tiny_model(
@@ -480,6 +573,9 @@ def build_tiny_model(
     model = _build_model(family, size, tokenizer, seed)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    processor = _build_image_processor(family)
+    if processor is not None:
+        processor.save_pretrained(out)
     return out
 
 

@@ -42,7 +42,7 @@ _TOKENIZER_FILES = {
     "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
     "chat_template.json", "qwen.tiktoken", "tokenizer.tiktoken",
 }
-_DATA_MODULES = ("example", "loading", "tokenize", "packing", "dataset")
+_DATA_MODULES = ("example", "loading", "tokenize", "packing", "dataset", "media")
 
 
 def cache_root() -> Path:
@@ -117,6 +117,24 @@ def dataset_fingerprint(plan, manager) -> dict | None:
     return {"entry": entry, "files": [(p.name, file_digest(p)) for p in files], "formats": formats}
 
 
+def media_fingerprint(ctx) -> dict | None:
+    """What decides how many tokens an image becomes: the handler (and its code) and the model's image
+    processor settings (preprocessor_config.json). The image files themselves are checked on every load."""
+    media = getattr(ctx, "media", None)
+    if media is None:
+        return None
+    import inspect
+
+    folder = Path(str(ctx.config.model_name_or_path))
+    processor = folder / "preprocessor_config.json"
+    source = inspect.getsource(type(media)) if hasattr(type(media), "__module__") else ""
+    return {
+        "handler": f"{type(media).__module__}.{type(media).__qualname__}",
+        "code": hashlib.sha256(source.encode("utf-8")).hexdigest()[:16],
+        "processor": hashlib.sha256(processor.read_bytes()).hexdigest()[:16] if processor.is_file() else str(folder),
+    }
+
+
 def cache_key(ctx, kind: str, settings) -> tuple[str | None, dict]:
     """``(key, what went into it)``; the key is None when some dataset cannot be cached."""
     from tuneforge import __version__
@@ -130,6 +148,7 @@ def cache_key(ctx, kind: str, settings) -> tuple[str | None, dict]:
         parts[group] = fingerprints
     parts["template"] = template_fingerprint(ctx.template) if kind != "text" else None
     parts["tokenizer"] = tokenizer_fingerprint(ctx.tokenizer)
+    parts["media"] = media_fingerprint(ctx)
     parts["settings"] = {
         **dataclasses.asdict(settings),
         "max_samples": config.max_samples,

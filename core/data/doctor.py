@@ -17,7 +17,7 @@ from functools import partial
 from .loading import Converted, bad_rows_message, convert_dataset
 from .packing import greedy_knapsack
 from .template import IGNORE_INDEX
-from .tokenize import NO_CUTOFF, Settings, encode_conversation, text_token_ids
+from .tokenize import NO_CUTOFF, Settings, encode_conversation, expand_media, text_token_ids
 
 GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
 
@@ -116,8 +116,14 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
             used = f", {len(r.examples)} used (num_samples/max_samples)" if len(r.examples) != r.total - len(r.bad) else ""
             state = f"{len(r.bad)} bad" if r.bad else "all valid"
             say(f"{label} '{r.attr.name}' ({r.attr.path}, {r.attr.formatting}): {r.total} rows, {state}{used}")
+            _say_media(say, r)
         groups.append((label, results))
     all_results = [r for _, results in groups for r in results]
+    media = getattr(ctx, "media", None)
+    if media is not None:  # measure and render what the model sees: placeholders as media tokens
+        model_path = str(config.model_name_or_path)
+        for result in all_results:
+            result.examples = [expand_media(e, media, model_path, ctx.tokenizer) for e in result.examples]
     bad = sum(len(r.bad) for r in all_results)
     if bad:
         say(bad_rows_message(all_results))
@@ -193,5 +199,40 @@ def _render_example(say, ctx, kind: str, settings: Settings, example: dict, colo
     ids, labels = encode_conversation(ctx.template, tokenizer, example, settings, mask_history=True if kind == "kto" else None)
     if kind == "kto":
         say(f"--- kto_tag: {'desirable' if example['kto_tag'] else 'undesirable'}")
-    say(render_marked(tokenizer, ids, labels, color))
+    say(_fold_media(render_marked(tokenizer, ids, labels, color), ctx, tokenizer))
     say(f"--- {len(ids)} tokens, {sum(l != IGNORE_INDEX for l in labels)} trained")
+
+
+#: Rows whose media are listed one by one (the rest are counted).
+MEDIA_ROWS_SHOWN = 10
+
+
+def _say_media(say, result) -> None:
+    """The media of each row (files relative to where they were found), for datasets that have any."""
+    from pathlib import Path
+
+    from .media import MEDIA_COLUMNS
+
+    columns = [c for c in MEDIA_COLUMNS if any(e.get(c) for e in result.examples)]
+    if not columns:
+        return
+    totals = ", ".join(f"{sum(len(e.get(c) or []) for e in result.examples)} {c}" for c in columns)
+    say(f"  media: {totals} in {len(result.examples)} rows")
+    for index, example in enumerate(result.examples[:MEDIA_ROWS_SHOWN]):
+        parts = [f"{c} " + ", ".join(Path(p).name for p in example.get(c) or []) for c in columns if example.get(c)]
+        say(f"    row {index + 1}: " + ("; ".join(parts) if parts else "(none)"))
+    if len(result.examples) > MEDIA_ROWS_SHOWN:
+        say(f"    ... and {len(result.examples) - MEDIA_ROWS_SHOWN} more rows")
+
+
+def _fold_media(text: str, ctx, tokenizer) -> str:
+    """A run of N media tokens shown as ``<|image_pad|>*N``: the count is what matters, not the wall."""
+    import re
+
+    media = getattr(ctx, "media", None)
+    if media is None:
+        return text
+    for token in media.media_token_ids(tokenizer):
+        word = tokenizer.convert_ids_to_tokens(token)
+        text = re.sub(f"(?:{re.escape(word)})+", lambda run, w=word: f"{w}*{run.group(0).count(w)}", text)
+    return text

@@ -108,6 +108,15 @@ def _media_of(example: dict, media) -> dict[str, list[str]]:
     return {c: example[c] for c in media.modalities if example.get(c)} if media is not None else {}
 
 
+def expand_media(example: dict, media, model_path: str, tokenizer) -> dict:
+    """The example with its media placeholders rewritten into the model's media tokens (unchanged
+    without a media handler or media)."""
+    files = _media_of(example, media)
+    if not files:
+        return example
+    return {**example, "messages": media.expand(example["messages"], files, model_path, tokenizer)}
+
+
 def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "") -> dict:
     """``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
@@ -120,8 +129,7 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
     for text in batch["_example"]:
         example = json.loads(text)
         files = _media_of(example, media)
-        if files:
-            example = {**example, "messages": media.expand(example["messages"], files, model_path, tokenizer)}
+        example = expand_media(example, media, model_path, tokenizer)
         input_ids, labels = encode_conversation(template, tokenizer, example, settings)
         if media is not None:
             labels = mask_media_labels(input_ids, labels, media_ids)

@@ -1,0 +1,275 @@
+"""Vision-language models (issue 17, first slice): the tiny Qwen2-VL, LLaMA-Factory's image layout,
+the qwen2_vl template's media handler, and sft + LoRA on mllm_demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.plan import prepare
+from tuneforge.plugin_manager import PluginManager
+from tuneforge.train.context import RunContext
+from tuneforge.train.model import load_tokenizer
+
+from .conftest import ANCHOR, run_cli
+
+
+@pytest.fixture(scope="module")
+def vl_model():
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    return cached_tiny_model("qwen2_vl", "tiny")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+
+
+def make_ctx(model, dataset_dir, **overrides) -> RunContext:
+    base = dict(model_name_or_path=str(model), template="qwen2_vl", dataset_dir=str(dataset_dir), dataset="mllm_demo",
+                cutoff_len=1024)
+    base.update(overrides)
+    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_tokenizer(ctx)
+    return ctx
+
+
+def image_dir(tmp_path, rows, formatting="sharegpt", sizes=((60, 40), (30, 90))):
+    """A dataset_dir with two small images and a dataset 'pics' of ``rows``."""
+    from PIL import Image
+
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for index, size in enumerate(sizes):
+        Image.new("RGB", size, (40 * index, 200, 90)).save(tmp_path / "img" / f"{index}.png")
+    (tmp_path / "pics.json").write_text(json.dumps(rows))
+    entry = {"file_name": "pics.json", "formatting": formatting, "columns": {"images": "images"}}
+    if formatting == "sharegpt":
+        entry["columns"]["messages"] = "messages"
+        entry["tags"] = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"pics": entry}))
+    return tmp_path
+
+
+def chat_row(question="<image>What colour?", answer="Green.", images=("img/0.png",)):
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            "images": list(images)}
+
+
+# --- the tiny model ---------------------------------------------------------------------------------
+
+
+def test_tiny_qwen2_vl_loads_with_its_image_processor_and_the_image_text_to_text_class(vl_model):
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    processor = AutoImageProcessor.from_pretrained(vl_model)
+    model = AutoModelForImageTextToText.from_pretrained(vl_model)
+    tokenizer = AutoTokenizer.from_pretrained(vl_model)
+    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    pixels = processor(images=[Image.open(ANCHOR / "mllm_demo_data" / "1.jpg").convert("RGB")], return_tensors="pt")
+    t, h, w = pixels["image_grid_thw"][0].tolist()
+    assert h * w <= 64  # max_pixels 112*112: at most 8x8 patches
+    text = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
+                                         tokenize=False, add_generation_prompt=True)
+    assert "<|vision_start|><|image_pad|><|vision_end|>Hi" in text
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def test_mllm_demo_loads_as_is_with_its_images(vl_model):
+    from tuneforge.data.loading import load_examples
+
+    ctx = make_ctx(vl_model, ANCHOR)
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    assert len(result.examples) == 6
+    first = result.examples[0]
+    assert first["images"] == [str((ANCHOR / "mllm_demo_data" / "1.jpg").resolve())] * 2
+
+
+def test_ids_and_labels_are_what_the_models_own_chat_template_and_processor_give(vl_model):
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.template import IGNORE_INDEX
+    from tuneforge.data.tokenize import Settings
+    from transformers import AutoImageProcessor
+    from PIL import Image
+
+    ctx = make_ctx(vl_model, ANCHOR)
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    example = result.examples[0]
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))({"_example": [json.dumps(example)]})
+    ids, labels = features["input_ids"][0], features["labels"][0]
+
+    # the reference: the model's own Jinja template on content parts, <|image_pad|> repeated grid/merge^2 times
+    processor = AutoImageProcessor.from_pretrained(vl_model)
+    grid = processor(images=[Image.open(p).convert("RGB") for p in example["images"]], return_tensors="np")["image_grid_thw"]
+    counts = iter(int(g.prod()) // 4 for g in grid)
+    messages = []
+    for m in example["messages"]:
+        parts = []
+        for i, piece in enumerate(m["content"].split("<image>")):
+            if i:
+                parts.append({"type": "image"})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        messages.append({"role": m["role"], "content": parts if m["role"] == "user" else m["content"]})
+    text = ctx.tokenizer.apply_chat_template(messages, tokenize=False)
+    pieces = text.split("<|image_pad|>")
+    text = pieces[0] + "".join("<|image_pad|>" * next(counts) + rest for rest in pieces[1:])
+    expected = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ctx.tokenizer.decode(ids) == ctx.tokenizer.decode(expected)
+    assert ids == expected
+
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert sum(i == pad for i in ids) == int(grid.prod(axis=1).sum()) // 4
+    assert all(label == IGNORE_INDEX for i, label in zip(ids, labels) if i == pad)
+    assert features["images"][0] == example["images"]
+
+
+def test_train_on_prompt_still_masks_the_image_tokens(vl_model):
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.template import IGNORE_INDEX
+    from tuneforge.data.tokenize import Settings
+
+    ctx = make_ctx(vl_model, ANCHOR, train_on_prompt="true")
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
+        {"_example": [json.dumps(result.examples[1])]})
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    ids, labels = features["input_ids"][0], features["labels"][0]
+    assert any(i == pad for i in ids)
+    assert all((label == IGNORE_INDEX) == (i == pad) for i, label in zip(ids, labels))
+
+
+def test_the_collator_gives_the_model_its_pixels_and_they_change_the_loss(vl_model):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.dataset import featurizer, make_collator
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.tokenize import Settings
+
+    ctx = make_ctx(vl_model, ANCHOR)
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
+        {"_example": [json.dumps(e) for e in result.examples[:3]]})
+    rows = [{k: features[k][i] for k in features} for i in range(3)]
+    batch = make_collator(ctx, "supervised")(rows)
+    assert batch["image_grid_thw"].shape == (4, 3)  # 2 + 1 + 1 images
+    assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(dim=1).sum())
+    assert int((batch["mm_token_type_ids"] == 1).sum()) == int(batch["image_grid_thw"].prod(dim=1).sum()) // 4
+    model = AutoModelForImageTextToText.from_pretrained(vl_model).eval()
+    with torch.no_grad():
+        loss = model(**batch).loss
+        blank = model(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).loss
+    assert torch.isfinite(loss) and abs(float(loss) - float(blank)) > 1e-6
+
+
+@pytest.mark.parametrize("formatting", ["sharegpt", "alpaca"])
+def test_bad_media_rows_are_named_by_file_row_and_field(vl_model, tmp_path, formatting):
+    from tuneforge.data.loading import load_examples
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    rows = [chat_row(), chat_row(images=()), chat_row(images=("img/missing.png",)), chat_row(images=("img/broken.png",)),
+            chat_row(question="<image><image>Which?", images=("img/0.png", "img/1.png"))]
+    if formatting == "alpaca":
+        rows = [{"instruction": r["messages"][0]["content"], "input": "", "output": r["messages"][1]["content"],
+                 "images": r["images"]} for r in rows]
+    image_dir(tmp_path, rows, formatting)
+    ctx = make_ctx(vl_model, tmp_path, dataset="pics")
+    with pytest.raises(DataError) as err:
+        load_examples(ctx, ctx.plan.datasets)
+    message = str(err.value)
+    assert "3 bad row(s) of 5" in message
+    assert "pics.json" in message
+    assert "0 image file(s) but 1 <image> placeholder(s)" in message and "images:" in message
+    assert "images[0]" in message and "missing.png" in message and "does not exist" in message
+    assert "broken.png" in message and "not a readable image" in message
+    ctx = make_ctx(vl_model, tmp_path, dataset="pics", skip_bad_rows="true")
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    assert [len(e["images"]) for e in result.examples] == [1, 2]
+
+
+def test_a_media_column_with_a_text_only_template_is_a_check_error(vl_model, tmp_path):
+    image_dir(tmp_path, [chat_row()])
+    with pytest.raises(ConfigError) as err:
+        prepare(None, [f"model_name_or_path={vl_model}", "template=qwen", f"dataset_dir={tmp_path}", "dataset=pics"],
+                manager=PluginManager(autoload=False))
+    message = str(err.value)
+    assert "media column 'images'" in message and "template 'qwen' is text-only" in message
+    assert "template: qwen2_vl" in message and '"images": null' in message
+
+
+def test_a_media_column_set_to_null_trains_on_the_text_alone(vl_model, tmp_path):
+    from tuneforge.data.loading import load_examples
+
+    image_dir(tmp_path, [chat_row()])
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    info["pics"]["columns"]["images"] = None
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    ctx = make_ctx(vl_model, tmp_path, dataset="pics", template="qwen")
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    assert "images" not in result.examples[0]
+
+
+def test_data_verb_shows_the_media_of_each_row_and_the_image_tokens(vl_model, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {vl_model}\ntemplate: qwen2_vl\ndataset: mllm_demo\ndataset_dir: {ANCHOR}\n"
+                      "cutoff_len: 1024\n")
+    result = run_cli("data", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "media: 8 images in 6 rows" in result.stdout
+    assert "row 1: images 1.jpg, 1.jpg" in result.stdout
+    assert "<|vision_start|><|image_pad|>*" in result.stdout
+
+
+def test_the_qwen2_vl_template_is_no_longer_listed_as_waiting_for_vision(manager):
+    spec = manager.template("qwen2_vl")
+    assert spec.media is not None and spec.media.modalities == ("images",)
+    assert manager.template("qwen").media is None
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft_lora_on_mllm_demo_loss_falls_and_lora_stays_off_the_vision_tower(vl_model, tmp_path):
+    config = tmp_path / "sft.yaml"
+    out = tmp_path / "out"
+    config.write_text(f"""model_name_or_path: {vl_model}
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+dataset: mllm_demo
+dataset_dir: {ANCHOR}
+template: qwen2_vl
+cutoff_len: 1024
+output_dir: {out}
+per_device_train_batch_size: 2
+learning_rate: 5.0e-3
+num_train_epochs: 8
+logging_steps: 3
+save_strategy: "no"
+report_to: none
+""")
+    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) >= 4 and losses[-1] < losses[0] - 0.5, losses
+    from safetensors import safe_open
+
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if ".visual." in k]
+    assert any("language_model" in k for k in keys)

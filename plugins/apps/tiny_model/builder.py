@@ -53,7 +53,9 @@ from typing import Any
 
 from tuneforge.plugins.templates.reference import reference_jinja
 
-FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma", "qwen2_vl")
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
+#: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
+VISION_FAMILIES = ("qwen2_vl",)
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -399,7 +401,7 @@ def _corpus(bpe_vocab: int) -> list[str]:
 
 def _check(family: str, size: str) -> None:
     if family not in _FAMILIES:
-        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES + VISION_FAMILIES)}")
     if size not in _SIZE_SPECS:
         raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(SIZES)}")
 

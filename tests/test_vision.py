@@ -273,3 +273,42 @@ report_to: none
         keys = list(f.keys())
     assert keys and not [k for k in keys if ".visual." in k]
     assert any("language_model" in k for k in keys)
+
+
+# --- chat -----------------------------------------------------------------------------------------
+
+
+def test_chat_engine_feeds_the_image_to_generate(vl_model):
+    from tuneforge.chat.engine import engine_for
+    from tuneforge.errors import TuneforgeError
+
+    prepared = prepare(None, [f"model_name_or_path={vl_model}", "template=qwen2_vl", "max_new_tokens=4", "do_sample=false"],
+                       manager=PluginManager(autoload=False), inference=True)
+    engine = engine_for(prepared)
+    image = str(ANCHOR / "mllm_demo_data" / "2.jpg")
+    messages = [{"role": "user", "content": "<image>Who is he?", "images": [image]}]
+    ids = engine.encode(messages)
+    pad = engine.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    import torch
+
+    extra = engine._media_kwargs(messages, torch.tensor([ids]))
+    assert int(extra["image_grid_thw"].prod()) // 4 == ids.count(pad) > 0
+    assert int((extra["mm_token_type_ids"] == 1).sum()) == ids.count(pad)
+    [reply] = engine.generate(messages)
+    assert reply.completion_tokens > 0
+    assert "".join(engine.stream(messages)) == reply.text
+    with pytest.raises(TuneforgeError, match="1 image\\(s\\) but 0 <image>"):
+        engine.encode([{"role": "user", "content": "Who?", "images": [image]}])
+    with pytest.raises(TuneforgeError, match="does not exist"):
+        engine.encode([{"role": "user", "content": "<image>Who?", "images": ["/nonexistent.png"]}])
+
+
+def test_chat_verb_takes_an_image_and_a_text_only_template_refuses_it(vl_model, tmp_path):
+    config = tmp_path / "chat.yaml"
+    config.write_text(f"model_name_or_path: {vl_model}\ntemplate: qwen2_vl\nmax_new_tokens: 3\ndo_sample: false\n")
+    image = str(ANCHOR / "mllm_demo_data" / "3.jpg")
+    result = run_cli("chat", str(config), "--query", "What is this?", "--image", image)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("chat", str(config), "--query", "What is this?", "--image", image, "template=qwen")
+    assert result.returncode != 0
+    assert "template 'qwen' is text-only: it cannot take images" in result.stderr

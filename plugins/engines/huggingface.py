@@ -38,7 +38,50 @@ class HuggingfaceEngine:
     def encode(self, messages, system=None, tools=None) -> list[int]:
         config = self.ctx.config
         system = system if system is not None else config.default_system
+        messages, _ = self._with_media(messages)
         return self.template.encode_prompt(self.tokenizer, messages, system, tools, enable_thinking=config.enable_thinking)
+
+    def _with_media(self, messages) -> tuple[list[dict], dict]:
+        """Messages with their images (a message's ``images``: file paths, one ``<image>`` each) turned
+        into the model's media tokens, and the model inputs those need; text-only models refuse images."""
+        files = [p for m in messages for p in (m.get("images") or [])]
+        if not files:
+            return messages, {}
+        media = getattr(self.ctx, "media", None)
+        if media is None or "images" not in media.modalities:
+            from tuneforge.errors import TuneforgeError
+
+            name = self.template.name if self.template is not None else "?"
+            raise TuneforgeError(f"template '{name}' is text-only: it cannot take images; use a vision-language model "
+                                 "with its multimodal template (e.g. template: qwen2_vl)")
+        from tuneforge.errors import TuneforgeError
+
+        found = sum(m["content"].count("<image>") for m in messages)
+        if found != len(files):
+            raise TuneforgeError(f"{len(files)} image(s) but {found} <image> placeholder(s) in the messages")
+        for path in files:
+            from tuneforge.data.media import _unreadable
+
+            why = _unreadable(str(path), "images")
+            if why:
+                raise TuneforgeError(f"image '{path}' {why}")
+        model_path = str(self.ctx.config.model_name_or_path)
+        expanded = media.expand([{k: v for k, v in m.items() if k != "images"} for m in messages],
+                                {"images": files}, model_path, self.tokenizer)
+        return expanded, media.inputs([{"images": files}], model_path, self.tokenizer)
+
+    def _media_kwargs(self, messages, input_ids) -> dict:
+        """pixel_values & co. for generate(), plus mm_token_type_ids marking the media tokens."""
+        _, extra = self._with_media(messages)
+        if not extra:
+            return {}
+        import torch
+
+        kinds = torch.zeros_like(input_ids)
+        for token, kind in self.ctx.media.media_token_ids(self.tokenizer).items():
+            kinds[input_ids == token] = kind
+        device = self.model.device
+        return {**{k: v.to(device) for k, v in extra.items()}, "mm_token_type_ids": kinds}
 
     def _decode(self, ids, settings: GenerationSettings) -> str:
         ids = [i for i in ids if i not in self.stop_ids]
@@ -83,21 +126,21 @@ class HuggingfaceEngine:
         if settings.num_beams > 1:  # transformers cannot stream beam search
             from tuneforge.chat.engine import FinishedStream
 
-            return FinishedStream(self.generate_batch([ids], settings)[0])
-        return _Stream(self, ids, settings)
+            return FinishedStream(self._generate([ids], settings, 1, media=messages)[0])
+        return _Stream(self, ids, settings, media=messages)
 
     def generate(self, messages, system=None, tools=None, settings=None, n: int = 1, cancel=None) -> list[Response]:
         settings = settings or self.settings
         ids = self.encode(messages, system, tools)
         if n > 1 and not settings.do_sample:  # greedy decoding has one answer
-            return self._generate([ids], settings, 1, cancel) * n
-        return self._generate([ids], settings, n, cancel)
+            return self._generate([ids], settings, 1, cancel, media=messages) * n
+        return self._generate([ids], settings, n, cancel, media=messages)
 
     def generate_batch(self, prompts, settings=None) -> list[Response]:
         return self._generate([list(p) for p in prompts], settings or self.settings, 1)
 
     def _generate(self, prompts: list[list[int]], settings: GenerationSettings, n: int,
-                  cancel: threading.Event | None = None) -> list[Response]:
+                  cancel: threading.Event | None = None, media: list[dict] | None = None) -> list[Response]:
         import torch
         from transformers import StoppingCriteriaList
 
@@ -108,7 +151,8 @@ class HuggingfaceEngine:
         criteria = StoppingCriteriaList(([_StopStrings(self, width, settings)] if settings.stop else [])
                                         + ([_Cancel(cancel)] if cancel is not None else []))
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+            extra = self._media_kwargs(media, input_ids) if media is not None and len(prompts) == 1 else {}
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra,
                                       generation_config=self._generation_config(settings, n), stopping_criteria=criteria)
         lens = [len(p) for p in prompts for _ in range(n)]
         return self._rows(out, width, settings, lens)
@@ -167,7 +211,7 @@ class _QueueStreamer:
 class _Stream:
     """A reply generated in a thread, read piece by piece (see :class:`tuneforge.chat.engine.TextStream`)."""
 
-    def __init__(self, engine: HuggingfaceEngine, ids: list[int], settings: GenerationSettings):
+    def __init__(self, engine: HuggingfaceEngine, ids: list[int], settings: GenerationSettings, media: list[dict] | None = None):
         import torch
         from transformers import StoppingCriteriaList
 
@@ -180,6 +224,7 @@ class _Stream:
         self._queue: queue.Queue = queue.Queue()
         input_ids = torch.tensor([ids], device=engine.model.device)
         kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=_QueueStreamer(self._queue),
+                      **(engine._media_kwargs(media, input_ids) if media is not None else {}),
                       generation_config=engine._generation_config(settings), stopping_criteria=StoppingCriteriaList([_Cancel(self._cancel)]))
         self._thread = threading.Thread(target=self._run, args=(kwargs,), daemon=True)
         self._thread.start()

@@ -14,6 +14,18 @@ from tuneforge import CommandSpec, hookimpl
 def register(parser):
     parser.add_argument("config", help="YAML config (model_name_or_path, adapter_name_or_path, template, generation keys)")
     parser.add_argument("--query", help="answer this one message and exit")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="an image for the (first) message, repeatable; multimodal templates only (e.g. qwen2_vl). "
+                             "Interactively: `/image PATH` attaches one to the next message")
+
+
+def _user(text: str, images: list[str]) -> dict:
+    """A user message with its images: one <image> each, put first unless the text places them."""
+    if not images:
+        return {"role": "user", "content": text}
+    if "<image>" not in text:
+        text = "<image>" * len(images) + text
+    return {"role": "user", "content": text, "images": list(images)}
 
 
 def _reply(engine, history: list[dict]) -> str:
@@ -35,8 +47,9 @@ def run(args) -> int:
     from tuneforge.chat.engine import engine_for
 
     engine = engine_for(prepared)
+    pending = list(args.image)
     if args.query is not None:
-        _reply(engine, [{"role": "user", "content": args.query}])
+        _reply(engine, [_user(args.query, pending)])
         return 0
     print("Type a message; `clear` removes the history, `exit` quits.", flush=True)
     history: list[dict] = []
@@ -53,9 +66,14 @@ def run(args) -> int:
             history = []
             print("History has been removed.", flush=True)
             continue
+        if command.startswith("/image "):
+            pending.append(command[len("/image "):].strip())
+            print(f"(image attached to the next message: {pending[-1]})", flush=True)
+            continue
         if not command:
             continue
-        history.append({"role": "user", "content": query})
+        history.append(_user(query, pending))
+        pending = []
         print("Assistant: ", end="", flush=True)
         history.append({"role": "assistant", "content": _reply(engine, history)})
 

@@ -138,6 +138,10 @@ def _media_problems(plan) -> list[Problem]:
         for column in media_columns(dataset.attr):
             if media is None or column not in media.modalities:
                 problems.append(Problem("dataset", text_only_message(dataset.attr, column, template.name if template else None)))
+            elif plan.stage.spec.data_kind != "supervised":
+                problems.append(Problem("dataset", f"dataset '{dataset.attr.name}' has {column}, but stage "
+                                        f"'{plan.stage.name}' does not train on media yet (this version: stage sft); "
+                                        f"its {column} would be dropped"))
     return problems
 
 

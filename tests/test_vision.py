@@ -312,3 +312,10 @@ def test_chat_verb_takes_an_image_and_a_text_only_template_refuses_it(vl_model, 
     result = run_cli("chat", str(config), "--query", "What is this?", "--image", image, "template=qwen")
     assert result.returncode != 0
     assert "template 'qwen' is text-only: it cannot take images" in result.stderr
+
+
+def test_images_with_a_stage_that_does_not_take_them_yet_is_a_check_error(vl_model, tmp_path):
+    image_dir(tmp_path, [chat_row()])
+    with pytest.raises(ConfigError, match="stage 'pt' does not train on media yet"):
+        prepare(None, [f"model_name_or_path={vl_model}", "template=qwen2_vl", f"dataset_dir={tmp_path}", "dataset=pics",
+                       "stage=pt"], manager=PluginManager(autoload=False))

@@ -118,20 +118,39 @@ def dataset_fingerprint(plan, manager) -> dict | None:
 
 
 def media_fingerprint(ctx) -> dict | None:
-    """What decides how many tokens an image becomes: the handler (and its code) and the model's image
-    processor settings (preprocessor_config.json). The image files themselves are checked on every load."""
+    """What decides the media part of the features: the handler (and its code), the model's image
+    processor settings (preprocessor_config.json), and every media file the datasets name: where it
+    is (the features keep absolute paths) and its size and mtime (the pixels are read at batch time)."""
     media = getattr(ctx, "media", None)
     if media is None:
         return None
-    import inspect
+    from .loading import read_rows
+    from .media import media_columns
 
     folder = Path(str(ctx.config.model_name_or_path))
     processor = folder / "preprocessor_config.json"
-    source = inspect.getsource(type(media)) if hasattr(type(media), "__module__") else ""
+    source = inspect.getsource(type(media))
+    files = hashlib.sha256()
+    for plan in list(ctx.plan.datasets) + list(ctx.plan.eval_datasets):
+        columns = [plan.attr.column(c) for c in media_columns(plan.attr)]
+        if not columns or plan.attr.source != "file":
+            continue
+        base = Path(ctx.config.get("media_dir") or ctx.config.dataset_dir)
+        for row in read_rows(plan.attr, ctx.config).rows:
+            for column in columns:
+                value = row.get(column) if isinstance(row, dict) else None
+                for name in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+                    path = (base / str(name)).resolve()
+                    try:
+                        stat = path.stat()
+                        files.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+                    except OSError:
+                        files.update(f"{path}|missing\n".encode())
     return {
         "handler": f"{type(media).__module__}.{type(media).__qualname__}",
         "code": hashlib.sha256(source.encode("utf-8")).hexdigest()[:16],
         "processor": hashlib.sha256(processor.read_bytes()).hexdigest()[:16] if processor.is_file() else str(folder),
+        "files": files.hexdigest()[:32],
     }
 
 

@@ -99,9 +99,13 @@ def load_model_config(config):
 
 
 def meta_model(model_config, trust_remote_code: bool = False):
-    """The causal LM built from its config on the meta device: real module tree, no storage."""
+    """The causal LM (or, for a vision-language config, the image-text-to-text model) built from its
+    config on the meta device: real module tree, no storage."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if getattr(model_config, "vision_config", None) is not None:
+        AutoModelForCausalLM = AutoModelForImageTextToText  # noqa: N806 (the vision tower counts too)
 
     model_config = model_config.__class__.from_dict(model_config.to_dict())  # ours to edit
     if getattr(model_config, "quantization_config", None) is not None:

@@ -273,6 +273,13 @@ report_to: none
         keys = list(f.keys())
     assert keys and not [k for k in keys if ".visual." in k]
     assert any("language_model" in k for k in keys)
+    # the adapter reloads with PEFT alone on the image-text-to-text model
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    reloaded = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(vl_model), out)
+    lora = [n for n, _ in reloaded.named_parameters() if "lora_" in n]
+    assert lora and not [n for n in lora if "visual" in n]
 
 
 # --- chat -----------------------------------------------------------------------------------------

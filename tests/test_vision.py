@@ -358,7 +358,8 @@ def test_images_reach_the_model_it_learns_colours_from_them_and_not_from_blank_i
         config.write_text(f"model_name_or_path: {vl_model}\nstage: sft\ndo_train: true\nfinetuning_type: full\n"
                           f"dataset: pics\ndataset_dir: {folder}\ntemplate: qwen2_vl\ncutoff_len: 256\n"
                           f"output_dir: {folder / 'out'}\nper_device_train_batch_size: 6\nlearning_rate: 2.0e-3\n"
-                          "num_train_epochs: 15\nlogging_steps: 6\nsave_strategy: 'no'\nreport_to: none\nseed: 0\n")
+                          "num_train_epochs: 15\nlogging_steps: 6\nsave_strategy: 'no'\nreport_to: none\nseed: 0\n"
+                          "freeze_vision_tower: false\nfreeze_multi_modal_projector: false\n")
         result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         log = [json.loads(line) for line in (folder / "out" / "trainer_log.jsonl").read_text().splitlines()]
@@ -367,3 +368,23 @@ def test_images_reach_the_model_it_learns_colours_from_them_and_not_from_blank_i
     # among three, so the mean token loss cannot fall far below ln(3)/3.7 ~ 0.3 (seen: 0.26; with the
     # colours: 0.002). The two runs differ only in the pixels, so the pixels reach the model.
     assert final[False] < 0.02 and final[True] > 0.15, final
+
+
+@pytest.mark.slow
+def test_full_finetuning_keeps_the_vision_tower_and_projector_bit_identical_by_default(vl_model, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    config = tmp_path / "full.yaml"
+    out = tmp_path / "out"
+    config.write_text(f"model_name_or_path: {vl_model}\nstage: sft\ndo_train: true\nfinetuning_type: full\n"
+                      f"dataset: mllm_demo\ndataset_dir: {ANCHOR}\ntemplate: qwen2_vl\ncutoff_len: 1024\n"
+                      f"output_dir: {out}\nper_device_train_batch_size: 2\nlearning_rate: 1.0e-3\nmax_steps: 3\n"
+                      "save_strategy: 'no'\nreport_to: none\n")
+    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    before, after = load_file(vl_model / "model.safetensors"), load_file(out / "model.safetensors")
+    vision = [k for k in before if "visual" in k.split(".")]  # saved as visual.blocks..., visual.merger...
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    language = [k for k in before if "visual" not in k.split(".") and k in after]
+    assert any(not torch.equal(before[k], after[k]) for k in language)

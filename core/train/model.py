@@ -66,12 +66,39 @@ def load_model(ctx: RunContext):
         model = quantizer.spec.after_load(ctx, model)
     model = ctx.plan.method.spec.apply(ctx, model)
     if ctx.training:
+        freeze_multimodal_parts(ctx.config, model)
         upcast_trainable_params(ctx, model)
     else:
         model.eval()
     ctx.model = model
     ctx.manager.hook.tuneforge_model_ready(ctx=ctx, model=model, tokenizer=tokenizer)
     return model, tokenizer
+
+
+#: Module-path parts of a vision-language model's vision tower and of its projector (merger).
+VISION_TOWER = ("visual", "vision_tower", "vision_model", "audio_tower")
+PROJECTOR = ("merger", "multi_modal_projector")
+
+
+def freeze_multimodal_parts(config, model) -> None:
+    """LLaMA-Factory's freeze_vision_tower / freeze_multi_modal_projector (both true by default) and
+    freeze_language_model, applied after the method chose what trains. Adapter weights (LoRA) are the
+    method's and stay as it set them; a text-only model is left alone."""
+    names = [name.split(".") for name, _ in model.named_parameters()]
+    if not any(part in VISION_TOWER for parts in names for part in parts):
+        return
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue
+        if any(p in PROJECTOR for p in parts):
+            freeze = config.get("freeze_multi_modal_projector")
+        elif any(p in VISION_TOWER for p in parts):
+            freeze = config.get("freeze_vision_tower")
+        else:
+            freeze = config.get("freeze_language_model")
+        if freeze:
+            param.requires_grad_(False)
 
 
 def upcast_trainable_params(ctx: RunContext, model) -> None:

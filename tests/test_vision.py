@@ -388,3 +388,20 @@ def test_full_finetuning_keeps_the_vision_tower_and_projector_bit_identical_by_d
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     language = [k for k in before if "visual" not in k.split(".") and k in after]
     assert any(not torch.equal(before[k], after[k]) for k in language)
+
+
+def test_cutoff_len_never_splits_an_images_tokens(vl_model):
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.plugins.templates.media import Qwen2VLMedia
+
+    ctx = make_ctx(vl_model, ANCHOR, cutoff_len=40)
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
+        {"_example": [json.dumps(e) for e in result.examples]})
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert 0 < len(features["input_ids"]) < len(result.examples)  # the rows an image would be cut in are dropped
+    for ids, images in zip(features["input_ids"], features["images"]):
+        assert len(ids) <= 40
+        assert ids.count(pad) == sum(Qwen2VLMedia()._counts(images, str(vl_model)))

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import TuneforgeError
-from ..ranks import is_main_process
+from ..ranks import is_main_process, world_size
 from . import tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
@@ -61,6 +61,14 @@ def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
 
     The Hugging Face names (gradient_checkpointing, deprecated in transformers 5, and
     activation_checkpointing) win when set; use_reentrant_gc picks torch's checkpoint flavour.
+
+    Under several processes DDP and reentrant checkpointing clash: a model that is not a bare
+    PreTrainedModel (a PEFT wrapper: LoRA, QLoRA; a value head) gets ``find_unused_parameters=True``
+    from the Trainer, and the reentrant recomputation then fires each parameter's ready hook twice
+    ("marked as ready twice" at the first backward). The non-reentrant flavour (our default, and
+    transformers 5's) has no such clash. When the user asks for the reentrant one, we do what
+    LLaMA-Factory does for LoRA: ``ddp_find_unused_parameters: false`` unless set (every trainable
+    parameter must then get a gradient each step, which holds for the causal-LM methods).
     """
     config = ctx.config
     for old, new in (("gradient_checkpointing", "activation_checkpointing"),
@@ -74,6 +82,18 @@ def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
         kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
     if kwargs["activation_checkpointing"]:
         kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": bool(config.use_reentrant_gc)})
+        gc_kwargs = kwargs["activation_checkpointing_kwargs"]
+        if isinstance(gc_kwargs, str):  # a JSON string on the command line, as transformers accepts it
+            try:
+                gc_kwargs = json.loads(gc_kwargs)
+            except ValueError:
+                gc_kwargs = {}
+        # transformers turns empty kwargs into use_reentrant=False; torch's checkpoint() defaults to the
+        # reentrant flavour when other kwargs come without use_reentrant
+        passed = {k: v for k, v in gc_kwargs.items() if k not in ("every_n_layers", "offload")} if isinstance(gc_kwargs, dict) else {}
+        reentrant = bool(passed.get("use_reentrant", True)) if passed else False
+        if reentrant and world_size() > 1 and kwargs.get("ddp_find_unused_parameters") is None:
+            kwargs["ddp_find_unused_parameters"] = False
 
 
 def _has_accelerator() -> bool:

@@ -221,9 +221,14 @@ def test_every_method_with_its_defaults_trains_the_same_curve_on_two_processes(c
 
     if method == "qlora" and (why := _qlora_runs_here()):
         pytest.skip(why)
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.train.pipeline import run_training
+
     overrides = [*METHODS[method], f"max_steps={METHOD_STEPS}", "save_steps=1000"]
-    one = run_cli("train", str(config), f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=4", *overrides)
-    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
+    # the reference in this process (no interpreter start-up: these tests are the slow part of the suite)
+    run_training(prepare(config, [f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=4", *overrides],
+                         manager=PluginManager(autoload=False)))
     two = run_cli("train", str(config), f"output_dir={tmp_path / 'two'}", *overrides, env=two_processes())
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     reference, curve = losses(tmp_path / "one"), losses(tmp_path / "two")

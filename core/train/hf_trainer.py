@@ -238,7 +238,7 @@ def save_checkpoint_atomically(trainer, trial, save) -> None:
         if saver:
             trainer.state.save_to_json(str(staged / CHECKPOINT_STATE))
     trainer.accelerator.wait_for_everyone()  # every rank's files are in staged
-    if not saver:
+    if not saver or not staged.is_dir():  # save_on_each_node on a shared disk: another node renamed it
         return
     _fsync_tree(staged)
     if final.exists():  # the same step saved before: a damaged checkpoint skipped at resume, or an older run's

@@ -293,6 +293,13 @@ def test_no_good_checkpoint_stops_with_one_line_naming_it(config, tmp_path, caps
     # explicitly asked for, the same checkpoint is refused with the file named
     with pytest.raises(TuneforgeError, match="cannot resume from .*checkpoint-3: optimizer.pt is cut short"):
         train(config, tmp_path / "elsewhere", resume_from_checkpoint=str(out / "checkpoint-3"))
+    # weights deleted (a save_total_limit rotation killed half-way deletes files in any order)
+    from tuneforge.train.hf_trainer import checkpoint_problem
+
+    optimizer.unlink()
+    assert checkpoint_problem(out / "checkpoint-3") is None  # no optimizer.pt is save_only_model's checkpoint
+    (out / "checkpoint-3" / "adapter_model.safetensors").unlink()
+    assert checkpoint_problem(out / "checkpoint-3") == "holds no model weights (no *.safetensors or *.bin file)"
 
 
 def test_file_checks_catch_every_cut_and_pass_whole_files(tmp_path):

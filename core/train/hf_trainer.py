@@ -205,7 +205,7 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads(state.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return f"{CHECKPOINT_STATE} is cut short (the save was interrupted)"
-    if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+    if not any(p.name != "training_args.bin" for pattern in _WEIGHT_PATTERNS for p in path.glob(pattern)):
         return "holds no model weights (no *.safetensors or *.bin file)"
     return folder_problem(path)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.loader import parse_overrides, read_config_file
+from .config.adapters import adapter_problems
 from .config.model import Config
 from .config.validate import declared_defaults, validate_values
 from .data.registry import DatasetAttr, data_problems, resolve_datasets
@@ -114,6 +115,7 @@ def prepare(
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
     problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
+    problems += adapter_problems(config)
     if plan is not None:
         for entry in plan.entries():
             problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -124,3 +125,78 @@ def test_hf_training_args_table_matches_installed_transformers():
         f"added in transformers: {sorted(fields - set(HF_TRAINING_ARGS))}; "
         f"dropped: {sorted(set(HF_TRAINING_ARGS) - fields)}"
     )
+
+
+# --- adapter_name_or_path is checked at `check`, before any model loads ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_adapter(tiny_model, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("adapter") / "lora"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(folder)
+    return folder
+
+
+def _damaged_adapters(good, tiny_model, root):
+    """(what the config names, what the message must say) for each way an adapter folder goes wrong."""
+    import shutil
+
+    def copy(name):
+        target = root / name
+        shutil.copytree(good, target)
+        return target
+
+    (root / "adapter.safetensors").write_bytes(b"")
+    (root / "empty").mkdir()
+    no_weights = copy("no-weights")
+    (no_weights / "adapter_model.safetensors").unlink()
+    cut = copy("cut")
+    weights = cut / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    os.truncate(weights, size - 10)
+    bad_config = copy("bad-config")
+    (bad_config / "adapter_config.json").write_text('{"r": 4,')
+    return [
+        (root / "nope", f"{root / 'nope'} does not exist (relative paths are read from"),
+        (root / "adapter.safetensors", f"{root / 'adapter.safetensors'} is a file; point adapter_name_or_path at the output_dir"),
+        (root / "empty", f"{root / 'empty'} has no adapter_config.json, so it is not an adapter folder"),
+        (tiny_model, f"{tiny_model} has no adapter_config.json: it holds a full model, not an adapter; set model_name_or_path to it"),
+        (no_weights, f"{no_weights} has adapter_config.json but no adapter weights (adapter_model.safetensors or adapter_model.bin)"),
+        (cut, f"{cut}: adapter_model.safetensors is cut short: {size - 10} bytes, but its header says {size}; copy the adapter again"),
+        (bad_config, f"{bad_config}: adapter_config.json is not valid JSON"),
+        ("someone/not-cached-adapter", "someone/not-cached-adapter is not a local folder, and HF_HUB_OFFLINE=1 keeps it from being downloaded"),
+    ]
+
+
+def test_every_damaged_adapter_is_named_at_check_with_the_fix(tiny_model, good_adapter, tmp_path, manager):
+    base = [f"model_name_or_path={tiny_model}", "template=llama3", "finetuning_type=lora"]
+    assert prepare(None, [*base, f"adapter_name_or_path={good_adapter}"], manager=manager).config.adapter_name_or_path
+    for adapter, expected in _damaged_adapters(good_adapter, tiny_model, tmp_path):
+        with pytest.raises(ConfigError) as error:
+            prepare(None, [*base, f"adapter_name_or_path={good_adapter},{adapter}"], manager=manager)
+        message = str(error.value)
+        assert f"adapter_name_or_path: {expected}" in message, message
+        assert message.count("adapter_name_or_path:") == 1, message  # the good one of the list is not named
+
+
+def test_check_chat_and_export_stop_on_a_truncated_adapter_with_one_message(tiny_model, good_adapter, tmp_path):
+    import shutil
+
+    from .conftest import run_cli
+
+    cut = tmp_path / "cut"
+    shutil.copytree(good_adapter, cut)
+    os.truncate(cut / "adapter_model.safetensors", 100)
+    config = tmp_path / "chat.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model}\ntemplate: llama3\nfinetuning_type: lora\nadapter_name_or_path: {cut}\n")
+    for verb in (["check"], ["chat", "--query", "hi"], ["export", f"export_dir={tmp_path / 'merged'}"]):
+        args = [verb[0], str(config), *verb[1:]]
+        result = run_cli(*args)
+        assert result.returncode == 2, (verb, result.stdout[-2000:], result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert f"{config}:4: adapter_name_or_path: {cut}: adapter_model.safetensors is cut short" in result.stderr, result.stderr
+    assert not (tmp_path / "merged").exists()

@@ -80,7 +80,9 @@ MODEL_KEYS = (
     _k("moe_aux_loss_coef", float, None, "MoE router auxiliary loss coefficient.", effective=False),
     _k("disable_gradient_checkpointing", bool, False,
        "Gradient checkpointing is on for training (as in LLaMA-Factory) unless this is true or gradient_checkpointing: false."),
-    _k("use_reentrant_gc", bool, True, "Use torch's reentrant checkpoint flavour for gradient checkpointing."),
+    _k("use_reentrant_gc", bool, False,
+       "Use torch's reentrant checkpoint flavour for gradient checkpointing (default false: the non-reentrant one, "
+       "transformers 5's default, which also runs under several processes whatever the model wrapper)."),
     _k("upcast_layernorm", bool, False, "Keep layer norms in fp32.", effective=False),
     _k("upcast_lmhead_output", bool, False, "Compute the LM head output in fp32.", effective=False),
     _k("train_from_scratch", bool, False, "Random-initialise the model from its config."),

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .hookspecs import hookimpl  # noqa: E402
 from .specs import (  # noqa: E402
+    AdapterSpec,
     ChatTemplateSpec,
     ConfigKey,
     DatasetFormatSpec,
@@ -18,11 +19,13 @@ from .specs import (  # noqa: E402
     Requirement,
     RewardFunctionSpec,
     StageSpec,
+    TrainablePlan,
 )
 
 __all__ = [
     "__version__",
     "hookimpl",
+    "AdapterSpec",
     "ChatTemplateSpec",
     "ConfigKey",
     "DatasetFormatSpec",
@@ -33,4 +36,5 @@ __all__ = [
     "Requirement",
     "RewardFunctionSpec",
     "StageSpec",
+    "TrainablePlan",
 ]

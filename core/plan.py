@@ -226,11 +226,11 @@ def _quantized_weight_problems(config: Config, plan: Plan, manager: PluginManage
         flag = method.spec.flag if method.spec.flag and config.get(method.spec.flag) else None
         what = f"{flag}: true" if flag else f"finetuning_type: {method.name}"
         instead = _adapter_method(config, manager)
-        out.append(Problem(flag or "finetuning_type",
+        out.append(Problem(f"method {method.name}",
                            f"{what} updates the base weights, which are quantized ({source}) and cannot be trained; "
                            f"train adapters on them instead" + (f" (Q{instead.spec.label}: finetuning_type: "
                                                                  f"{instead.name})" if instead else "")
-                           + f", or {unquantize}", config.where(flag or "finetuning_type")))
+                           + f", or {unquantize}"))
     adapters = split_names(config.get("adapter_name_or_path"))
     where = config.where("adapter_name_or_path")
     if config.get("export_dir") and adapters:

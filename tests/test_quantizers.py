@@ -360,10 +360,10 @@ def test_show_says_which_gptq_versions_it_needs():
 
 
 def test_gptq_version_outside_the_tested_range_is_unavailable(monkeypatch):
-    from tuneforge.plugins.quantizers import gptq
+    from tuneforge.plugins.quantizers import _gptqmodel, gptq
 
     versions = {"gptqmodel": "6.0.0", "optimum": "2.3.0"}
-    monkeypatch.setattr(gptq.metadata, "version", lambda dist: versions[dist])
+    monkeypatch.setattr(_gptqmodel.metadata, "version", lambda dist: versions[dist])
     assert gptq.unavailable_reason() == "gptqmodel 6.0.0 is installed; this plugin needs gptqmodel >=7.6,<8 (pip install 'tuneforge[gptq]')"
     versions["gptqmodel"] = "7.6.0"
     assert gptq.unavailable_reason() is None
@@ -373,7 +373,7 @@ def test_gptq_cpu_workers_are_at_least_two(monkeypatch):
     from tuneforge.plugins.quantizers import gptq
 
     monkeypatch.delenv("GPTQMODEL_CPU_WORKERS", raising=False)
-    monkeypatch.setattr(gptq.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(gptq.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # the same os module
     gptq.set_cpu_workers()
     assert gptq.os.environ["GPTQMODEL_CPU_WORKERS"] == "2"
     monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "6")  # the user's own setting wins

@@ -247,30 +247,11 @@ def load_reward_model(ctx, path, reward_model_type: str = "full"):
 
 
 def score(reward_model, input_ids, attention_mask):
-    """Each row's reward (float32, shape [B]): the value at its last real token.
+    """Each row's reward: the value at its last real token (``_value_head.score``, shared with ppo;
+    imported here only when called, since it needs torch)."""
+    from ._value_head import score as value_at_last_token
 
-    Positions count real tokens only, so a row scores the same whether it is padded on the right
-    (training), on the left, or around a generated reply (ppo). Gradients flow when the caller
-    allows them (training); wrap the call in ``torch.no_grad()`` to only score.
-    """
-    from tuneforge.plugins.stages._value_head import last_token_values
-
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    _, values = reward_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             **_last_logits_only(reward_model))
-    return last_token_values(values, attention_mask).float()
-
-
-def _last_logits_only(reward_model) -> dict:
-    """``logits_to_keep=1`` where the LM takes it: a score needs no logits, and all of them cost
-    batch x length x vocabulary floats."""
-    import inspect
-
-    while hasattr(reward_model, "module"):  # DDP and other training wrappers
-        reward_model = reward_model.module
-    lm = reward_model.pretrained_model
-    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
+    return value_at_last_token(reward_model, input_ids, attention_mask)
 
 
 @hookimpl

@@ -7,6 +7,7 @@ pip-installed method or quantizer is planned exactly like a built-in one.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,10 +36,17 @@ def _spec(manager, kind: str, name: str | None):
         return None
 
 
+_DEFAULTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _default(manager, key: str):
+    """A selection key's default (DEFAULT_SELECTIONS through the declared keys), once per manager:
+    the advice re-plans the config a few dozen times."""
     from ..config.validate import declared_defaults
 
-    return declared_defaults(manager).get(key)
+    if manager not in _DEFAULTS:
+        _DEFAULTS[manager] = declared_defaults(manager)
+    return _DEFAULTS[manager].get(key)
 
 
 def selected_method(config, manager) -> str:

@@ -114,6 +114,8 @@ def prepare(
     plan, plan_problems = _resolve_plan(config, manager, inference=inference)
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
+    if plan is not None:
+        problems += _data_kind_problems(config, plan.stage)
     problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
     if plan is not None:
         problems += _quantized_weight_problems(config, plan, manager)
@@ -210,6 +212,23 @@ def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = F
     if prequantized is not None:
         plan.prequantized = quant_method(prequantized)
     return plan, problems
+
+
+def _data_kind_problems(config: Config, stage: SpecEntry) -> list[Problem]:
+    """A stage's own data kind: it must say how its rows are built; they are not packed."""
+    from .specs import BUILTIN_DATA_KINDS
+
+    spec = stage.spec
+    if spec.data_kind in BUILTIN_DATA_KINDS:
+        return []
+    if spec.data is None:
+        return [Problem("stage", f"stage '{stage.name}' ({stage.provider}) trains on '{spec.data_kind}' rows, which "
+                                 f"tuneforge does not build ({', '.join(BUILTIN_DATA_KINDS)}), and its spec has no "
+                                 "DataKind (StageSpec.data) saying how to build them", config.where("stage"))]
+    if config.packing or config.neat_packing:
+        return [Problem("packing", f"is not supported for '{spec.data_kind}' rows (stage {stage.name})",
+                        config.where("packing"))]
+    return []
 
 
 def _quantized_weight_problems(config: Config, plan: Plan, manager: PluginManager) -> list[Problem]:

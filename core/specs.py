@@ -249,6 +249,30 @@ class DatasetFormatSpec(PluginSpec):
     convert: Callable[[dict, Any], dict] | None = None
 
 
+#: The row kinds the core builds itself; a stage may declare any other ``data_kind`` with a :class:`DataKind`.
+BUILTIN_DATA_KINDS = ("text", "supervised", "pairwise", "kto", "prompt")
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """A kind of training rows a stage defines for itself (``StageSpec.data``), for a ``data_kind``
+    the core does not build.
+
+    ``examples``: the built-in kind of examples it is made from ("supervised", "pairwise", "kto" or
+    "text"): datasets are checked and converted as for that kind (formats, columns, row errors).
+    ``featurize(batch, *, template, tokenizer, settings) -> columns``: a batched ``datasets.map``
+    function from ``{"_example": [json text of one example, ...]}`` to feature columns (lists); the
+    built-in ones are in ``tuneforge.data.tokenize`` (``supervised_batch`` ...).
+    ``collator(pad_token_id, label_pad_token_id) -> callable``: batches the feature rows.
+    Rows of a stage's own kind are not packed (`check` refuses ``packing`` for the stage).
+    The core caches the features like its own, keyed by the kind's name and the stage's plugin.
+    """
+
+    examples: str
+    featurize: Callable[..., dict]
+    collator: Callable[[int, int], Any]
+
+
 #: The selection key of reward functions, owned by every stage that uses them (``uses_rewards``).
 REWARD_FUNCS_KEY = ConfigKey(
     "reward_funcs", (str, list), None,
@@ -260,7 +284,8 @@ REWARD_FUNCS_KEY = ConfigKey(
 class StageSpec(PluginSpec):
     """A training stage (pt, sft, dpo, ...). ``run(ctx)`` trains and returns a metrics dict.
 
-    ``data_kind`` says which rows the stage consumes ("text", "supervised", "pairwise", "kto", "prompt").
+    ``data_kind`` says which rows the stage consumes: one the core builds ("text", "supervised",
+    "pairwise", "kto", "prompt"), or any other name, built as ``data`` (a :class:`DataKind`) says.
     ``pairs_rows``: each example is two sequences in one step (chosen and rejected, or KTO's KL row):
     the planner counts twice the tokens.
     ``needs_reference(config) -> bool``: the stage compares with a frozen reference model (dpo, kto):
@@ -273,6 +298,7 @@ class StageSpec(PluginSpec):
     kind: ClassVar[str] = "stage"
     run: Callable[[Any], dict] | None = None
     data_kind: str = "supervised"
+    data: DataKind | None = None
     pairs_rows: bool = False
     needs_reference: Callable[[Any], bool] | None = None
     lm_loss: bool = True

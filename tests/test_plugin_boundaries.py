@@ -44,6 +44,7 @@ NOT_PLUGIN_NAMES = {
     ("core/data/registry.py", "kto"): "the data kind of unpaired labelled rows",
     ("core/data/loading.py", "kto"): "the data kind of unpaired labelled rows",
     ("core/data/example.py", "kto"): "the data kind of unpaired labelled rows",
+    ("core/specs.py", "kto"): "the data kind of unpaired labelled rows",
     ("plugins/stages/reward_model.py", "full"): "reward_model_type's value (LLaMA-Factory's): a whole model",
     ("plugins/stages/reward_model.py", "lora"): "reward_model_type's value (LLaMA-Factory's): an rm adapter",
     ("plugins/stages/reward_model.py", "accuracy"): "a metric's name",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
-from pathlib import Path
 
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.specs import KINDS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from tuneforge import ConfigKey, TrainablePlan
-from tuneforge.plugin_helpers import deepspeed_stage, split_names as names, world_size  # noqa: F401 (re-exported)
+from tuneforge.plugin_helpers import split_names as names, world_size
 
 #: Keys that only mean something for LoRA-family methods, with LLaMA-Factory's error for each.
 LORA_ONLY = ("loraplus_lr_ratio", "use_dora", "use_rslora", "pissa_init")

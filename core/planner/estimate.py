@@ -188,7 +188,7 @@ def trainable_params(shape: ModelShape, config, rules: Rules) -> Trainable:
     """The method's own rule (``MethodSpec.plan_trainable``, or that of its ``base_method``); a method
     without one is counted as training every parameter, and the plan says so."""
     largest = max(shape.param_numels.values(), default=0)
-    rule = rules.trainable_rule()
+    rule = rules.trainable_rule(config)
     if rule is None:
         notes = [f"method '{rules.method}' is not modelled: every parameter counted as trainable"]
         return Trainable(shape.total_params, shape.total_params, shape.head_params(), largest, notes=notes)

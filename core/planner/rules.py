@@ -111,7 +111,7 @@ class Rules:
         spec = self.stage_spec
         return spec is not None and spec.needs_reference is not None and bool(spec.needs_reference(config))
 
-    def trainable_rule(self) -> Callable | None:
+    def trainable_rule(self, config) -> Callable | None:
         """The method's ``plan_trainable``, or that of the method its ``base_method`` names."""
         spec = self.method_spec
         if spec is None:
@@ -119,7 +119,7 @@ class Rules:
         if spec.plan_trainable is not None:
             return spec.plan_trainable
         if spec.base_method is not None:
-            base = _spec(self.manager, "method", spec.base_method(self._config))
+            base = _spec(self.manager, "method", spec.base_method(config))
             return base.spec.plan_trainable if base is not None else None
         return None
 
@@ -142,8 +142,6 @@ class Rules:
     def default_quantizer(self) -> str | None:
         return _default(self.manager, "quantization_method")
 
-    _config: Any = None
-
 
 def rules_for(config, manager=None, *, method: str | None = None, stage: str | None = None) -> Rules:
     manager = manager or default_manager()
@@ -159,7 +157,5 @@ def rules_for(config, manager=None, *, method: str | None = None, stage: str | N
                                 or _default(manager, "quantization_method"))
     name = quantizer_entry.name if quantizer_entry is not None else (
         None if existing is not None else config.get("quantization_method") or _default(manager, "quantization_method"))
-    rules = Rules(manager, method, stage, _spec(manager, "method", method), _spec(manager, "stage", stage),
-                  quantizer_entry, name)
-    rules._config = config
-    return rules
+    return Rules(manager, method, stage, _spec(manager, "method", method), _spec(manager, "stage", stage),
+                 quantizer_entry, name)

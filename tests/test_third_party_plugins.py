@@ -456,3 +456,23 @@ def test_a_third_party_adapter_method_is_planned_from_its_spec(rowscale_site, ti
     head = model.get_output_embeddings()
     rows = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
     assert data["trainable"] == rows and "adapter x 4 B" in data["how"]["weights"]  # the base stays as loaded
+
+
+@pytest.mark.slow
+def test_a_third_party_adapter_policy_is_its_own_reference_in_dpo(rowscale_site, tiny_model, tmp_path):
+    """finetuning_type: rowscale in dpo: the reference is the policy with its adapter switched off
+    (AdapterSpec.disabled), no second copy of the model."""
+    from .conftest import REPO as repo
+
+    cfg = _config(tmp_path / "dpo.yaml", model_name_or_path=str(tiny_model), stage="dpo", finetuning_type="rowscale",
+                  dataset="dpo_en_demo", dataset_dir=str(repo / "data"), cutoff_len=64, max_samples=4,
+                  per_device_train_batch_size=2, max_steps=2, learning_rate=5e-2, logging_steps=1, report_to="none",
+                  output_dir=str(tmp_path / "out"), save_strategy="no")
+    result = cli("train", str(cfg), plugins=[rowscale_site], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "reference model: the policy with its adapter disabled (no second copy)" in result.stdout
+    logs = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    first = next(r for r in logs if "loss" in r)
+    # at step 1 the adapter is the identity, so policy and reference agree: DPO's loss is log 2
+    assert abs(first["loss"] - 0.6931) < 1e-3, first
+    assert (tmp_path / "out" / "rowscale_config.json").is_file()

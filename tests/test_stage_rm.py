@@ -325,5 +325,5 @@ def test_tuneforge_check_rejects_what_rm_cannot_do(tiny_model, prefs_dir, tmp_pa
     assert "Traceback" not in err
     assert "stage rm: predict_with_generate: only sft generates replies" in err
     assert "stage rm: do_predict scores the evaluation pairs, but there are none: set val_size" in err
-    assert "stage rm: BAdam updates blocks of decoder layers and never the value head" in err
+    assert "stage rm: BAdam picks the parameters it trains among the model's own and never trains the value head rm adds" in err
     assert "packing" in err and "not supported for pairwise data" in err

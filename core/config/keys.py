@@ -100,8 +100,6 @@ MODEL_KEYS = (
     _k("quantization_method", str, None,
        "Quantizer plugin used when quantization_bit is set (bitsandbytes or bnb, hqq, quanto, eetq); "
        "quantized checkpoints (gptq, awq, ...) are recognised without it."),
-    _k("quantization_type", str, "nf4", "4-bit data type (nf4 or fp4).", choices=("nf4", "fp4")),
-    _k("double_quantization", bool, True, "4-bit: quantize the quantization constants too."),
     _k("quantization_device_map", str, None, "Device map for quantized loading (auto).", choices=(None, "auto")),
     _k("model_max_length", int, None, "Maximum sequence length of the model.", effective=False),
     _k("device_map", (str, dict), None, "Device map passed to from_pretrained."),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..specs import BUILTIN_DATA_KINDS
 from ..ranks import is_local_main_process, is_main_process, world_size
 from . import cache
 from .collator import COLLATORS
@@ -53,14 +54,31 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
+def stage_data_kind(ctx, kind: str):
+    """The :class:`~tuneforge.specs.DataKind` of a kind the core does not build: the run's stage's own."""
+    spec = ctx.plan.stage.spec
+    if kind not in BUILTIN_DATA_KINDS and spec.data_kind == kind and spec.data is not None:
+        return spec.data
+    if kind not in BUILTIN_DATA_KINDS:
+        raise ValueError(f"data kind '{kind}' is not built by tuneforge and stage '{ctx.plan.stage.name}' does not "
+                         "define it (StageSpec.data)")
+    return None
+
+
 def make_collator(ctx, kind: str):
     pad = ctx.tokenizer.pad_token_id
     label_pad = IGNORE_INDEX if ctx.config.ignore_pad_token_for_loss else pad
+    custom = stage_data_kind(ctx, kind)
+    if custom is not None:
+        return custom.collator(pad, label_pad)
     return COLLATORS[kind](pad, label_pad_token_id=label_pad)
 
 
 def featurizer(ctx, kind: str, settings: Settings):
     """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``."""
+    custom = stage_data_kind(ctx, kind)
+    if custom is not None:
+        return partial(custom.featurize, template=ctx.template, tokenizer=ctx.tokenizer, settings=settings)
     if kind == "text":
         return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings)
     if kind not in BATCH_FUNCTIONS:

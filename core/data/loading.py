@@ -205,6 +205,17 @@ def select_indices(count: int, attr: DatasetAttr, config) -> list[int]:
     return indices
 
 
+def examples_kind(ctx, kind: str) -> str:
+    """The built-in kind of examples rows of ``kind`` are made from: itself, or for a kind a stage
+    defines, its ``DataKind.examples``."""
+    from ..specs import BUILTIN_DATA_KINDS
+
+    spec = ctx.plan.stage.spec if getattr(ctx, "plan", None) is not None else None
+    if kind not in BUILTIN_DATA_KINDS and spec is not None and spec.data_kind == kind and spec.data is not None:
+        return spec.data.examples
+    return kind
+
+
 def check_kind(attr: DatasetAttr, kind: str) -> None:
     """The dataset fits what the stage consumes (a dataset-level error, before any row is read)."""
     attr.data_kind = kind
@@ -259,6 +270,7 @@ def convert_dataset(ctx, plan, kind: str, *, every_row: bool = False) -> Convert
     """Read and convert one planned dataset. ``every_row`` checks rows past max_samples too (the doctor)."""
     attr = plan.attr
     config = ctx.config
+    kind = examples_kind(ctx, kind)
     check_kind(attr, kind)
     rows = read_rows(attr, config)
     if not rows.rows:
@@ -316,6 +328,7 @@ def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
     its file:row error, or is skipped with a warning under skip_bad_rows."""
     attr = plan.attr
     config = ctx.config
+    kind = examples_kind(ctx, kind)
     check_kind(attr, kind)
     spec = None
     skipped = 0

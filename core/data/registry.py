@@ -185,11 +185,9 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "data
 
 
 def _names(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v).strip() for v in value]
+    from ..plugin_manager import split_names
+
+    return split_names(value)
 
 
 def interleave_probabilities(config) -> list[float] | None:

@@ -78,11 +78,11 @@ def upcast_trainable_params(ctx: RunContext, model) -> None:
     """Trainable parameters in fp32 when the model computes in bf16/fp16, as LLaMA-Factory does.
 
     Mixed precision then autocasts the computation while the optimizer updates fp32 weights. A method
-    that keeps its own fp32 copies (BAdam) sets ``ctx.extras["keep_trainable_dtype"]``.
+    that keeps its own fp32 copies (BAdam) says ``keeps_trainable_dtype`` on its spec.
     """
     import torch
 
-    if ctx.extras.get("keep_trainable_dtype") or ctx.config.pure_bf16:
+    if ctx.plan.method.spec.keeps_trainable_dtype or ctx.config.pure_bf16:
         return
     for param in model.parameters():
         if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):

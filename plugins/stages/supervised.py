@@ -6,7 +6,7 @@ from tuneforge import StageSpec, hookimpl
 from tuneforge.ranks import is_main_process
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     from tuneforge.train.checks import evaluation_problems
 
     return evaluation_problems(config)

@@ -24,6 +24,22 @@ FAMILIES = {"methods": "method", "quantizers": "quantizer", "stages": "stage", "
 
 #: (file, literal) -> why the literal is not a plugin's name there.
 NOT_PLUGIN_NAMES = {
+    # 'auto', 'default' and 'index' became template names (the tokenizer's own template, LLaMA-Factory's
+    # `default` and `index`); in these files they are ordinary values, not the templates.
+    ("core/cli/data.py", "auto"): "--color auto",
+    ("core/config/keys.py", "auto"): "LLaMA-Factory's 'auto' values (infer_dtype, flash_attn, export_device, ...)",
+    ("core/data/dataset.py", "index"): "a column name of datasets' own",
+    ("core/data/tokenizer_template.py", "auto"): "the display name a tokenizer's own template gets when its plugin gives none",
+    ("core/data/tokenizer_template.py", "default"): "a tokenizer's named chat templates: the one called 'default'",
+    ("core/train/context.py", "auto"): "infer_dtype: auto",
+    ("plugins/apps/api/app.py", "index"): "the OpenAI response field 'index'",
+    ("plugins/apps/api/protocol.py", "auto"): "OpenAI's tool_choice: auto",
+    ("plugins/apps/export/exporter.py", "auto"): "export_device / device_map: auto",
+    ("plugins/apps/webui/args.py", "auto"): "LLaMA-Factory's web UI choices 'auto' (template detected, booster)",
+    ("plugins/apps/webui/tabs/top.py", "auto"): "the web UI's 'auto' choice",
+    ("plugins/loaders/huggingface.py", "auto"): "transformers' dtype/device_map 'auto'",
+    ("plugins/quantizers/_common.py", "auto"): "device_map / dtype 'auto'",
+    ("plugins/stages/_models.py", "auto"): "transformers' dtype 'auto'",
     ("core/config/model.py", "default"): "where a value came from: the declared default",
     ("core/config/hf_training_args.py", "huggingface"): "transformers' default trackio project name",
     ("core/config/hf_training_args.py", "length"): "transformers' length_column_name default",
@@ -74,7 +90,9 @@ def builtin_names() -> dict[str, set[str]]:
     """Plugin name -> the kinds that have a built-in plugin of that name."""
     manager = PluginManager(autoload=False)
     out: dict[str, set[str]] = defaultdict(set)
-    for kind in KINDS:
+    # A command plugin's name is its verb, an ordinary word ('eval', 'export', 'api'); the capability
+    # checks this scan guards against are decided for the other kinds.
+    for kind in (k for k in KINDS if k != "command"):
         for entry in manager.entries(kind):
             if entry.record.builtin:
                 out[entry.name].add(kind)

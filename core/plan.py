@@ -14,7 +14,7 @@ from typing import Any
 from .config.loader import parse_overrides, read_config_file
 from .config.model import Config
 from .config.model_checks import model_file_checks
-from .config.validate import declared_defaults, relation_problems, validate_values
+from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
 from .data.registry import DatasetAttr, data_problems, media_problems, resolve_datasets
 from .errors import ConfigError, PluginError, Problem
 from .plugin_manager import PluginManager, SpecEntry, split_names
@@ -128,7 +128,7 @@ def prepare(
                 problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in entry.spec.validate(config)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
-    return Prepared(config, plan, manager, _warnings(config, plan, manager) + model_warnings)
+    return Prepared(config, plan, manager, _warnings(config, plan, manager) + relation_warnings(config) + model_warnings)
 
 
 def _line_of(problem: Problem) -> tuple[int, int]:

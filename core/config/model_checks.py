@@ -3,11 +3,10 @@
 Two mistakes used to be accepted silently and train a model that is quietly wrong:
 
 - ``template`` of another family than the tokenizer's own chat template (a Llama 3 model trained in
-  Qwen's format learns a format nobody will prompt it with). Policy, documented in docs/config.md:
-  an **error** when the tokenizer's template is clearly another family (our detection names one, and
-  the configured template's own markers are absent from it); a **warning** that shows the start of the
-  tokenizer's template when the configured template has no markers to compare (alpaca, default, ...)
-  or the tokenizer's template is of no family we know.
+  Qwen's format learns a format its users will not prompt it with). Policy, documented in
+  docs/config.md: a **warning** that names the family the tokenizer's template belongs to and shows its
+  start, not an error: training an instruct model in a new format is legitimate (the saved tokenizer
+  then carries the trained template), only doing it unknowingly is the mistake.
 - ``cutoff_len`` beyond the model's context (``max_position_embeddings``): a **warning** above it, an
   **error** at more than 4 times it (almost surely a typo, and positions past the context are untrained).
 """
@@ -100,13 +99,15 @@ def model_file_checks(config, manager) -> tuple[list[Problem], list[str]]:
         detected = manager.hook.tuneforge_detect_template(tokenizer=SimpleNamespace(chat_template=source))
     except Exception:  # a plugin's detector that needs a real tokenizer: no verdict
         detected = None
-    where = config.where("template")
-    if markers and detected and detected != name:
-        problems.append(Problem("template", f"'{name}' does not match the tokenizer's own chat template in {folder}, "
-                                f"which is the '{detected}' family (it lacks {', '.join(repr(m) for m in markers if m not in source)}); "
-                                f"set template: {detected}, or leave template unset to use the tokenizer's", where))
-    elif detected != name:
+    if detected == name:
+        return problems, warnings
+    if markers and detected:
+        family = f"is the '{detected}' family (it lacks {', '.join(repr(m) for m in markers if m not in source)})"
+        advice = f"set template: {detected} (or leave template unset) to train in the format the model was made for"
+    else:
         family = f"looks like '{detected}'" if detected else "is of no family tuneforge knows"
-        warnings.append(f"template '{name}' ({where}) may not match the tokenizer's own chat template, which {family}: "
-                        f"{_excerpt(source)!r}; the model will be trained in '{name}''s format")
+        advice = "check that this is the format you mean to train"
+    warnings.append(f"template '{name}' ({config.where('template')}) does not match the tokenizer's own chat template in "
+                    f"{folder}, which {family}: {_excerpt(source)!r}; the model will learn '{name}''s format "
+                    f"(and its saved tokenizer gets that template); {advice}")
     return problems, warnings

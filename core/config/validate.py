@@ -135,11 +135,16 @@ def relation_problems(config) -> list[Problem]:
     if trains is not False and epochs is not None and float(epochs) == 0 and (steps is None or int(steps) < 1):
         problems.append(Problem("num_train_epochs", "is 0 and max_steps is not set: training would run 0 steps; "
                                 "set num_train_epochs above 0 or max_steps to the number of steps", where("num_train_epochs")))
-    if config.get("eval_dataset") and (config.get("val_size") or 0) > 0:
-        problems.append(Problem("val_size", f"val_size ({where('val_size')}) and eval_dataset ({where('eval_dataset')}) "
-                                "cannot both be set (as in LLaMA-Factory): hold out part of the training data, or name "
-                                "evaluation data, not both", where("val_size")))
     return problems
+
+
+def relation_warnings(config) -> list[str]:
+    """Values set together where one does nothing: said out loud, never ignored silently."""
+    out = []
+    if config.get("eval_dataset") and (config.get("val_size") or 0) > 0:
+        out.append(f"val_size ({config.where('val_size')}) is not used: eval_dataset ({config.where('eval_dataset')}) is "
+                   "the evaluation data (LLaMA-Factory refuses both; remove one)")
+    return out
 
 
 def declared_defaults(manager) -> dict[str, Any]:

@@ -226,7 +226,8 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "data
                 split=entry.get("split", "train"),
                 folder=entry.get("folder"),
                 num_samples=entry.get("num_samples"),
-                columns={k: v for k, v in (entry.get("columns") or {}).items() if v is not None},
+                # a media column set to null stays: it says "drop these on purpose" (see media_message)
+                columns={k: v for k, v in (entry.get("columns") or {}).items() if v is not None or k in MEDIA_COLUMNS},
                 tags=dict(entry.get("tags") or {}),
             )
         )
@@ -257,8 +258,8 @@ def media_message(dataset: str, column: str, where: str, config) -> str:
            else "tuneforge trains text-only models in this version")
     return (f"dataset '{dataset}' has the media column '{column}' ({where}), but {who}: its {column} would be dropped and "
             f"<{kind}> trained as plain text. Train it on a vision/audio-language model with LLaMA-Factory, or, to train "
-            f"on the text alone, remove \"{column}\" from the dataset's columns in dataset_info.json and the <{kind}> "
-            "placeholders from its text")
+            f"on the text alone on purpose, set \"{column}\": null in the dataset's \"columns\" in dataset_info.json "
+            f"(the <{kind}> placeholders then stay in the text as plain words)")
 
 
 def media_problems(attrs: list[DatasetAttr], config) -> list[Problem]:

@@ -162,6 +162,12 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
         say(f"result: {bad} bad row(s): training would stop; fix them, or set skip_bad_rows: true to skip them")
         print(f"error: {bad} bad row(s) (listed above); fix them, or set skip_bad_rows: true to skip them", file=sys.stderr)
         return 2
+    empty = [r for r in all_results if not r.examples]
+    if empty:
+        names = ", ".join(f"'{r.attr.name}'" for r in empty)
+        say(f"result: no usable row in {names}: training would stop")
+        print(f"error: every row of {names} is bad (or unused); fix them", file=sys.stderr)
+        return 2
     say(f"result: OK ({sum(len(r.examples) for r in all_results)} rows ready" + (f", {bad} bad row(s) skipped" if bad else "") + ")")
     return 0
 

@@ -74,7 +74,7 @@ def _one(kind: str, value: str) -> str | None:
         if kind == "adapter":
             return None  # its contents are the adapter loader's to check
         if not path.is_dir():
-            return f"{value} is a file; model_name_or_path must be a model folder (with config.json) or a hub id"
+            return f"{value} is a file; it must be a model folder (with config.json) or a hub id"
         if not (path / "config.json").is_file():
             if (path / "adapter_config.json").is_file():
                 return (f"{value} holds an adapter (adapter_config.json), not a base model: set adapter_name_or_path "

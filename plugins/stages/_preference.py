@@ -34,7 +34,7 @@ SHARED_KEYS = (
     ConfigKey("pref_beta", float, 0.1,
               "Preference loss temperature: how strongly the policy's log-ratio to the reference is rewarded "
               "(orpo: the weight of the odds-ratio term)."),
-    ConfigKey("pref_ftx", float, 0.0, min=0, doc=
+    ConfigKey("pref_ftx", float, 0.0,
               "Weight of an SFT loss (mean per-token NLL of the chosen / desirable reply) added to the preference loss."),
     ConfigKey("ref_model", str, None, path="model", doc=
               "Reference model path. Unset: the policy with its LoRA adapter disabled, or a frozen copy of "

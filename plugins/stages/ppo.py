@@ -37,7 +37,7 @@ KEYS = (
     ConfigKey("ppo_buffer_size", int, 1,
               "ppo: minibatch groups per PPO step; a step rolls out per_device_train_batch_size x "
               "gradient_accumulation_steps x ppo_buffer_size prompts."),
-    ConfigKey("ppo_epochs", int, 4, "ppo: optimisation passes over each step's rollouts.", min=1),
+    ConfigKey("ppo_epochs", int, 4, "ppo: optimisation passes over each step's rollouts."),
     ConfigKey("ppo_score_norm", bool, False,
               "ppo: normalise scores with the running mean and standard deviation of every score so far."),
     ConfigKey("ppo_target", float, 6.0,

@@ -275,3 +275,11 @@ def test_closed_pipe_ends_quietly(argv):
         os.close(write_end)
     assert result.returncode in (0, 1)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_train_without_a_dataset_stops_before_loading_the_model(base, tmp_path):
+    cfg = write_config(tmp_path, base, {"dataset": None, "do_train": None})
+    assert cli("check", str(cfg))[0] == 0  # a config without data is fine for chat or export
+    code, out, err = cli("train", str(cfg))
+    assert code == 2 and "`tuneforge train` needs training data" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -106,6 +106,7 @@ BAD_CONFIGS = [
     ("deepspeed-config-missing", {"deepspeed": "/no/such/ds.json"}, ["deepspeed", "is not a file"]),
     ("resume-checkpoint-missing", {"resume_from_checkpoint": "/no/such/checkpoint-5"}, ["resume_from_checkpoint", "does not exist"]),
     ("tokenized-path-under-file", {"tokenized_path": lambda t: _a_file(t) + "/tok"}, ["tokenized_path", "cannot be created"]),
+    ("report-to-name", {"report_to": ["tensorboard", "wandbb"]}, ["report_to", "'wandbb' is not one of", "did you mean 'wandb'"]),
     ("unknown-dataset", {"dataset": "identiy"}, ["unknown dataset 'identiy'", "did you mean 'identity'"]),
     ("duplicate-dataset-in-dataset-info", _dup_dataset_info, ["'d' is defined twice", "lines 2, 3"]),
     ("media-column-to-text-model", {"dataset": "mllm_demo"},

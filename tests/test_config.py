@@ -138,6 +138,9 @@ def test_hugging_face_enums_match_installed_transformers():
     assert set(hf.SAVE_STRATEGIES) == {s.value for s in SaveStrategy}
     assert set(hf.HUB_STRATEGIES) == {s.value for s in HubStrategy}
     assert set(hf.LOG_LEVELS) == set(trainer_log_levels)
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    assert set(hf.REPORTERS) == set(INTEGRATION_TO_CALLBACK) | {"all", "none"}
     assert set(hf.HF_KEY_LIMITS) <= set(HF_TRAINING_ARGS)
 
 

@@ -148,6 +148,9 @@ INTERVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
 HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 LOG_LEVELS = ("detail", "debug", "info", "warning", "error", "critical", "passive")
+#: report_to: transformers' INTEGRATION_TO_CALLBACK names, plus "all" and "none" (each of a list is checked).
+REPORTERS = ("all", "none", "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow",
+             "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb")
 
 #: Ranges, choices, paths and exclusions of the TrainingArguments keys (ConfigKey's fields), so a zero
 #: batch size or a misspelt scheduler is named by `check`, not by the trainer after the model loaded.
@@ -174,6 +177,8 @@ HF_KEY_LIMITS: dict[str, dict] = {
     "torch_empty_cache_steps": {"min": 1},
     "logging_strategy": {"choices": INTERVAL_STRATEGIES},
     "logging_steps": {"min": 0, "min_open": True},
+    "report_to": {"choices": REPORTERS},
+    "torch_compile_mode": {"choices": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")},
     "log_level": {"choices": LOG_LEVELS},
     "log_level_replica": {"choices": LOG_LEVELS},
     "eval_strategy": {"choices": INTERVAL_STRATEGIES},

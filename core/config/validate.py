@@ -86,7 +86,8 @@ def validate_values(raw: dict[str, Any], sources: dict[str, str], manager) -> tu
             continue
         if key.choices is not None and converted is not None and not _is_choice(converted, key.choices):
             allowed = ", ".join(str(c) for c in key.choices if c is not None)
-            problems.append(Problem(name, f"'{converted}' is not one of: {allowed}{did_you_mean(converted, [str(c) for c in key.choices if c])}", where))
+            wrong = next((v for v in converted if not _is_choice(v, key.choices)), converted) if isinstance(converted, list) else converted
+            problems.append(Problem(name, f"'{wrong}' is not one of: {allowed}{did_you_mean(wrong, [str(c) for c in key.choices if c])}", where))
             continue
         message = key.range_problem(converted) if converted is not None else None
         if message is None and key.path and converted not in (None, "") and converted not in key.special:
@@ -100,6 +101,9 @@ def validate_values(raw: dict[str, Any], sources: dict[str, str], manager) -> tu
 
 
 def _is_choice(value: Any, choices: tuple) -> bool:
+    """``value`` is one of ``choices``; a list (``report_to: [wandb, tensorboard]``) when each item is."""
+    if isinstance(value, list):
+        return all(_is_choice(item, choices) for item in value)
     try:
         return value in choices
     except TypeError:  # an unhashable or uncomparable value is no choice

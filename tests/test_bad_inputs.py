@@ -195,6 +195,13 @@ def test_media_column_set_to_null_trains_on_the_text_on_purpose(base, tmp_path):
     assert code == 0, err
 
 
+def test_llamafactory_mllm_demo_is_refused_by_check_and_data(base, tmp_path):
+    cfg = write_config(tmp_path, base, {"dataset": "mllm_demo"})
+    for verb in ("check", "data"):
+        code, out, err = cli(verb, str(cfg))
+        assert code == 2 and "dataset 'mllm_demo' has the media column 'images'" in err and "text-only model" in err, verb
+
+
 # --- data files --------------------------------------------------------------------------------------
 
 

@@ -268,15 +268,23 @@ def resolve_format(ctx, plan, first_row):
 
 def unmapped_media(attr: DatasetAttr, rows: Rows, config) -> None:
     """Rows that carry images/videos/audios the dataset's columns do not map would lose them silently."""
-    from .registry import MEDIA_COLUMNS, media_message
+    from .registry import media_message
 
     for index, row in enumerate(rows.rows):
-        if not isinstance(row, dict):
-            continue
+        column = _unmapped_media_field(attr, row)
+        if column:
+            file, number = rows.locate(index)
+            raise DataError(media_message(attr.name, column, f"{file}: row {number} has a non-empty '{column}' field", config))
+
+
+def _unmapped_media_field(attr: DatasetAttr, row: Any) -> str | None:
+    from .registry import MEDIA_COLUMNS
+
+    if isinstance(row, dict):
         for column in MEDIA_COLUMNS:
             if row.get(column) and column not in attr.columns:  # "images": null in columns drops them on purpose
-                file, number = rows.locate(index)
-                raise DataError(media_message(attr.name, column, f"{file}: row {number} has a non-empty '{column}' field", config))
+                return column
+    return None
 
 
 def convert_row(row: Any, attr: DatasetAttr, convert, kind: str, placeholders: dict | None) -> dict:
@@ -375,6 +383,11 @@ def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
         for file, number, row in iter_rows(attr, config):
             if config.max_samples is not None and produced >= config.max_samples:
                 return
+            media = _unmapped_media_field(attr, row)
+            if media:
+                from .registry import media_message
+
+                raise DataError(media_message(attr.name, media, f"{file}: row {number} has a non-empty '{media}' field", config))
             if spec is None and not isinstance(row, BrokenLine):  # the first row that parses tells the format
                 spec = resolve_format(ctx, plan, row)
             try:

@@ -291,3 +291,9 @@ def test_train_without_a_dataset_stops_before_loading_the_model(base, tmp_path):
     code, out, err = cli("train", str(cfg))
     assert code == 2 and "`tuneforge train` needs training data" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_json_document_is_one_error_with_its_line(base, tmp_path):
+    cfg = _data_config(tmp_path, base, "rows.json", '{\n  "instruction": "q",\n  "output": "a",\n}\n')
+    code, out, err = cli("data", str(cfg))
+    assert code == 2 and f"{tmp_path / 'rows.json'}:4: not valid JSON" in err and ": row " not in err

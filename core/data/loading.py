@@ -157,9 +157,11 @@ def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            if not text.lstrip().startswith("{"):
+            lines = text.splitlines()
+            first = next((line for line in lines if line.strip()), "")
+            if not first.lstrip().startswith("{") or not _parses(first):  # not JSON lines: one broken document
                 raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-            yield from _json_lines(path, text.splitlines())  # JSON lines in a .json file
+            yield from _json_lines(path, lines)  # JSON lines in a .json file
             return
         if isinstance(data, dict):
             keys = ", ".join(list(map(str, data))[:5])
@@ -181,6 +183,14 @@ def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
         yield from (ds if streaming else ds.to_list())
     else:
         raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _json_lines(path: Path, lines) -> Iterator[Any]:

@@ -167,7 +167,7 @@ def test_limits_declared_on_a_plugin_key_are_enforced(tmp_path):
         prepare(path, manager=manager)
     message = str(info.value)
     assert f"{path}:3: ranged_alpha: must be >= 0 and < 1, got 1" in message
-    assert f"{path}:4: ranged_folder: /no/such does not exist; it must be a folder" in message
+    assert f"{path}:4: ranged_folder: /no/such is not a folder (it does not exist)" in message
     assert "ranged_fast" in message and "ranged_slow" in message and "cannot both be set" in message
 
 

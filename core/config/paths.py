@@ -52,12 +52,12 @@ def _one(kind: str, value: str) -> str | None:
     path = Path(value).expanduser()
     if kind == "dir":
         if not path.exists():
-            return f"{value} does not exist; it must be a folder"
-        return None if path.is_dir() else f"{value} is a file; it must be a folder"
+            return f"{value} is not a folder (it does not exist)"
+        return None if path.is_dir() else f"{value} is not a folder (it is a file)"
     if kind == "file":
         if not path.exists():
-            return f"{value} does not exist; it must be a file"
-        return None if path.is_file() else f"{value} is a folder; it must be a file"
+            return f"{value} is not a file (it does not exist)"
+        return None if path.is_file() else f"{value} is not a file (it is a folder)"
     if kind == "exists":
         return None if path.exists() else f"{value} does not exist"
     if kind == "output":

@@ -14,8 +14,9 @@ from typing import Any
 from .config.loader import parse_overrides, read_config_file
 from .config.adapters import adapter_problems
 from .config.model import Config
-from .config.validate import declared_defaults, validate_values
-from .data.registry import DatasetAttr, data_problems, resolve_datasets
+from .config.model_checks import model_file_checks
+from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
+from .data.registry import DatasetAttr, data_problems, media_problems, resolve_datasets
 from .errors import ConfigError, PluginError, Problem
 from .plugin_helpers import checkpoint_quantization, quant_method, quantized_by
 from .plugin_manager import PluginManager, SpecEntry, split_names
@@ -91,9 +92,11 @@ def prepare(
     blocked: list[str] = (),
     require: tuple[str, ...] = ("model_name_or_path",),
     inference: bool = False,
+    confine_data: bool = False,
 ) -> Prepared:
     """Read, validate and resolve a config. ``inference=True`` (chat, api, predict) also plans the
-    inference engine selected by ``infer_backend``."""
+    inference engine selected by ``infer_backend``. ``confine_data=True`` (the web UI) refuses data
+    files outside ``dataset_dir``."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -109,12 +112,17 @@ def prepare(
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
 
     for key in require:
-        if config.get(key) in (None, ""):
+        if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already
             problems.append(Problem(key, "is required"))
 
-    plan, plan_problems = resolve_plan(config, manager, inference=inference)
+    problems += relation_problems(config)
+    plan, plan_problems = resolve_plan(config, manager, inference=inference, confine_data=confine_data)
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
+    if plan is not None:
+        problems += media_problems([d.attr for d in plan.datasets + plan.eval_datasets], config)
+    model_problems, model_warnings = model_file_checks(config, manager)
+    problems += model_problems
     if plan is not None:
         problems += _data_kind_problems(config, plan.stage)
     problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
@@ -125,7 +133,7 @@ def prepare(
             problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config, plan)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
-    warnings = _warnings(config, plan, manager)
+    warnings = _warnings(config, plan, manager) + relation_warnings(config) + model_warnings
     if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
         warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
     return Prepared(config, plan, manager, warnings)
@@ -148,7 +156,8 @@ def _select(manager: PluginManager, kind: str, key: str, config: Config, problem
         return None
 
 
-def resolve_plan(config: Config, manager: PluginManager, *, inference: bool = False) -> tuple[Plan | None, list[Problem]]:
+def resolve_plan(config: Config, manager: PluginManager, *, inference: bool = False,
+                 confine_data: bool = False) -> tuple[Plan | None, list[Problem]]:
     problems: list[Problem] = []
     stage = _select(manager, "stage", "stage", config, problems)
     # A method's own flag (LLaMA-Factory's use_galore: true) selects it over finetuning_type.
@@ -197,7 +206,7 @@ def resolve_plan(config: Config, manager: PluginManager, *, inference: bool = Fa
 
     def datasets(key: str) -> list[DatasetPlan]:
         names = split_names(config.get(key))
-        attrs, data_problems = resolve_datasets(names, config.dataset_dir, key)
+        attrs, data_problems = resolve_datasets(names, config.dataset_dir, key, confine=confine_data)
         problems.extend(data_problems)
         plans = []
         for attr in attrs:

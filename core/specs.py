@@ -40,6 +40,18 @@ class ConfigKey:
     ``float`` is expected; numeric strings are converted, as Hugging Face's argument parser does).
     ``effective=False`` marks a key that is accepted so LLaMA-Factory configs parse, but that this
     version does not act on yet: `check` warns when such a key is set, instead of dropping it silently.
+
+    The limits below are checked by `tuneforge check` for every key, the core's and every plugin's, so
+    a bad value is named before anything loads instead of failing deep inside a library:
+
+    - ``min`` / ``max``: the numeric range (inclusive; ``min_open`` / ``max_open`` exclude the bound,
+      as in ``learning_rate > 0``); ``special`` lists values allowed outside it (``max_steps: -1``).
+    - ``path``: what a string value names on disk: ``"dir"`` / ``"file"`` must exist as one,
+      ``"exists"`` either, ``"output"`` may be missing but must not be a file (nor lie under one),
+      ``"model"`` a local model folder (config.json) and ``"adapter"`` an existing path (each of a comma
+      list), both only when the value looks like a path: a hub id such as ``org/name`` stays allowed.
+      ``special`` values (``dataset_dir: ONLINE``) are not paths.
+    - ``excludes``: keys that cannot be set together with this one (both truthy).
     """
 
     name: str
@@ -48,10 +60,42 @@ class ConfigKey:
     doc: str = ""
     choices: tuple[Any, ...] | None = None
     effective: bool = True
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    special: tuple[Any, ...] = ()
+    path: str | None = None
+    excludes: tuple[str, ...] = ()
 
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         return " | ".join(getattr(t, "__name__", str(t)) for t in types)
+
+    def range_text(self) -> str:
+        """The allowed range in words ("> 0", ">= 1 or -1", "between 0 and 1"), "" when unbounded."""
+        low = None if self.min is None else f"{'>' if self.min_open else '>='} {_num(self.min)}"
+        high = None if self.max is None else f"{'<' if self.max_open else '<='} {_num(self.max)}"
+        text = " and ".join(part for part in (low, high) if part)
+        if text and self.special:
+            text += " (or " + ", ".join(_num(v) for v in self.special) + ")"
+        return text
+
+    def range_problem(self, value: Any) -> str | None:
+        """Why a numeric ``value`` is out of range, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value in self.special:
+            return None
+        if value != value:  # NaN passes no comparison
+            return f"must be a number, got {value}"
+        low_bad = self.min is not None and (value <= self.min if self.min_open else value < self.min)
+        high_bad = self.max is not None and (value >= self.max if self.max_open else value > self.max)
+        if low_bad or high_bad:
+            return f"must be {self.range_text()}, got {_num(value)}"
+        return None
+
+
+def _num(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 else str(value)
 
 
 @dataclass(frozen=True)

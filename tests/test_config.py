@@ -200,3 +200,56 @@ def test_check_chat_and_export_stop_on_a_truncated_adapter_with_one_message(tiny
         assert "Traceback" not in result.stderr, result.stderr[-3000:]
         assert f"{config}:4: adapter_name_or_path: {cut}: adapter_model.safetensors is cut short" in result.stderr, result.stderr
     assert not (tmp_path / "merged").exists()
+
+
+def test_hugging_face_enums_match_installed_transformers():
+    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames, trainer_log_levels
+
+    from tuneforge.config import hf_training_args as hf
+
+    assert set(hf.SCHEDULER_TYPES) == {s.value for s in SchedulerType}
+    assert set(hf.OPTIMIZER_NAMES) == {o.value for o in OptimizerNames}
+    assert set(hf.INTERVAL_STRATEGIES) == {s.value for s in IntervalStrategy}
+    assert set(hf.SAVE_STRATEGIES) == {s.value for s in SaveStrategy}
+    assert set(hf.HUB_STRATEGIES) == {s.value for s in HubStrategy}
+    assert set(hf.LOG_LEVELS) == set(trainer_log_levels)
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    assert set(hf.REPORTERS) == set(INTEGRATION_TO_CALLBACK) | {"all", "none"}
+    assert set(hf.HF_KEY_LIMITS) <= set(HF_TRAINING_ARGS)
+
+
+def test_limits_declared_on_a_plugin_key_are_enforced(tmp_path):
+    """A plugin's ConfigKey(min=..., path=..., excludes=...) is checked like the core's own keys."""
+    from tuneforge import hookimpl
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.specs import MethodSpec
+
+    class Plugin:
+        @hookimpl
+        def tuneforge_methods(self):
+            return [MethodSpec(name="ranged", description="test", keys=(
+                ConfigKey("ranged_alpha", float, 0.5, "a fraction", min=0, max=1, max_open=True),
+                ConfigKey("ranged_folder", str, None, "a folder", path="dir"),
+                ConfigKey("ranged_fast", bool, False, "fast", excludes=("ranged_slow",)),
+                ConfigKey("ranged_slow", bool, False, "slow"),
+            ), apply=lambda *a, **k: None)]
+
+    manager = PluginManager(autoload=False, extra_plugins=[("ranged", Plugin())])
+    path = write(tmp_path, "model_name_or_path: m\nfinetuning_type: ranged\nranged_alpha: 1\nranged_folder: /no/such\n"
+                           "ranged_fast: true\nranged_slow: true\n")
+    with pytest.raises(ConfigError) as info:
+        prepare(path, manager=manager)
+    message = str(info.value)
+    assert f"{path}:3: ranged_alpha: must be >= 0 and < 1, got 1" in message
+    assert f"{path}:4: ranged_folder: /no/such is not a folder (it does not exist)" in message
+    assert "ranged_fast" in message and "ranged_slow" in message and "cannot both be set" in message
+
+
+def test_range_text_and_problem():
+    key = ConfigKey("max_steps", int, -1, min=1, special=(-1,))
+    assert key.range_text() == ">= 1 (or -1)"
+    assert key.range_problem(-1) is None and key.range_problem(5) is None
+    assert key.range_problem(0) == "must be >= 1 (or -1), got 0"
+    assert ConfigKey("lr", float, min=0, min_open=True).range_problem(float("nan")) == "must be a number, got nan"

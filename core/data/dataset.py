@@ -36,7 +36,7 @@ from .loading import load_examples, skip_summary, stream_examples
 from .packing import pack_batch
 from .registry import data_problems, interleave_probabilities
 from .template import IGNORE_INDEX
-from .tokenize import BATCH_FUNCTIONS, Settings, text_batch
+from .tokenize import BATCH_FUNCTIONS, TRUNCATED, Settings, text_batch
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,17 @@ def make_collator(ctx, kind: str):
     return COLLATORS[kind](pad, label_pad_token_id=label_pad)
 
 
-def featurizer(ctx, kind: str, settings: Settings):
-    """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``."""
+def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
+    """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``;
+    ``report=True`` adds the TRUNCATED column (the caller counts and removes it)."""
     custom = stage_data_kind(ctx, kind)
     if custom is not None:
         return partial(custom.featurize, template=ctx.template, tokenizer=ctx.tokenizer, settings=settings)
     if kind == "text":
-        return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings)
+        return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings, report=report)
     if kind not in BATCH_FUNCTIONS:
         raise ValueError(f"no featurizer for data kind '{kind}'")
-    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings)
+    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, report=report)
 
 
 def _examples_dataset(examples: list[dict]):
@@ -122,11 +123,21 @@ def _map_kwargs(config, rows: int | None, fingerprint: str) -> dict:
     return kwargs
 
 
-def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str):
-    """Tokenise (and pack) a dataset of JSON examples; report rows that lose every trained token."""
+def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str, notes: list[str] | None = None):
+    """Tokenise (and pack) a dataset of JSON examples; report rows cutoff_len truncates and rows that
+    lose every trained token (printed, and added to ``notes`` so a run from the cache repeats them)."""
     config = ctx.config
-    features = raw.map(featurizer(ctx, kind, settings), remove_columns=["_example"], desc=f"Tokenising {label}",
+    features = raw.map(featurizer(ctx, kind, settings, report=True), remove_columns=["_example"], desc=f"Tokenising {label}",
                        **_map_kwargs(config, len(raw), f"{fingerprint[:24]}-{label.split()[0]}-tokens"))
+    if TRUNCATED in features.column_names:
+        truncated = sum(features[TRUNCATED])
+        features = features.remove_columns([TRUNCATED])
+        if truncated:
+            note = (f"{label}: {truncated} of {len(features)} row(s) truncated to cutoff_len={settings.cutoff_len} "
+                    "(`tuneforge data CONFIG` shows the token lengths; raise cutoff_len to keep them whole)")
+            _say(note)
+            if notes is not None:
+                notes.append(note)
     if kind != "text":
         dropped = len(raw) - len(features)
         why = "the prompt is longer than" if kind == "prompt" else "no response token is left within"
@@ -159,7 +170,8 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
         notes += [skip_summary(r) for r in results if r.bad]
         parts = [_examples_dataset(r.examples) for r in results]
         raw = _mix(parts, ctx.config, strategy=None if split == "train" else "concat")
-        out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data", fingerprint)
+        out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data",
+                                fingerprint, notes)
     if "train" not in out:
         raise DataError("no training dataset: set dataset: (names from dataset_info.json, or a data file)")
     return DatasetDict(out), notes

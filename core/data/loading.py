@@ -120,26 +120,62 @@ def iter_rows(attr: DatasetAttr, config=None) -> Iterator[tuple[str, int, Any]]:
             yield str(file), number, row
 
 
+@dataclass(frozen=True)
+class BrokenLine:
+    """A JSON-lines line that does not parse: a bad row like any other (skip_bad_rows skips it)."""
+
+    line: int
+    reason: str
+
+
+def _text(path: Path) -> str:
+    from ..config.loader import decode_utf8
+
+    try:
+        return decode_utf8(path.read_bytes(), path)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of ``path`` read one at a time; a non-UTF-8 byte is a DataError naming its offset and line."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte offset {offset + exc.start}: "
+                                f"{raw[exc.start:exc.start + 1]!r} {exc.reason}); save the file as UTF-8") from None
+            offset += len(raw)
+
+
 def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
     suffix = path.suffix.lower()
     if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = _text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            if not text.lstrip().startswith("{"):
+            lines = text.splitlines()
+            first = next((line for line in lines if line.strip()), "")
+            if not first.lstrip().startswith("{") or not _parses(first):  # not JSON lines: one broken document
                 raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-            yield from _json_lines(path, text.splitlines())  # JSON lines in a .json file
+            yield from _json_lines(path, lines)  # JSON lines in a .json file
             return
-        yield from ([data] if isinstance(data, dict) else data if isinstance(data, list) else [data])
+        if isinstance(data, dict):
+            keys = ", ".join(list(map(str, data))[:5])
+            raise DataError(f"{path}: the file is one JSON object (keys: {keys}), not a list of rows: put the rows in a "
+                            "JSON array [{...}, {...}], or write one object per line in a .jsonl file")
+        if not isinstance(data, list):
+            raise DataError(f"{path}: the file holds a JSON {type(data).__name__}, not a list of rows ([{{...}}, {{...}}])")
+        yield from data
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            yield from _json_lines(path, handle)
+        yield from _json_lines(path, _utf8_lines(path))
     elif suffix == ".txt":
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield {"text": line.rstrip("\n")}
+        for line in _utf8_lines(path):
+            if line.strip():
+                yield {"text": line.rstrip("\r\n")}
     elif suffix in _DATASETS_BUILDERS:
         import datasets
 
@@ -149,13 +185,21 @@ def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
         raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
 
 
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def _json_lines(path: Path, lines) -> Iterator[Any]:
     for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                yield BrokenLine(number, f"not valid JSON ({exc.msg}, column {exc.colno})")
 
 
 def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
@@ -243,8 +287,31 @@ def resolve_format(ctx, plan, first_row):
     return ctx.manager.format(name)
 
 
+def unmapped_media(attr: DatasetAttr, rows: Rows, config) -> None:
+    """Rows that carry images/videos/audios the dataset's columns do not map would lose them silently."""
+    from .registry import media_message
+
+    for index, row in enumerate(rows.rows):
+        column = _unmapped_media_field(attr, row)
+        if column:
+            file, number = rows.locate(index)
+            raise DataError(media_message(attr.name, column, f"{file}: row {number} has a non-empty '{column}' field", config))
+
+
+def _unmapped_media_field(attr: DatasetAttr, row: Any) -> str | None:
+    from .registry import MEDIA_COLUMNS
+
+    if isinstance(row, dict):
+        for column in MEDIA_COLUMNS:
+            if row.get(column) and column not in attr.columns:  # "images": null in columns drops them on purpose
+                return column
+    return None
+
+
 def convert_row(row: Any, attr: DatasetAttr, convert, kind: str, placeholders: dict | None) -> dict:
     """One raw row to a checked example; raises RowError."""
+    if isinstance(row, BrokenLine):
+        raise RowError(f"line {row.line}", row.reason)
     if not isinstance(row, dict):
         raise RowError("(row)", f"must be an object, got {type(row).__name__}")
     example = convert(row, attr)
@@ -275,7 +342,8 @@ def convert_dataset(ctx, plan, kind: str, *, every_row: bool = False) -> Convert
     rows = read_rows(attr, config)
     if not rows.rows:
         raise DataError(f"dataset '{attr.name}' ({attr.path}) has no rows")
-    spec = resolve_format(ctx, plan, rows.rows[0])
+    spec = resolve_format(ctx, plan, next((r for r in rows.rows if isinstance(r, dict)), rows.rows[0]))
+    unmapped_media(attr, rows, ctx.config)
     selected = select_indices(len(rows.rows), attr, config)
     wanted = set(selected)
     examples_at: dict[int, dict] = {}
@@ -325,7 +393,8 @@ def load_examples(ctx, dataset_plans, kind: str = "supervised") -> list[Converte
 
 def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
     """Examples of one dataset, converted as they are read (streaming). A bad row stops the run with
-    its file:row error, or is skipped with a warning under skip_bad_rows."""
+    its file:row error, or is skipped with a warning under skip_bad_rows (their count is printed when
+    the stream ends)."""
     attr = plan.attr
     config = ctx.config
     kind = examples_kind(ctx, kind)
@@ -333,21 +402,32 @@ def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
     spec = None
     skipped = 0
     produced = 0
-    for file, number, row in iter_rows(attr, config):
-        if config.max_samples is not None and produced >= config.max_samples:
-            return
-        if spec is None:
-            spec = resolve_format(ctx, plan, row)
-        try:
-            example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders)
-        except RowError as exc:
-            bad = BadRow(file, number, exc.field, exc.reason)
-            if not config.skip_bad_rows:
-                raise DataError(f"dataset '{attr.name}': {bad}\n(streaming stops at the first bad row; "
-                                "`tuneforge data CONFIG streaming=false` lists them all; or set skip_bad_rows: true)") from None
-            skipped += 1
-            if skipped <= MAX_REPORTED_ROWS:
-                logger.warning("dataset '%s': skipped bad row %s", attr.name, bad)
-            continue
-        produced += 1
-        yield example
+    try:
+        for file, number, row in iter_rows(attr, config):
+            if config.max_samples is not None and produced >= config.max_samples:
+                return
+            media = _unmapped_media_field(attr, row)
+            if media:
+                from .registry import media_message
+
+                raise DataError(media_message(attr.name, media, f"{file}: row {number} has a non-empty '{media}' field", config))
+            if spec is None and not isinstance(row, BrokenLine):  # the first row that parses tells the format
+                spec = resolve_format(ctx, plan, row)
+            try:
+                if spec is None:
+                    raise RowError(f"line {row.line}", row.reason)
+                example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders)
+            except RowError as exc:
+                bad = BadRow(file, number, exc.field, exc.reason)
+                if not config.skip_bad_rows:
+                    raise DataError(f"dataset '{attr.name}': {bad}\n(streaming stops at the first bad row; "
+                                    "`tuneforge data CONFIG streaming=false` lists them all; or set skip_bad_rows: true)") from None
+                skipped += 1
+                if skipped <= MAX_REPORTED_ROWS:
+                    logger.warning("dataset '%s': skipped bad row %s", attr.name, bad)
+                continue
+            produced += 1
+            yield example
+    finally:
+        if skipped:
+            print(f"dataset '{attr.name}': skipped {skipped} bad row(s) while streaming (skip_bad_rows)", flush=True)

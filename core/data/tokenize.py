@@ -95,6 +95,22 @@ def encode_conversation(template, tokenizer, example: dict, settings: Settings, 
     )
 
 
+def encode_counted(template, tokenizer, example: dict, settings: Settings, *,
+                   mask_history: bool | None = None) -> tuple[list[int], list[int], bool]:
+    """Ids, labels, and whether ``cutoff_len`` cut the conversation. A conversation that fits is
+    encoded once (uncut, it is what the cut encoding gives); only a long one is encoded twice."""
+    ids, labels = encode_conversation(template, tokenizer, example, settings, cutoff_len=NO_CUTOFF, mask_history=mask_history)
+    if len(ids) <= settings.cutoff_len:
+        return ids, labels, False
+    ids, labels = encode_conversation(template, tokenizer, example, settings, mask_history=mask_history)
+    return ids, labels, True
+
+
+#: The column the ``*_batch`` functions add with ``report=True``: whether cutoff_len cut the row. The
+#: caller counts it (`train` says how many rows were truncated, as `data` does) and removes it.
+TRUNCATED = "_truncated"
+
+
 def _reply(example: dict, key: str) -> dict:
     return {**example, "messages": example["messages"] + [{"role": "assistant", "content": example[key]}]}
 
@@ -103,38 +119,47 @@ def _trained(labels: list[int]) -> bool:
     return any(label != IGNORE_INDEX for label in labels)
 
 
-def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
-    out = {"input_ids": [], "attention_mask": [], "labels": []}
+def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
+    out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
     for text in batch["_example"]:
-        input_ids, labels = encode_conversation(template, tokenizer, json.loads(text), settings)
+        input_ids, labels, cut = encode_counted(template, tokenizer, json.loads(text), settings)
         if _trained(labels):
             out["input_ids"].append(input_ids)
             out["attention_mask"].append([1] * len(input_ids))
             out["labels"].append(labels)
+            out[TRUNCATED].append(cut)
+    return _reported(out, report)
+
+
+def _reported(out: dict, report: bool) -> dict:
+    if not report:
+        out.pop(TRUNCATED, None)
     return out
 
 
-def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     out = {f"{side}_{name}": [] for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")}
+    out[TRUNCATED] = []
     for text in batch["_example"]:
         example = json.loads(text)
-        encoded = {side: encode_conversation(template, tokenizer, _reply(example, side), settings, mask_history=True)
+        encoded = {side: encode_counted(template, tokenizer, _reply(example, side), settings, mask_history=True)
                    for side in ("chosen", "rejected")}
-        if all(_trained(labels) for _, labels in encoded.values()):
-            for side, (input_ids, labels) in encoded.items():
+        if all(_trained(labels) for _, labels, _ in encoded.values()):
+            for side, (input_ids, labels, _) in encoded.items():
                 out[f"{side}_input_ids"].append(input_ids)
                 out[f"{side}_attention_mask"].append([1] * len(input_ids))
                 out[f"{side}_labels"].append(labels)
-    return out
+            out[TRUNCATED].append(any(cut for _, _, cut in encoded.values()))
+    return _reported(out, report)
 
 
-def kto_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def kto_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     examples = [json.loads(text) for text in batch["_example"]]
     others = examples[::-1]
     names = ("input_ids", "attention_mask", "labels")
-    out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": []}
+    out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": [], TRUNCATED: []}
     for example, other in zip(examples, others):
-        input_ids, labels = encode_conversation(template, tokenizer, example, settings, mask_history=True)
+        input_ids, labels, cut = encode_counted(template, tokenizer, example, settings, mask_history=True)
         kl_example = {**example, "messages": example["messages"][:-1] + other["messages"][-1:]}
         kl_ids, kl_labels = encode_conversation(template, tokenizer, kl_example, settings, mask_history=True)
         if _trained(labels):
@@ -143,10 +168,11 @@ def kto_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
                 out[f"{prefix}attention_mask"].append([1] * len(ids))
                 out[f"{prefix}labels"].append(labs)
             out["kto_tags"].append(bool(example["kto_tag"]))
-    return out
+            out[TRUNCATED].append(cut)
+    return _reported(out, report)
 
 
-def prompt_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def prompt_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     out = {"input_ids": [], "attention_mask": [], "reference_ids": []}
     for text in batch["_example"]:
         example = json.loads(text)
@@ -171,16 +197,20 @@ def text_token_ids(texts: list[str], tokenizer) -> list[list[int]]:
     return [list(row) + ([eos] if eos is not None else []) for row in ids]
 
 
-def text_batch(batch: dict, *, tokenizer, settings: Settings) -> dict:
+def text_batch(batch: dict, *, tokenizer, settings: Settings, report: bool = False) -> dict:
     texts = [json.loads(text)["text"] for text in batch["_example"]]
     rows = text_token_ids(texts, tokenizer)
     size = settings.cutoff_len
-    if settings.packing:
+    if settings.packing:  # chunked, not truncated: nothing is lost
         stream = [token for row in rows for token in row]
         blocks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        cut = [False] * len(blocks)
     else:
         blocks = [row[:size] for row in rows]
-    return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
+        cut = [len(row) > size for row in rows]
+    out = {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks],
+           TRUNCATED: cut}
+    return _reported(out, report)
 
 
 BATCH_FUNCTIONS = {"supervised": supervised_batch, "pairwise": pairwise_batch, "kto": kto_batch, "prompt": prompt_batch}

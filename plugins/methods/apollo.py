@@ -16,7 +16,7 @@ KEYS = (
     ConfigKey("apollo_target", (str, list), "all",
               "Linear layers APOLLO scales: 'all' (every linear but the output head) or a comma list."),
     ConfigKey("apollo_rank", int, 16, "Rank of the auxiliary low-rank space."),
-    ConfigKey("apollo_update_interval", int, 200, "Steps between renewing the projection."),
+    ConfigKey("apollo_update_interval", int, 200, "Steps between renewing the projection.", min=1),
     ConfigKey("apollo_scale", float, 32.0, "Scale of the update."),
     ConfigKey("apollo_proj", str, "random", "Projection: random or svd.", choices=("random", "svd")),
     ConfigKey("apollo_proj_type", str, "std", "Projection side.", choices=("std", "right", "left")),

@@ -18,7 +18,7 @@ KEYS = (
     ConfigKey("galore_target", (str, list), "all",
               "Linear layers whose gradients are projected: 'all' (every linear but the output head) or a comma list."),
     ConfigKey("galore_rank", int, 16, "Rank of the gradient projection."),
-    ConfigKey("galore_update_interval", int, 200, "Steps between recomputing the projection (SVD)."),
+    ConfigKey("galore_update_interval", int, 200, "Steps between recomputing the projection (SVD).", min=1),
     ConfigKey("galore_scale", float, 2.0, "Scale of the projected-back update."),
     ConfigKey("galore_proj_type", str, "std", "Projection side.", choices=("std", "reverse_std", "right", "left", "full")),
     ConfigKey("galore_layerwise", bool, False,

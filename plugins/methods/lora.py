@@ -19,8 +19,8 @@ from ._common import names
 
 KEYS = (
     ConfigKey("lora_rank", int, 8, "Rank of the LoRA matrices."),
-    ConfigKey("lora_alpha", (int, float), None, "LoRA scaling numerator; default 2 x lora_rank."),
-    ConfigKey("lora_dropout", float, 0.0, "Dropout on the LoRA input."),
+    ConfigKey("lora_alpha", (int, float), None, "LoRA scaling numerator; default 2 x lora_rank.", min=0, min_open=True),
+    ConfigKey("lora_dropout", float, 0.0, "Dropout on the LoRA input.", min=0, max=1, max_open=True),
     ConfigKey("lora_target", (str, list), "all",
               "Modules to adapt: 'all' (every linear layer but the output head) or a comma list of names."),
     ConfigKey("additional_target", (str, list), None,

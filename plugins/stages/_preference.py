@@ -47,10 +47,10 @@ SHARED_KEYS = (
     PREF_BETA,
     ConfigKey("pref_ftx", float, 0.0,
               "Weight of an SFT loss (mean per-token NLL of the chosen / desirable reply) added to the preference loss."),
-    ConfigKey("ref_model", str, None,
+    ConfigKey("ref_model", str, None, path="model", doc=
               "Reference model path. Unset: the policy with its LoRA adapter disabled, or a frozen copy of "
               "model_name_or_path for freeze/full tuning."),
-    ConfigKey("ref_model_adapters", (str, list), None, "Adapter(s) to load onto ref_model (comma list to stack)."),
+    ConfigKey("ref_model_adapters", (str, list), None, "Adapter(s) to load onto ref_model (comma list to stack).", path="adapter"),
     ConfigKey("ref_model_quantization_bit", int, None,
               "Quantize ref_model on load to this many bits (with quantization_method)."),
 )

@@ -158,8 +158,8 @@ def test_the_base_config_passes(base, tmp_path):
 
 
 def test_a_hub_id_is_not_a_path(base, tmp_path):
-    code, _, err = cli("check", str(write_config(tmp_path, base, {"model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct",
-                                                                  "adapter_name_or_path": "someone/an-adapter"})))
+    # (an adapter hub id is checked against the local cache when HF_HUB_OFFLINE=1: tests/test_config.py)
+    code, _, err = cli("check", str(write_config(tmp_path, base, {"model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"})))
     assert code == 0, err
 
 

@@ -27,6 +27,8 @@ NOT_PLUGIN_NAMES = {
     # 'auto', 'default' and 'index' became template names (the tokenizer's own template, LLaMA-Factory's
     # `default` and `index`); in these files they are ordinary values, not the templates.
     ("core/cli/data.py", "auto"): "--color auto",
+    ("core/config/hf_training_args.py", "default"): "torch_compile_mode: default",
+    ("core/config/model_checks.py", "default"): "a tokenizer's named chat templates: the one called 'default'",
     ("core/config/keys.py", "auto"): "LLaMA-Factory's 'auto' values (infer_dtype, flash_attn, export_device, ...)",
     ("core/data/dataset.py", "index"): "a column name of datasets' own",
     ("core/data/tokenizer_template.py", "auto"): "the display name a tokenizer's own template gets when its plugin gives none",

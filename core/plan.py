@@ -13,6 +13,7 @@ from typing import Any
 
 from .config.loader import parse_overrides, read_config_file
 from .config.model import Config
+from .config.refusals import refusal_problems
 from .config.validate import declared_defaults, validate_values
 from .data.registry import DatasetAttr, data_problems, resolve_datasets
 from .errors import ConfigError, PluginError, Problem
@@ -105,6 +106,7 @@ def prepare(
     values, value_problems = validate_values(raw, sources, manager)
     problems += value_problems
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
+    problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
 
     for key in require:
         if config.get(key) in (None, ""):

@@ -13,6 +13,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneforge.plugins.methods.galore",
     "tuneforge.plugins.methods.apollo",
     "tuneforge.plugins.methods.badam",
+    "tuneforge.plugins.methods.oft",
     "tuneforge.plugins.quantizers.bitsandbytes",
     "tuneforge.plugins.quantizers.hqq",
     "tuneforge.plugins.quantizers.gptq",

@@ -196,3 +196,54 @@ CORE_KEY_GROUPS: dict[str, tuple[ConfigKey, ...]] = {
 }
 
 CORE_KEYS: dict[str, ConfigKey] = {k.name: k for group in CORE_KEY_GROUPS.values() for k in group}
+
+# --- LLaMA-Factory keys added for conformance (bench/lf_conformance.py, docs/compatibility.md) ---------------
+
+CONFORMANCE_KEYS = (
+    _k("use_v1_kernels", bool, False,
+       "LLaMA-Factory's fused kernel plugins (Ascend NPU and liger-style ops): speed only; tuneforge runs the "
+       "model's own kernels.", effective=False),
+    _k("use_kv_cache", bool, True, "Generation: reuse the key/value cache (transformers always does).", effective=False),
+    _k("new_special_tokens_config", str, None,
+       "YAML file of special tokens (token: description) to add; takes precedence over add_special_tokens.",
+       effective=False),
+    _k("init_special_tokens", str, "noise_init", "How new special-token embeddings start.",
+       choices=("noise_init", "desc_init", "desc_init_w_noise"), effective=False),
+    _k("image_do_pan_and_scan", bool, False, "Multimodal (gemma3): pan and scan images.", effective=False),
+    _k("crop_to_patches", bool, False, "Multimodal (internvl): crop images to patches.", effective=False),
+    _k("use_audio_in_video", bool, False, "Multimodal: use the audio track of videos.", effective=False),
+    _k("audio_sampling_rate", int, 16000, "Multimodal: audio sampling rate.", effective=False),
+    _k("interleave_once", bool, False, "Interleaving: stop after one pass over the datasets.", effective=False),
+    _k("preserve_thinking", bool, False, "Keep the reasoning of earlier assistant turns in the prompt.",
+       effective=False),
+    _k("ld_alpha", float, None, "LD-DPO: weight of the log-probabilities of the verbose tail of replies.",
+       effective=False),
+    _k("swanlab_lark_webhook_url", str, None, "SwanLab: Lark webhook for notifications.", effective=False),
+    _k("swanlab_lark_secret", str, None, "SwanLab: Lark webhook secret.", effective=False),
+    _k("fsdp_transformer_layer_cls_to_wrap", _STR_OR_LIST, None,
+       "FSDP: decoder layer class(es) to wrap (comma list); merged into fsdp_config as "
+       "transformers 5 expects (it dropped this argument)."),
+    # Ray Train: LLaMA-Factory acts on these only when USE_RAY=1 is set, which tuneforge refuses (it has
+    # no Ray launcher yet); without USE_RAY they do nothing there either.
+    _k("ray_run_name", str, None, "Ray Train (USE_RAY=1 only; refused: no Ray launcher yet): run name.",
+       effective=False),
+    _k("ray_storage_path", str, "./saves", "Ray Train (USE_RAY=1 only): where results are stored.", effective=False),
+    _k("ray_storage_filesystem", str, None, "Ray Train (USE_RAY=1 only): s3, gs or gcs.", effective=False),
+    _k("ray_num_workers", int, 1, "Ray Train (USE_RAY=1 only): number of workers.", effective=False),
+    _k("resources_per_worker", (dict, str), None, "Ray Train (USE_RAY=1 only): resources of one worker.",
+       effective=False),
+    _k("placement_strategy", str, "PACK", "Ray Train (USE_RAY=1 only): placement strategy.", effective=False),
+    _k("ray_init_kwargs", (dict, str), None, "Ray Train (USE_RAY=1 only): ray.init arguments.", effective=False),
+)
+
+
+def _add_conformance_keys() -> None:
+    from .refusals import REFUSED_CONFIG_KEYS
+
+    CORE_KEY_GROUPS["conformance"] = CONFORMANCE_KEYS
+    CORE_KEY_GROUPS["refused"] = REFUSED_CONFIG_KEYS
+    for key in CONFORMANCE_KEYS + REFUSED_CONFIG_KEYS:
+        CORE_KEYS.setdefault(key.name, key)
+
+
+_add_conformance_keys()

@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
-from tuneforge import StageSpec, hookimpl
+from tuneforge import ConfigKey, StageSpec, hookimpl
 from tuneforge.ranks import is_main_process
+
+#: LLaMA-Factory's SFT loss variants (plugins/stages/_sft_losses.py says what each computes).
+KEYS = (
+    ConfigKey("use_dft_loss", bool, False,
+              "DFT: weight each target token's loss by the model's own (detached) probability of it."),
+    ConfigKey("use_eaft_loss", bool, False,
+              "EAFT: weight each target token's loss by the normalised entropy of the model's top-20 prediction."),
+    ConfigKey("eaft_alpha", float, 1.0, "EAFT: power applied to the entropy weight."),
+    ConfigKey("use_asft_loss", bool, False,
+              "ASFT: DFT plus asft_alpha x KL to the model as training started (a frozen reference)."),
+    ConfigKey("asft_alpha", float, 0.1, "ASFT: weight of the KL anchor to the reference model."),
+)
 
 
 def validate(config) -> list[str]:
     from tuneforge.train.checks import evaluation_problems
 
-    return evaluation_problems(config)
+    problems = evaluation_problems(config)
+    chosen = [k for k in ("use_dft_loss", "use_eaft_loss", "use_asft_loss") if config.get(k)]
+    if len(chosen) > 1:
+        problems.append(f"{' and '.join(chosen)} are different SFT losses: choose one")
+    for key in ("eaft_alpha", "asft_alpha"):
+        value = config.get(key)
+        if value is not None and value < 0:
+            problems.append(f"{key} must not be negative, got {value}")
+    return problems
+
+
+def _loss_variant(ctx) -> dict:
+    """Trainer arguments for use_dft_loss / use_eaft_loss / use_asft_loss; {} for the model's own loss."""
+    from ._sft_losses import asft_trainer_class, compute_loss_func, frozen_reference, selected
+
+    kind = selected(ctx.config)
+    if kind is None:
+        return {}
+    shared: dict = {}
+    out = {"compute_loss_func": compute_loss_func(ctx, shared)}
+    if kind == "asft":
+        from transformers import Trainer
+
+        base = asft_trainer_class(Trainer)
+        base.tuneforge_loss_ref = shared
+        base.tuneforge_ref_model = frozen_reference(ctx.model)
+        out["base"] = base
+    if is_main_process():
+        print(f"sft loss: {kind.upper()} (use_{kind}_loss)")
+    return out
 
 
 def run(ctx):
@@ -18,7 +59,7 @@ def run(ctx):
     config = ctx.config
     # LLaMA-Factory's predict configs: do_predict on eval_dataset, no dataset to train on (and no do_train).
     predict_only = config.do_predict and config.predict_with_generate and not ctx.plan.datasets and not config.do_train
-    metrics = {} if predict_only else run_text_stage(ctx, "supervised")
+    metrics = {} if predict_only else run_text_stage(ctx, "supervised", **_loss_variant(ctx))
     if ctx.config.do_predict and ctx.config.predict_with_generate:
         from tuneforge.evaluation.predict import run_predict
 
@@ -29,4 +70,4 @@ def run(ctx):
 
 @hookimpl
 def tuneforge_stages():
-    return [StageSpec(name="sft", description="Supervised fine-tuning: learn the responses of conversations.", run=run, validate=validate, data_kind="supervised")]
+    return [StageSpec(name="sft", description="Supervised fine-tuning: learn the responses of conversations.", run=run, validate=validate, data_kind="supervised", keys=KEYS)]

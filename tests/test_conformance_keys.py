@@ -1,0 +1,180 @@
+"""LLaMA-Factory keys that used to be unknown or ignored, each shown to act on the tiny model:
+OFT (finetuning_type: oft), the SFT loss variants (DFT, EAFT, ASFT), fsdp given as a list, and
+fsdp_transformer_layer_cls_to_wrap."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tuneforge.errors import ConfigError
+from tuneforge.plan import prepare
+from tuneforge.plugin_manager import PluginManager
+from tuneforge.train.pipeline import run_training
+
+ROWS = [
+    {"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."}
+    for a in range(6) for b in range(6)
+]
+IDS = torch.tensor([[5, 17, 42, 99, 7, 300, 12]])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    (path / "sums.json").write_text(json.dumps(ROWS))
+    (path / "dataset_info.json").write_text(json.dumps({"sums": {"file_name": "sums.json"}}))
+    return path
+
+
+def overrides(tiny_model, data_dir, out, **settings) -> list[str]:
+    base = dict(
+        model_name_or_path=str(tiny_model), template="llama3", dataset_dir=str(data_dir), dataset="sums",
+        cutoff_len=64, per_device_train_batch_size=4, max_steps=4, learning_rate=5e-3, logging_steps=1,
+        report_to="none", disable_tqdm=True, overwrite_output_dir=True, save_steps=1000, output_dir=str(out),
+        disable_shuffling=True, stage="sft", seed=0,
+    )
+    base.update(settings)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def train(tiny_model, data_dir, out, **settings):
+    prepared = prepare(None, overrides(tiny_model, data_dir, out, **settings), manager=PluginManager(autoload=False))
+    return run_training(prepared)
+
+
+def losses(out) -> list[float]:
+    records = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+# --- OFT ---------------------------------------------------------------------------------------------------------
+
+
+def test_oft_trains_only_its_rotations_and_the_adapter_reloads(tiny_model, data_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "oft"
+    ctx = train(tiny_model, data_dir, out, finetuning_type="oft", oft_block_size=8, oft_rank=0, learning_rate=1e-2)
+    trainable = [n for n, p in ctx.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".oft_" in n for n in trainable), trainable[:5]
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "OFT" and adapter["oft_block_size"] == 8
+    assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])  # oft_target: all
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        before = base(input_ids=IDS).logits
+        expected = ctx.model.eval()(input_ids=IDS).logits
+        reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out).eval()
+        got = reloaded(input_ids=IDS).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert not torch.allclose(before, got, atol=1e-4), "training did not change the model"
+    seen = losses(out)
+    assert len(seen) == 4 and seen[-1] < seen[0]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(oft_block_size=0, oft_rank=0), "set exactly one of oft_rank and oft_block_size"),
+    (dict(oft_block_size=8, oft_rank=4), "set exactly one of oft_rank and oft_block_size"),
+    (dict(module_dropout=1.5), "module_dropout must be in [0, 1)"),
+    (dict(use_dora=True), "use_dora needs a LoRA method"),
+])
+def test_oft_check_rejects_what_cannot_work(tiny_model, data_dir, tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        prepare(None, overrides(tiny_model, data_dir, tmp_path, finetuning_type="oft", **settings),
+                manager=PluginManager(autoload=False))
+
+
+def test_oft_block_size_that_does_not_divide_a_layer_says_which(tiny_model, data_dir, tmp_path):
+    from tuneforge.errors import TuneforgeError
+
+    with pytest.raises(TuneforgeError, match=r"oft_block_size 7 does not divide the input width \d+ of"):
+        train(tiny_model, data_dir, tmp_path / "bad", finetuning_type="oft", oft_block_size=7, max_steps=1)
+
+
+# --- SFT loss variants ----------------------------------------------------------------------------------------------
+
+
+def _explicit(kind, logits, labels, alpha=1.0):
+    """Token by token, straight from the definitions, to compare with the vectorised loss."""
+    total, count = 0.0, 0
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            logp = torch.log_softmax(logits[b, t].double(), -1)
+            ce = -float(logp[target])
+            if kind == "dft":
+                weight = float(logp[target].exp())
+            else:
+                top = torch.topk(logits[b, t].double(), 20).values
+                q = torch.log_softmax(top, -1)
+                weight = (float(-(q.exp() * q).sum()) / 3.0) ** alpha
+            total += ce * weight
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("kind, alpha", [("dft", 1.0), ("eaft", 1.0), ("eaft", 0.5)])
+def test_loss_variants_match_their_definitions(kind, alpha):
+    from tuneforge.plugins.stages._sft_losses import weighted_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 50, generator=gen) * 3
+    labels = torch.randint(0, 50, (2, 6), generator=gen)
+    labels[0, :2] = -100
+    labels[1, 4] = -100
+    valid = int((labels[:, 1:] != -100).sum())
+    got = weighted_loss(kind, logits, labels, num_items_in_batch=torch.tensor(valid), alpha=alpha)
+    assert float(got) == pytest.approx(_explicit(kind, logits, labels, alpha), rel=1e-5)
+    # Without num_items_in_batch (evaluation) it is the mean over target tokens: the same number here.
+    assert float(weighted_loss(kind, logits, labels, alpha=alpha)) == pytest.approx(float(got), rel=1e-5)
+
+
+def test_dft_eaft_and_asft_change_the_training_loss_as_documented(tiny_model, data_dir, tmp_path):
+    runs = {}
+    for name, settings in {
+        "plain": {},
+        "dft": dict(use_dft_loss=True),
+        "eaft": dict(use_eaft_loss=True, eaft_alpha=2.0),
+        "asft": dict(use_asft_loss=True, asft_alpha=0.5, finetuning_type="full", learning_rate=1e-3),
+        "dft_full": dict(use_dft_loss=True, finetuning_type="full", learning_rate=1e-3),
+    }.items():
+        train(tiny_model, data_dir, tmp_path / name, max_steps=3, **settings)
+        runs[name] = losses(tmp_path / name)
+    plain, dft, eaft = runs["plain"][0], runs["dft"][0], runs["eaft"][0]
+    # Same first batch, same untrained model: DFT weights each token by p(target) < 1, far below 1 for
+    # a random model, so its loss is a small fraction of the plain one; EAFT weights by (entropy/3)^2.
+    assert dft < 0.5 * plain
+    assert eaft != pytest.approx(plain, rel=1e-3) and eaft != pytest.approx(dft, rel=1e-3)
+    # ASFT at step 1: the model is its own reference, the KL anchor is 0 and the loss is DFT's.
+    assert runs["asft"][0] == pytest.approx(runs["dft_full"][0], rel=1e-4)
+    assert runs["asft"][1:] != pytest.approx(runs["dft_full"][1:], rel=1e-6)
+
+
+def test_one_sft_loss_at_a_time(tiny_model, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="use_dft_loss and use_eaft_loss are different SFT losses"):
+        prepare(None, overrides(tiny_model, data_dir, tmp_path, use_dft_loss=True, use_eaft_loss=True),
+                manager=PluginManager(autoload=False))
+
+
+# --- FSDP keys as LLaMA-Factory writes them --------------------------------------------------------------------------
+
+
+def test_fsdp_list_and_layer_class_reach_the_training_arguments(tiny_model, data_dir, tmp_path):
+    from transformers import Seq2SeqTrainingArguments
+
+    from tuneforge.train.hf_trainer import _fsdp_layer_classes
+
+    prepared = prepare(None, overrides(tiny_model, data_dir, tmp_path, fsdp="[full_shard, auto_wrap]",
+                                       fsdp_transformer_layer_cls_to_wrap="LlamaDecoderLayer"),
+                       manager=PluginManager(autoload=False))
+    assert prepared.config.fsdp == ["full_shard", "auto_wrap"]
+    kwargs = {"fsdp": prepared.config.fsdp, "output_dir": str(tmp_path), "use_cpu": True}
+    _fsdp_layer_classes(prepared.config.fsdp_transformer_layer_cls_to_wrap, kwargs)
+    args = Seq2SeqTrainingArguments(**kwargs)
+    assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]

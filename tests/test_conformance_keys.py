@@ -178,3 +178,55 @@ def test_fsdp_list_and_layer_class_reach_the_training_arguments(tiny_model, data
     _fsdp_layer_classes(prepared.config.fsdp_transformer_layer_cls_to_wrap, kwargs)
     args = Seq2SeqTrainingArguments(**kwargs)
     assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+
+
+# --- rope_scaling and flash_attn -------------------------------------------------------------------------------------
+
+
+def loaded(tiny_model, data_dir, tmp_path, training=True, **settings):
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_model
+
+    prepared = prepare(None, overrides(tiny_model, data_dir, tmp_path, **settings), manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=training)
+    load_model(ctx)
+    return ctx.model
+
+
+@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn", "llama3"])
+def test_rope_scaling_stretches_the_positions(tiny_model, data_dir, tmp_path, kind):
+    from transformers import AutoModelForCausalLM
+
+    model = loaded(tiny_model, data_dir, tmp_path, finetuning_type="full", rope_scaling=kind, cutoff_len=5000)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    old = base.config.max_position_embeddings
+    params = model.config.rope_parameters
+    # cutoff_len 5000 over 2048 positions: factor ceil(5000 / 2048) = 3, as LLaMA-Factory computes it.
+    assert params["rope_type"] == kind and params["factor"] == 3.0
+    assert model.config.max_position_embeddings == (old if kind == "dynamic" else 3 * old)
+    if kind != "linear":
+        assert params["original_max_position_embeddings"] == old
+    # Dynamic NTK scaling only changes positions past the original length; the others change every position.
+    length = old + 64 if kind == "dynamic" else 48
+    ids = torch.arange(length).unsqueeze(0) % 200 + 5
+    with torch.no_grad():
+        scaled = model.eval()(input_ids=ids).logits[0, -1]
+        plain = base(input_ids=ids).logits[0, -1]
+    assert not torch.allclose(scaled, plain, atol=1e-4), f"{kind}: the logits did not change"
+
+
+def test_rope_scaling_factor_is_two_for_short_inputs_and_unset_leaves_the_model(tiny_model, data_dir, tmp_path):
+    model = loaded(tiny_model, data_dir, tmp_path, finetuning_type="full", rope_scaling="linear", cutoff_len=64)
+    assert model.config.rope_parameters["factor"] == 2.0
+    model = loaded(tiny_model, data_dir, tmp_path, finetuning_type="full")
+    assert model.config.rope_parameters.get("rope_type", "default") == "default"
+
+
+def test_flash_attn_without_flash_attention_falls_back_to_sdpa(tiny_model, data_dir, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        pytest.skip("FlashAttention is usable here")
+    model = loaded(tiny_model, data_dir, tmp_path, flash_attn="fa2")
+    assert model.config._attn_implementation == "sdpa"
+    assert "flash_attn: fa2 needs FlashAttention on a CUDA GPU" in capsys.readouterr().out

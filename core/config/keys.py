@@ -68,8 +68,10 @@ MODEL_KEYS = (
     _k("new_special_tokens", _STR_OR_LIST, None, "Alias of add_special_tokens.", effective=False),
     _k("model_revision", str, "main", "Hub revision (branch, tag or commit)."),
     _k("low_cpu_mem_usage", bool, True, "Load weights without a full random init first."),
-    _k("rope_scaling", str, None, "RoPE scaling type (LLaMA-Factory's choices).",
-       choices=(None, "linear", "dynamic", "yarn", "llama3"), effective=False),
+    _k("rope_scaling", str, None,
+       "Stretch the rotary position embedding (linear, dynamic, yarn, llama3) by ceil(cutoff_len / the model's "
+       "max_position_embeddings) when training longer inputs, else 2.",
+       choices=(None, "linear", "dynamic", "yarn", "llama3")),
     _k("flash_attn", str, "auto", "Attention implementation: auto, disabled, sdpa, fa2, fa3.",
        choices=("auto", "disabled", "sdpa", "fa2", "fa3")),
     _k("shift_attn", bool, False, "LongLoRA shift short attention.", effective=False),

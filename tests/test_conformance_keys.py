@@ -230,3 +230,56 @@ def test_flash_attn_without_flash_attention_falls_back_to_sdpa(tiny_model, data_
     model = loaded(tiny_model, data_dir, tmp_path, flash_attn="fa2")
     assert model.config._attn_implementation == "sdpa"
     assert "flash_attn: fa2 needs FlashAttention on a CUDA GPU" in capsys.readouterr().out
+
+
+# --- evaluation keys -------------------------------------------------------------------------------------------------
+
+
+def test_token_accuracy_is_the_row_mean_of_exact_next_token_predictions():
+    import numpy as np
+    from transformers import EvalPrediction
+
+    from tuneforge.plugins.stages.supervised import token_accuracy
+
+    # Row 0: targets at positions 2,3 (predicted by positions 1,2): one of two right -> 0.5.
+    # Row 1: three targets, all right -> 1.0. Mean of rows: 0.75 (not 4/5 over tokens).
+    preds = np.array([[0, 7, 9, 0], [4, 5, 6, 0]])
+    labels = np.array([[-100, -100, 7, 8], [-100, 4, 5, 6]])
+    assert token_accuracy(EvalPrediction(predictions=preds, label_ids=labels)) == {"accuracy": 0.75}
+
+
+def test_compute_accuracy_reports_eval_accuracy_of_the_model(tiny_model, data_dir, tmp_path):
+    ctx = train(tiny_model, data_dir, tmp_path / "acc", compute_accuracy=True, val_size=8, eval_strategy="steps",
+                eval_steps=2, max_steps=4, learning_rate=1e-2, finetuning_type="full")
+    trainer = ctx.extras["trainer"]
+    metrics = trainer.evaluate()
+    # The same number, counted by hand from the model's greedy next-token predictions.
+    model = ctx.model.eval()
+    scores = []
+    for batch in trainer.get_eval_dataloader():
+        with torch.no_grad():
+            pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+        for p, label in zip(pred, batch["labels"]):
+            mask = label[1:] != -100
+            scores.append(float((p[:-1][mask] == label[1:][mask]).float().mean()))
+    assert metrics["eval_accuracy"] == pytest.approx(sum(scores) / len(scores), abs=1e-6)
+    logged = [json.loads(line) for line in (tmp_path / "acc" / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("eval_accuracy" in r for r in logged) or "eval_accuracy" in json.dumps(
+        json.loads((tmp_path / "acc" / "all_results.json").read_text()))
+
+
+def test_early_stopping_steps_stops_when_eval_loss_stops_improving(tiny_model, data_dir, tmp_path):
+    # learning_rate 0: the eval loss never improves on the first evaluation, so with a patience of 2
+    # training stops at the third evaluation (step 3) instead of running 20 steps.
+    ctx = train(tiny_model, data_dir, tmp_path / "stop", early_stopping_steps=2, val_size=8, eval_strategy="steps",
+                eval_steps=1, max_steps=20, learning_rate=0.0)
+    assert ctx.extras["trainer"].state.global_step == 3
+    ctx = train(tiny_model, data_dir, tmp_path / "go", val_size=8, eval_strategy="steps", eval_steps=1, max_steps=5,
+                learning_rate=0.0)
+    assert ctx.extras["trainer"].state.global_step == 5
+
+
+def test_early_stopping_needs_evaluation_during_training(tiny_model, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="early_stopping_steps stops when evaluations stop improving"):
+        prepare(None, overrides(tiny_model, data_dir, tmp_path, early_stopping_steps=3, val_size=8),
+                manager=PluginManager(autoload=False))

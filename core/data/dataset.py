@@ -7,7 +7,7 @@ stays behind it. The order, as in LLaMA-Factory:
 1. ``tokenized_path`` that exists: load it and skip everything else;
 2. ``streaming``: an ``IterableDataset`` read, converted and tokenised lazily (needs max_steps);
 3. otherwise the cache (cache.py) or: read and convert every dataset (bad rows reported together),
-   mix them (``mix_strategy``: concat, interleave_under, interleave_over with ``interleave_probs``),
+   mix them (``mix_strategy``: concat, interleave_under, interleave_over, interleave_once with ``interleave_probs``),
    tokenise with ``datasets.map(batched=True, num_proc=preprocessing_num_workers)``, pack, and save
    the result in the cache;
 4. hold out ``val_size`` (a fraction, or a row count) when no eval_dataset is named;
@@ -74,6 +74,12 @@ def _examples_dataset(examples: list[dict]):
     return Dataset.from_dict({"_example": [json.dumps(e, ensure_ascii=False) for e in examples]})
 
 
+#: mix_strategy -> datasets' stopping rule. interleave_once samples without replacement: every row of
+#: every dataset is used exactly once (LLaMA-Factory's "sampling w.o. replacement").
+_STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted",
+             "interleave_once": "all_exhausted_without_replacement"}
+
+
 def _mix(parts: list, config, strategy: str | None = None):
     """One dataset from several: concatenated, or interleaved (under: stop at the first exhausted,
     over: oversample until all are exhausted), as LLaMA-Factory's merge_dataset does."""
@@ -86,7 +92,7 @@ def _mix(parts: list, config, strategy: str | None = None):
         return concatenate_datasets(parts)
     return interleave_datasets(
         parts, probabilities=interleave_probabilities(config), seed=config.seed,
-        stopping_strategy="first_exhausted" if strategy == "interleave_under" else "all_exhausted",
+        stopping_strategy=_STOPPING[strategy],
     )
 
 

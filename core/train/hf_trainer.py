@@ -45,6 +45,8 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     if config.disable_shuffling:
         kwargs.setdefault("train_sampling_strategy", "sequential")
+    if config.early_stopping_steps is not None:
+        kwargs.setdefault("metric_for_best_model", "eval_loss")  # what EarlyStoppingCallback watches
     if config.get("fsdp_transformer_layer_cls_to_wrap") and kwargs.get("fsdp"):
         _fsdp_layer_classes(config.fsdp_transformer_layer_cls_to_wrap, kwargs)
     _gradient_checkpointing(ctx, kwargs)
@@ -133,6 +135,11 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
         from transformers import Trainer as base
     kwargs.setdefault("args", training_arguments(ctx))
     model = kwargs.pop("model", ctx.model)  # a stage may train a wrapper of ctx.model (rm's value head)
+    if ctx.config.early_stopping_steps is not None:
+        from transformers import EarlyStoppingCallback
+
+        patience = int(ctx.config.early_stopping_steps)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), EarlyStoppingCallback(early_stopping_patience=patience)]
     try:
         trainer = method_trainer_class(base)(
             model=model,

@@ -25,11 +25,44 @@ def validate(config) -> list[str]:
     chosen = [k for k in ("use_dft_loss", "use_eaft_loss", "use_asft_loss") if config.get(k)]
     if len(chosen) > 1:
         problems.append(f"{' and '.join(chosen)} are different SFT losses: choose one")
+    if config.get("compute_accuracy") and config.get("predict_with_generate"):
+        problems.append("compute_accuracy scores teacher-forced token predictions; it cannot be combined with "
+                        "predict_with_generate (which generates text): drop one")
     for key in ("eaft_alpha", "asft_alpha"):
         value = config.get(key)
         if value is not None and value < 0:
             problems.append(f"{key} must not be negative, got {value}")
     return problems
+
+
+def token_accuracy(eval_pred) -> dict:
+    """compute_accuracy: per row, the share of target tokens whose greedy prediction is the target;
+    averaged over rows, as LLaMA-Factory's ComputeAccuracy does."""
+    import numpy as np
+
+    preds, labels = eval_pred.predictions, eval_pred.label_ids
+    preds = preds[0] if isinstance(preds, tuple) else preds
+    scores = []
+    for pred, label in zip(preds, labels):
+        pred, label = pred[:-1], label[1:]
+        mask = label != -100
+        if mask.any():
+            scores.append(float(np.mean(pred[mask] == label[mask])))
+    return {"accuracy": float(np.mean(scores)) if scores else 0.0}
+
+
+def greedy_tokens(logits, labels):
+    """Keep only the argmax of the logits for compute_accuracy: evaluation never holds full logits."""
+    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    return logits.argmax(dim=-1)
+
+
+def _trainer_extras(ctx) -> dict:
+    """Trainer arguments for compute_accuracy and the SFT loss variants."""
+    out = {}
+    if ctx.config.compute_accuracy:
+        out.update(compute_metrics=token_accuracy, preprocess_logits_for_metrics=greedy_tokens)
+    return out | _loss_variant(ctx)
 
 
 def _loss_variant(ctx) -> dict:
@@ -59,7 +92,7 @@ def run(ctx):
     config = ctx.config
     # LLaMA-Factory's predict configs: do_predict on eval_dataset, no dataset to train on (and no do_train).
     predict_only = config.do_predict and config.predict_with_generate and not ctx.plan.datasets and not config.do_train
-    metrics = {} if predict_only else run_text_stage(ctx, "supervised", **_loss_variant(ctx))
+    metrics = {} if predict_only else run_text_stage(ctx, "supervised", **_trainer_extras(ctx))
     if ctx.config.do_predict and ctx.config.predict_with_generate:
         from tuneforge.evaluation.predict import run_predict
 

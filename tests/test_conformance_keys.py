@@ -283,3 +283,19 @@ def test_early_stopping_needs_evaluation_during_training(tiny_model, data_dir, t
     with pytest.raises(ConfigError, match="early_stopping_steps stops when evaluations stop improving"):
         prepare(None, overrides(tiny_model, data_dir, tmp_path, early_stopping_steps=3, val_size=8),
                 manager=PluginManager(autoload=False))
+
+
+def test_interleave_once_uses_every_row_of_every_dataset_exactly_once(tiny_model, data_dir, tmp_path):
+    from datasets import Dataset
+
+    from tuneforge.data.dataset import _mix
+
+    a = Dataset.from_dict({"x": [f"a{i}" for i in range(3)]})
+    b = Dataset.from_dict({"x": [f"b{i}" for i in range(7)]})
+    rows = {}
+    for strategy in ("interleave_once", "interleave_under", "interleave_over"):
+        config = prepare(None, overrides(tiny_model, data_dir, tmp_path, mix_strategy=strategy),
+                         manager=PluginManager(autoload=False)).config
+        rows[strategy] = list(_mix([a, b], config)["x"])
+    assert sorted(rows["interleave_once"]) == sorted(list(a["x"]) + list(b["x"]))  # each row once, none repeated
+    assert len(rows["interleave_under"]) < 10 < len(rows["interleave_over"])

@@ -299,3 +299,73 @@ def test_interleave_once_uses_every_row_of_every_dataset_exactly_once(tiny_model
         rows[strategy] = list(_mix([a, b], config)["x"])
     assert sorted(rows["interleave_once"]) == sorted(list(a["x"]) + list(b["x"]))  # each row once, none repeated
     assert len(rows["interleave_under"]) < 10 < len(rows["interleave_over"])
+
+
+# --- new tokens ------------------------------------------------------------------------------------------------------
+
+
+def test_new_special_tokens_are_trained_saved_and_reload(tiny_model, data_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_model
+
+    # Rows that use the new tokens, so their embeddings get gradients.
+    rows = [{"instruction": f"Draw shape {i}", "input": "", "output": f"<|svg|> <|rect|> {i} <|end_svg|>"}
+            for i in range(24)]
+    (data_dir / "svg.json").write_text(json.dumps(rows))
+    info = json.loads((data_dir / "dataset_info.json").read_text())
+    info["svg"] = {"file_name": "svg.json"}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info))
+    out = tmp_path / "vocab"
+    tokens = "<|svg|>,<|rect|>,<|end_svg|>"
+    ctx = train(tiny_model, data_dir, out, dataset="svg", add_special_tokens=tokens, lora_rank=4, max_steps=6)
+    base_rows = AutoModelForCausalLM.from_pretrained(tiny_model).get_input_embeddings().weight.shape[0]
+
+    saved_tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = saved_tokenizer.convert_tokens_to_ids(tokens.split(","))
+    assert ids == [base_rows, base_rows + 1, base_rows + 2]  # the saved tokenizer knows them
+    assert saved_tokenizer.decode(ids, skip_special_tokens=True) == ""  # special: dropped from replies
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert set(adapter["modules_to_save"]) == {"embed_tokens", "lm_head"}
+
+    model = ctx.model
+    trained_rows = model.get_input_embeddings().weight[ids].detach().clone()
+    assert model.get_input_embeddings().weight.shape[0] % 64 == 0
+    # The new rows trained: they moved away from where they started (the mean of the old rows plus noise).
+    start = AutoModelForCausalLM.from_pretrained(tiny_model).get_input_embeddings().weight.mean(0)
+    assert (trained_rows - start).abs().max() > 0
+    first = train(tiny_model, data_dir, tmp_path / "zero", dataset="svg", add_special_tokens=tokens, lora_rank=4,
+                  max_steps=1, learning_rate=0.0)
+    untrained_rows = first.model.get_input_embeddings().weight[ids].detach()
+    assert not torch.allclose(trained_rows, untrained_rows, atol=1e-4)
+
+    # Chat/export path: the same config keys and the adapter give the trained model back, new rows included.
+    prepared = prepare(None, overrides(tiny_model, data_dir, tmp_path / "unused", add_special_tokens=tokens,
+                                       adapter_name_or_path=str(out)), manager=PluginManager(autoload=False))
+    reload = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_model(reload)
+    probe = torch.tensor([[5, ids[0], 17, ids[1], 9, ids[2]]])
+    with torch.no_grad():
+        expected = model.eval()(input_ids=probe).logits
+        got = reload.model(input_ids=probe).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert reload.tokenizer.convert_tokens_to_ids("<|rect|>") == ids[1]
+
+
+def test_new_special_tokens_config_and_desc_init(tiny_model, data_dir, tmp_path):
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_model
+
+    cfg = tmp_path / "tokens.yaml"
+    cfg.write_text('"<|a|>": "plus sign"\n"<|b|>": "is"\n')
+    prepared = prepare(None, overrides(tiny_model, data_dir, tmp_path, new_special_tokens_config=str(cfg),
+                                       add_special_tokens="<|ignored|>", init_special_tokens="desc_init",
+                                       finetuning_type="full"), manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=True)
+    load_model(ctx)
+    tok, weight = ctx.tokenizer, ctx.model.get_input_embeddings().weight
+    assert "<|ignored|>" not in tok.get_vocab()  # the YAML file wins over add_special_tokens
+    for token, text in (("<|a|>", "plus sign"), ("<|b|>", "is")):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert torch.allclose(weight[tok.convert_tokens_to_ids(token)], weight[ids].mean(0), atol=1e-6)

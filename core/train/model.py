@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import TuneforgeError
 from .context import RunContext
+from .vocab import add_to_tokenizer, embedding_module_names, grows_vocab, resize_embeddings
 
 
 def resolve_template(ctx: RunContext, tokenizer):
@@ -27,6 +28,7 @@ def resolve_template(ctx: RunContext, tokenizer):
 def load_tokenizer(ctx: RunContext):
     loader = ctx.plan.loader.spec
     tokenizer = loader.load_tokenizer(ctx) if loader.load_tokenizer else loader.load(ctx)[1]
+    add_to_tokenizer(ctx.config, tokenizer)
     ctx.tokenizer = tokenizer
     ctx.template = resolve_template(ctx, tokenizer)
     return tokenizer
@@ -37,6 +39,8 @@ def load_model(ctx: RunContext):
     model, tokenizer = ctx.plan.loader.spec.load(ctx)
     ctx.tokenizer = tokenizer
     ctx.template = resolve_template(ctx, tokenizer)
+    if grows_vocab(ctx.config):
+        _grow_vocab(ctx, model, tokenizer)
     quantizer = ctx.plan.quantizer
     if quantizer is not None and quantizer.spec.after_load is not None:
         model = quantizer.spec.after_load(ctx, model)
@@ -48,6 +52,17 @@ def load_model(ctx: RunContext):
     ctx.model = model
     ctx.manager.hook.tuneforge_model_ready(ctx=ctx, model=model, tokenizer=tokenizer)
     return model, tokenizer
+
+
+def _grow_vocab(ctx: RunContext, model, tokenizer) -> None:
+    """New tokens get embedding rows; adapter methods also train and save the embedding layers."""
+    add_to_tokenizer(ctx.config, tokenizer)
+    resize_embeddings(ctx.config, model, tokenizer, training=ctx.training)
+    owners = [e.name for e in ctx.manager.owned_keys().get("additional_target", [])]
+    if ctx.training and ctx.plan.method.name in owners and not ctx.config.get("additional_target"):
+        layers = embedding_module_names(model)
+        ctx.config = ctx.config.with_values(additional_target=",".join(layers))
+        print(f"new tokens: training and saving {', '.join(layers)} with the adapter (additional_target)")
 
 
 def upcast_trainable_params(ctx: RunContext, model) -> None:

@@ -369,3 +369,21 @@ def test_new_special_tokens_config_and_desc_init(tiny_model, data_dir, tmp_path)
     for token, text in (("<|a|>", "plus sign"), ("<|b|>", "is")):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert torch.allclose(weight[tok.convert_tokens_to_ids(token)], weight[ids].mean(0), atol=1e-6)
+
+
+def test_eval_on_each_dataset_reports_each_loss_as_if_evaluated_alone(tiny_model, data_dir, tmp_path):
+    other = [{"instruction": f"Say {w}", "input": "", "output": w} for w in ("yes", "no", "maybe", "later", "never")]
+    (data_dir / "words.json").write_text(json.dumps(other))
+    info = json.loads((data_dir / "dataset_info.json").read_text())
+    info["words"] = {"file_name": "words.json"}
+    (data_dir / "dataset_info.json").write_text(json.dumps(info))
+    common = dict(max_steps=2, learning_rate=0.0, do_eval=True)  # lr 0: every run evaluates the same model
+    each = train(tiny_model, data_dir, tmp_path / "each", eval_dataset="sums,words", eval_on_each_dataset=True,
+                 **common).metrics
+    whole = train(tiny_model, data_dir, tmp_path / "whole", eval_dataset="sums,words", **common).metrics
+    alone = {name: train(tiny_model, data_dir, tmp_path / name, eval_dataset=name, **common).metrics["eval_loss"]
+             for name in ("sums", "words")}
+    assert each["eval_sums_loss"] == pytest.approx(alone["sums"], rel=1e-5)
+    assert each["eval_words_loss"] == pytest.approx(alone["words"], rel=1e-5)
+    assert "eval_loss" in whole and "eval_sums_loss" not in whole
+    assert min(alone.values()) < whole["eval_loss"] < max(alone.values())

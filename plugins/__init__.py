@@ -14,6 +14,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneforge.plugins.methods.apollo",
     "tuneforge.plugins.methods.badam",
     "tuneforge.plugins.methods.oft",
+    "tuneforge.plugins.methods.muon",
+    "tuneforge.plugins.methods.adam_mini",
     "tuneforge.plugins.quantizers.bitsandbytes",
     "tuneforge.plugins.quantizers.hqq",
     "tuneforge.plugins.quantizers.gptq",

@@ -387,3 +387,43 @@ def test_eval_on_each_dataset_reports_each_loss_as_if_evaluated_alone(tiny_model
     assert each["eval_words_loss"] == pytest.approx(alone["words"], rel=1e-5)
     assert "eval_loss" in whole and "eval_sums_loss" not in whole
     assert min(alone.values()) < whole["eval_loss"] < max(alone.values())
+
+
+# --- optimizers: Muon and Adam-mini ----------------------------------------------------------------------------------
+
+
+def test_use_muon_updates_matrices_with_muon_and_the_rest_with_adamw(tiny_model, data_dir, tmp_path):
+    ctx = train(tiny_model, data_dir, tmp_path / "muon", use_muon=True, finetuning_type="full", learning_rate=1e-3)
+    assert ctx.plan.method.name == "muon"
+    optimizer = ctx.extras["trainer"].optimizer
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    muon, adamw = optimizer.inner["muon"], optimizer.inner["adamw"]
+    assert type(muon).__name__ == "Muon" and type(adamw).__name__ == "AdamW"
+    model = ctx.model
+    embed = model.get_input_embeddings().weight
+    muon_params = [p for g in muon.param_groups for p in g["params"]]
+    assert all(p.ndim == 2 for p in muon_params) and all(p is not embed for p in muon_params)
+    assert any(p is embed for g in adamw.param_groups for p in g["params"])
+    assert muon.state and all("momentum_buffer" in s for s in muon.state.values())  # Muon really stepped
+    seen = losses(tmp_path / "muon")
+    assert seen[-1] < seen[0]
+
+
+def test_use_adam_mini_trains_with_adam_mini(tiny_model, data_dir, tmp_path):
+    pytest.importorskip("adam_mini", reason="needs adam-mini: pip install 'tuneforge[optim]'")
+    ctx = train(tiny_model, data_dir, tmp_path / "mini", use_adam_mini=True, finetuning_type="full", learning_rate=1e-3)
+    optimizer = ctx.extras["trainer"].optimizer
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    assert type(optimizer).__name__ == "Adam_mini"
+    # Fewer second-moment values than parameters: the point of Adam-mini.
+    v_values = sum(s[k].numel() for s in optimizer.state.values() for k in ("v", "vmean") if k in s)
+    params = sum(p.numel() for p in ctx.model.parameters() if p.requires_grad)
+    assert 0 < v_values < params
+    seen = losses(tmp_path / "mini")
+    assert seen[-1] < seen[0]
+
+
+def test_optimizer_flags_refuse_lora(tiny_model, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="use_muon is an optimizer for full or freeze tuning"):
+        prepare(None, overrides(tiny_model, data_dir, tmp_path, use_muon=True, finetuning_type="lora"),
+                manager=PluginManager(autoload=False))

@@ -26,7 +26,8 @@ The v1/ folder holds LLaMA-Factory's next config format and accelerate/ holds la
 ``accelerate launch``; both are listed, not run.
 
 The 2-step train adds these overrides to make a CPU run short (``TRAIN_OVERRIDES``): max_steps=2,
-max_samples=16, a single preprocessing worker, no dataloader workers, no tracker.
+max_samples=16, no gradient accumulation, a single preprocessing worker, no dataloader workers, no
+tracker. ``--skip-done`` trains only the configs without a "runs" result in bench/lf_conformance_train.json.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ KEY_LIST = REPO / "bench" / "lf_keys.txt"
 TRAIN_RESULTS = REPO / "bench" / "lf_conformance_train.json"
 
 TRAIN_OVERRIDES = (
-    "max_steps=2", "max_samples=16", "preprocessing_num_workers=1", "dataloader_num_workers=0",
-    "report_to=none", "overwrite_output_dir=true", "save_steps=1000", "logging_steps=1",
+    "max_steps=2", "max_samples=16", "gradient_accumulation_steps=1", "preprocessing_num_workers=1",
+    "dataloader_num_workers=0", "report_to=none", "overwrite_output_dir=true", "save_steps=1000", "logging_steps=1",
 )
 
 #: Files under lf-examples that are not training configs, with what they are.
@@ -448,17 +449,21 @@ def render_doc(results: list[Result], rows) -> str:
     return "\n".join(out)
 
 
-def scoreboard(only: str | None = None, train: bool = False):
+def scoreboard(only: str | None = None, train: bool = False, skip_done: bool = False):
     results = check_all(only)
     if train:
         trained = load_train_results()
         for r in results:
-            if r.check == "ok":
-                start = time.time()
-                r.train = train_one(r)
-                trained[r.path] = r.train
-                print(f"  trained {r.path}: {r.train} ({time.time() - start:.0f} s)", file=sys.stderr)
-        TRAIN_RESULTS.write_text(json.dumps(dict(sorted(trained.items())), indent=1) + "\n", encoding="utf-8")
+            if r.check != "ok":
+                continue
+            if skip_done and trained.get(r.path) == "runs":
+                r.train = "runs"
+                continue
+            start = time.time()
+            r.train = train_one(r)
+            trained[r.path] = r.train
+            print(f"  trained {r.path}: {r.train} ({time.time() - start:.0f} s)", file=sys.stderr)
+            TRAIN_RESULTS.write_text(json.dumps(dict(sorted(trained.items())), indent=1) + "\n", encoding="utf-8")
     else:
         merge_train(results, load_train_results())
     return results
@@ -468,6 +473,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="store_true", help="also a 2-step tuneforge train of each that may run")
     parser.add_argument("--only", help="only configs whose path under lf-examples starts with this")
+    parser.add_argument("--skip-done", action="store_true", help="with --train: keep earlier 'runs' results")
     parser.add_argument("--write-docs", action="store_true", help="write docs/compatibility.md")
     parser.add_argument("--json", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -478,7 +484,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"skipped: {missing}")
         return 0
-    results = scoreboard(args.only, args.train)
+    results = scoreboard(args.only, args.train, args.skip_done)
     rows = key_table()
     print_table(results, rows)
     if args.write_docs:

@@ -427,3 +427,20 @@ def test_optimizer_flags_refuse_lora(tiny_model, data_dir, tmp_path):
     with pytest.raises(ConfigError, match="use_muon is an optimizer for full or freeze tuning"):
         prepare(None, overrides(tiny_model, data_dir, tmp_path, use_muon=True, finetuning_type="lora"),
                 manager=PluginManager(autoload=False))
+
+
+def test_upcast_layernorm_and_lmhead_output_in_a_bf16_run(tiny_model, data_dir, tmp_path):
+    plain = loaded(tiny_model, data_dir, tmp_path, bf16=True, lora_rank=4)
+    norms = [p for n, p in plain.named_parameters() if p.ndim == 1 and "norm" in n]
+    assert norms and all(p.dtype == torch.bfloat16 for p in norms)
+    assert plain(input_ids=IDS).logits.dtype == torch.bfloat16
+    model = loaded(tiny_model, data_dir, tmp_path, bf16=True, lora_rank=4, upcast_layernorm=True,
+                   upcast_lmhead_output=True)
+    norms = [p for n, p in model.named_parameters() if p.ndim == 1 and "norm" in n]
+    assert norms and all(p.dtype == torch.float32 for p in norms)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs a bf16 model
+        assert model(input_ids=IDS).logits.dtype == torch.float32
+        assert plain(input_ids=IDS).logits.dtype == torch.bfloat16
+    ctx = train(tiny_model, data_dir, tmp_path / "upcast", bf16=True, lora_rank=4, upcast_layernorm=True,
+                upcast_lmhead_output=True, max_steps=2)
+    assert len(losses(tmp_path / "upcast")) == 2 and ctx.model.get_output_embeddings() is not None

@@ -44,6 +44,8 @@ def load_model(ctx: RunContext):
     quantizer = ctx.plan.quantizer
     if quantizer is not None and quantizer.spec.after_load is not None:
         model = quantizer.spec.after_load(ctx, model)
+    if ctx.training:
+        _upcast(ctx, model)
     model = ctx.plan.method.spec.apply(ctx, model)
     if ctx.training:
         upcast_trainable_params(ctx, model)
@@ -63,6 +65,26 @@ def _grow_vocab(ctx: RunContext, model, tokenizer) -> None:
         layers = embedding_module_names(model)
         ctx.config = ctx.config.with_values(additional_target=",".join(layers))
         print(f"new tokens: training and saving {', '.join(layers)} with the adapter (additional_target)")
+
+
+def _upcast(ctx: RunContext, model) -> None:
+    """LLaMA-Factory's upcast_layernorm (norm weights in fp32) and upcast_lmhead_output (fp32 logits),
+    for runs that compute in bf16/fp16: small tensors whose precision matters most."""
+    import torch
+
+    if ctx.config.upcast_layernorm:
+        count = 0
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and "norm" in name.lower() and param.dtype != torch.float32:
+                param.data = param.data.to(torch.float32)
+                count += 1
+        if count:
+            print(f"upcast_layernorm: {count} norm weight(s) in float32")
+    if ctx.config.upcast_lmhead_output:
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_hook(lambda module, args, output: output.to(torch.float32))
+            print("upcast_lmhead_output: logits in float32")
 
 
 def upcast_trainable_params(ctx: RunContext, model) -> None:

@@ -444,3 +444,23 @@ def test_upcast_layernorm_and_lmhead_output_in_a_bf16_run(tiny_model, data_dir, 
     ctx = train(tiny_model, data_dir, tmp_path / "upcast", bf16=True, lora_rank=4, upcast_layernorm=True,
                 upcast_lmhead_output=True, max_steps=2)
     assert len(losses(tmp_path / "upcast")) == 2 and ctx.model.get_output_embeddings() is not None
+
+
+def test_eval_num_beams_sets_the_beam_width_of_predictions(tiny_model, data_dir, tmp_path):
+    from tuneforge.evaluation.predict import run_predict
+    from tuneforge.train.context import RunContext
+
+    def predictions(name, **settings):
+        values = dict(model_name_or_path=str(tiny_model), template="llama3", eval_dataset="sums",
+                      dataset_dir=str(data_dir), output_dir=str(tmp_path / name), do_sample=False, max_new_tokens=8,
+                      per_device_eval_batch_size=4, max_samples=4, **settings)
+        prepared = prepare(None, [f"{k}={v}" for k, v in values.items()], manager=PluginManager(autoload=False),
+                           inference=True)
+        run_predict(RunContext(prepared.config, prepared.plan, prepared.manager, training=False))
+        lines = (tmp_path / name / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)["predict"] for line in lines]
+
+    greedy = predictions("greedy")
+    beams = predictions("beams", num_beams=4)
+    assert beams != greedy  # beam search finds other replies on this model
+    assert predictions("eval_beams", eval_num_beams=4) == beams

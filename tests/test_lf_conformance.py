@@ -66,6 +66,8 @@ def test_compatibility_doc_is_current(results):
     assert lf.DOC.is_file(), "docs/compatibility.md is missing: python bench/lf_conformance.py --write-docs"
     assert lf.DOC.read_text(encoding="utf-8") == expected, (
         "docs/compatibility.md is out of date: run python bench/lf_conformance.py --write-docs")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert lf.readme_line(results) in readme, f"README.md should say: {lf.readme_line(results)}"
     unknown = [name for _, name, status, _ in rows if status == "unknown"]
     assert all(status in ("acts", "warns", "refused", "unknown") for _, _, status, _ in rows)
     # Keys that appear in the examples are never unknown (they either act, warn or are refused).

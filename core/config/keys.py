@@ -140,7 +140,7 @@ DATA_KEYS = (
     _k("preprocessing_batch_size", int, 1000, "Rows per tokenisation batch."),
     _k("preprocessing_num_workers", int, None, "Processes used for tokenisation."),
     _k("max_samples", int, None, "Use at most this many rows of each dataset."),
-    _k("eval_num_beams", int, None, "Beams for generation during predict.", effective=False),
+    _k("eval_num_beams", int, None, "Beam width of predict_with_generate predictions (num_beams is for chat)."),
     _k("ignore_pad_token_for_loss", bool, True, "Mask pad tokens in labels."),
     _k("val_size", (int, float), 0.0, "Hold out this fraction (<1) or count (>=1) of the data for evaluation."),
     _k("eval_on_each_dataset", bool, False,

@@ -464,3 +464,17 @@ def test_eval_num_beams_sets_the_beam_width_of_predictions(tiny_model, data_dir,
     beams = predictions("beams", num_beams=4)
     assert beams != greedy  # beam search finds other replies on this model
     assert predictions("eval_beams", eval_num_beams=4) == beams
+
+
+def test_a_hub_dataset_offline_is_a_clear_error_not_a_traceback(tiny_model, tmp_path, monkeypatch):
+    from tuneforge.data.loading import read_rows
+    from tuneforge.data.registry import resolve_datasets
+    from tuneforge.errors import TuneforgeError
+
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"zh": {"hf_hub_url": "llamafactory/alpaca_zh"}}))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    attrs, problems = resolve_datasets(["zh"], str(tmp_path), "dataset")
+    assert not problems
+    with pytest.raises(TuneforgeError, match=r"dataset 'zh' is on the Hugging Face hub \(llamafactory/alpaca_zh\)"):
+        read_rows(attrs[0])

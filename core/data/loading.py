@@ -165,8 +165,14 @@ def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
         import datasets
 
         token = config.get("hf_hub_token") if config is not None else None
-        return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
-                                     cache_dir=cache_dir, token=token, streaming=streaming)
+        try:
+            return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
+                                         cache_dir=cache_dir, token=token, streaming=streaming)
+        except ConnectionError as exc:  # offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) or the hub unreachable
+            raise TuneforgeError(
+                f"dataset '{attr.name}' is on the Hugging Face hub ({attr.path}) and could not be reached ({exc}); "
+                "download it once with network access (it is cached), or point dataset_info.json at a local "
+                "copy with file_name") from None
     if attr.source == "ms_hub":
         try:
             from modelscope import MsDataset

@@ -478,3 +478,29 @@ def test_a_hub_dataset_offline_is_a_clear_error_not_a_traceback(tiny_model, tmp_
     assert not problems
     with pytest.raises(TuneforgeError, match=r"dataset 'zh' is on the Hugging Face hub \(llamafactory/alpaca_zh\)"):
         read_rows(attrs[0])
+
+
+def test_use_llama_pro_trains_the_expanded_blocks(tiny_model, data_dir, tmp_path):
+    import re
+
+    from tuneforge.errors import TuneforgeError
+
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    small = cached_tiny_model("llama3", "small")  # 8 layers: LLaMA Pro's blocks differ from "the last n"
+    model = loaded(small, data_dir, tmp_path, finetuning_type="freeze", use_llama_pro=True,
+                   freeze_trainable_layers=2)
+    layers = model.config.num_hidden_layers
+    trained = {int(m.group(1)) for n, p in model.named_parameters() if p.requires_grad
+               for m in [re.search(r"\.layers\.(\d+)\.", n)] if m}
+    stride = layers // 2
+    assert trained == {stride - 1, 2 * stride - 1}  # the last block of each half, as LLaMA Pro expands
+    plain = loaded(small, data_dir, tmp_path, finetuning_type="freeze", freeze_trainable_layers=2)
+    plain_trained = {int(m.group(1)) for n, p in plain.named_parameters() if p.requires_grad
+                     for m in [re.search(r"\.layers\.(\d+)\.", n)] if m}
+    assert plain_trained == {layers - 2, layers - 1} != trained
+    with pytest.raises(TuneforgeError, match="freeze_trainable_layers=3 .* must divide"):
+        loaded(small, data_dir, tmp_path, finetuning_type="freeze", use_llama_pro=True, freeze_trainable_layers=3)
+    with pytest.raises(ConfigError, match="use_llama_pro.*finetuning_type: freeze"):
+        prepare(None, overrides(tiny_model, data_dir, tmp_path, finetuning_type="lora", use_llama_pro=True),
+                manager=PluginManager(autoload=False))

@@ -26,6 +26,17 @@ KEYS = (
 _LAYER = re.compile(r"^(.*?\.layers\.(\d+))\.(.+)$")
 
 
+def llama_pro_layer_ids(num_layers: int, n: int) -> list[int]:
+    """LLaMA Pro (use_llama_pro): the n blocks its expansion added, the last of every num_layers/n layers."""
+    from tuneforge.errors import TuneforgeError
+
+    if n <= 0 or num_layers % n:
+        raise TuneforgeError(f"use_llama_pro: the model has {num_layers} layers, which freeze_trainable_layers={n} "
+                             "(the number of added blocks) must divide; set it to the number of blocks the expansion added")
+    stride = num_layers // n
+    return list(range(stride - 1, num_layers, stride))
+
+
 def trainable_layer_ids(num_layers: int, n: int) -> list[int]:
     if n > 0:
         return list(range(max(num_layers - n, 0), num_layers))
@@ -58,7 +69,11 @@ def apply(ctx, model):
 
     config = ctx.config
     num_layers = model.config.num_hidden_layers
-    layers = set(trainable_layer_ids(num_layers, config.freeze_trainable_layers))
+    if config.use_llama_pro:
+        layers = set(llama_pro_layer_ids(num_layers, config.freeze_trainable_layers))
+        print(f"use_llama_pro: training the expanded blocks {sorted(layers)} of {num_layers} layers")
+    else:
+        layers = set(trainable_layer_ids(num_layers, config.freeze_trainable_layers))
     modules = names(config.freeze_trainable_modules) or ["all"]
     extra = names(config.freeze_extra_modules)
     inner, outer = _module_names(model)

@@ -504,3 +504,22 @@ def test_use_llama_pro_trains_the_expanded_blocks(tiny_model, data_dir, tmp_path
     with pytest.raises(ConfigError, match="use_llama_pro.*finetuning_type: freeze"):
         prepare(None, overrides(tiny_model, data_dir, tmp_path, finetuning_type="lora", use_llama_pro=True),
                 manager=PluginManager(autoload=False))
+
+
+@pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
+def test_csv_and_tsv_cells_are_text(tmp_path, suffix, sep):
+    from tuneforge.data.loading import read_rows
+    from tuneforge.data.registry import resolve_datasets
+
+    lines = [["instruction", "input", "output"], ["What is 60 plus 3?", "", "63"], ["Say 1.50", "", "1.50"],
+             ["Quote", "", 'a "b", c']]
+    import csv
+
+    with open(tmp_path / f"sums{suffix}", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter=sep).writerows(lines)
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"sums": {"file_name": f"sums{suffix}"}}))
+    attrs, problems = resolve_datasets(["sums"], str(tmp_path), "dataset")
+    assert not problems
+    rows = read_rows(attrs[0]).rows
+    assert [r["output"] for r in rows] == ["63", "1.50", 'a "b", c']
+    assert rows[0]["input"] == ""

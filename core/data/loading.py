@@ -87,7 +87,7 @@ def _files(attr: DatasetAttr) -> list[Path]:
     unsupported = [p.name for p in files if p.suffix.lower() not in DATA_FILE_SUFFIXES]
     if unsupported:
         raise DataError(f"dataset '{attr.name}': {path} holds files of unsupported types: {', '.join(unsupported[:5])} "
-                        f"(json, jsonl, csv, parquet, arrow, txt)")
+                        f"(json, jsonl, csv, tsv, parquet, arrow, txt)")
     if not files:
         raise DataError(f"dataset '{attr.name}': folder {path} holds no data files")
     return files
@@ -140,13 +140,25 @@ def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
             for line in handle:
                 if line.strip():
                     yield {"text": line.rstrip("\n")}
+    elif suffix in (".csv", ".tsv"):
+        yield from _delimited(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in _DATASETS_BUILDERS:
         import datasets
 
         ds = datasets.load_dataset(_DATASETS_BUILDERS[suffix], data_files=str(path), split="train", streaming=streaming)
         yield from (ds if streaming else ds.to_list())
     else:
-        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
+        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, tsv, parquet, arrow, txt)")
+
+
+def _delimited(path: Path, delimiter: str) -> Iterator[dict]:
+    """CSV/TSV rows with every cell as text: a column of numbers is the reply "63", not an int that no
+    format accepts (datasets' csv builder would infer int columns)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter=delimiter):
+            yield {str(k): v for k, v in row.items() if k is not None}
 
 
 def _json_lines(path: Path, lines) -> Iterator[Any]:

@@ -523,3 +523,10 @@ def test_csv_and_tsv_cells_are_text(tmp_path, suffix, sep):
     rows = read_rows(attrs[0]).rows
     assert [r["output"] for r in rows] == ["63", "1.50", 'a "b", c']
     assert rows[0]["input"] == ""
+
+
+def test_a_missing_local_adapter_is_a_clear_error(tiny_model, data_dir, tmp_path):
+    from tuneforge.errors import TuneforgeError
+
+    with pytest.raises(TuneforgeError, match="adapter_name_or_path: saves/llama3-8b/lora/sft does not exist"):
+        loaded(tiny_model, data_dir, tmp_path, training=False, adapter_name_or_path="saves/llama3-8b/lora/sft")

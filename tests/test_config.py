@@ -36,8 +36,8 @@ def test_llamafactory_example_parses_unchanged_but_for_paths(tiny_model, manager
     # LLaMA-Factory's example sets nothing we ignore
     assert prepared.warnings == []
     # a key accepted for compatibility but not acted on is said out loud
-    prepared = prepare(LF_EXAMPLE, [f"model_name_or_path={tiny_model}", f"dataset_dir={ANCHOR}", "shift_attn=true"], manager=manager)
-    assert any(w.startswith("shift_attn") and "has no effect" in w for w in prepared.warnings)
+    prepared = prepare(LF_EXAMPLE, [f"model_name_or_path={tiny_model}", f"dataset_dir={ANCHOR}", "use_unsloth=true"], manager=manager)
+    assert any(w.startswith("use_unsloth") and "has no effect" in w for w in prepared.warnings)
 
 
 def test_three_mistakes_reported_in_one_message(tmp_path, manager):

@@ -42,6 +42,12 @@ _FP8 = (
     "fp8 (and fp8_*) to train in bf16"
 )
 
+_SHIFT_ATTN = (
+    "LongLoRA's shift short attention (S^2-Attn) patches the Llama attention code of transformers < 4.48, "
+    "which LLaMA-Factory also requires for it; with transformers 5 no version of it exists: remove shift_attn "
+    "(rope_scaling stretches the context; LoRA on long inputs trains as usual)"
+)
+
 #: (keys with LLaMA-Factory's default, reason). A key is refused when set to a value other than its default.
 _GROUPS: tuple[tuple[dict[str, object], str], ...] = (
     ({"use_kt": False, "kt_optimize_rule": None, "cpu_infer": 32, "chunk_size": 8192, "mode": "normal",
@@ -57,6 +63,7 @@ _GROUPS: tuple[tuple[dict[str, object], str], ...] = (
       "export_hf_on_finish": None},
      _MEGATRON),
     ({"fp8": False, "fp8_backend": "auto", "fp8_enable_fsdp_float8_all_gather": False}, _FP8),
+    ({"shift_attn": False}, _SHIFT_ATTN),
 )
 
 REFUSED_KEYS: dict[str, RefusedKey] = {

@@ -530,3 +530,32 @@ def test_a_missing_local_adapter_is_a_clear_error(tiny_model, data_dir, tmp_path
 
     with pytest.raises(TuneforgeError, match="adapter_name_or_path: saves/llama3-8b/lora/sft does not exist"):
         loaded(tiny_model, data_dir, tmp_path, training=False, adapter_name_or_path="saves/llama3-8b/lora/sft")
+
+
+def test_moe_aux_loss_coef_weights_the_router_loss(tiny_model, data_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+
+    moe = tmp_path / "tiny-moe"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    MixtralForCausalLM(MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                     num_local_experts=4, num_experts_per_tok=2)).save_pretrained(moe)
+    tokenizer.save_pretrained(moe)
+    for extra in ("generation_config.json",):
+        if (tiny_model / extra).is_file():
+            shutil.copy(tiny_model / extra, moe / extra)
+
+    def loss_parts(coef):
+        model = loaded(moe, data_dir, tmp_path, finetuning_type="full", moe_aux_loss_coef=coef).train()
+        assert model.config.router_aux_loss_coef == coef and model.config.output_router_logits
+        with torch.no_grad():
+            out = model(input_ids=IDS, labels=IDS)
+        return out.loss.item(), out.aux_loss.item()
+
+    low, aux = loss_parts(0.0)
+    high, aux_again = loss_parts(0.5)
+    assert aux > 0 and aux == pytest.approx(aux_again)
+    assert high - low == pytest.approx(0.5 * aux, rel=1e-4)

@@ -64,6 +64,28 @@ def apply_rope_scaling(config, model_config, training: bool) -> bool:
     return True
 
 
+#: Where transformers' MoE models read the router auxiliary-loss weight.
+_AUX_COEF_NAMES = ("router_aux_loss_coef", "aux_loss_alpha")
+
+
+def apply_moe_aux_loss(config, model_config, training: bool) -> bool:
+    """``moe_aux_loss_coef``: the router's load-balancing loss weight, and (training) the router logits
+    the model needs to add that loss, as LLaMA-Factory sets them. True when the config changed."""
+    coef = config.moe_aux_loss_coef
+    if coef is None:
+        return False
+    names = [n for n in _AUX_COEF_NAMES if hasattr(model_config, n)]
+    if not names:
+        print(f"warning: moe_aux_loss_coef: {model_config.model_type} is not a mixture-of-experts model; ignored")
+        return False
+    for name in names:
+        setattr(model_config, name, float(coef))
+    if training and hasattr(model_config, "output_router_logits"):
+        model_config.output_router_logits = True
+    print(f"moe_aux_loss_coef: router auxiliary loss x{float(coef):g}")
+    return True
+
+
 def attention_implementation(flash_attn: str) -> str | None:
     """transformers' attn_implementation for LLaMA-Factory's flash_attn; None: the model's default."""
     if flash_attn == "sdpa":

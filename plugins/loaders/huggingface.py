@@ -35,7 +35,7 @@ def load(ctx):
     kwargs = _common(config)
     dtype = ctx.compute_dtype
     kwargs["dtype"] = dtype if dtype is not None else "auto"
-    from tuneforge.train.model_config import apply_rope_scaling, attention_implementation
+    from tuneforge.train.model_config import apply_moe_aux_loss, apply_rope_scaling, attention_implementation
 
     attention = attention_implementation(config.flash_attn)
     if attention is not None:
@@ -44,9 +44,11 @@ def load(ctx):
         kwargs["device_map"] = config.device_map
     kwargs.update(ctx.quantizer_load_kwargs())
     model_config = None
-    if config.train_from_scratch or config.rope_scaling:
+    if config.train_from_scratch or config.rope_scaling or config.moe_aux_loss_coef is not None:
         model_config = AutoConfig.from_pretrained(config.model_name_or_path, **_common(config))
-        if apply_rope_scaling(config, model_config, training=ctx.training):
+        changed = apply_rope_scaling(config, model_config, training=ctx.training)
+        changed = apply_moe_aux_loss(config, model_config, training=ctx.training) or changed
+        if changed:
             kwargs["config"] = model_config
     if config.train_from_scratch:
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype or torch.float32)

@@ -79,7 +79,6 @@ MODEL_KEYS = (
        choices=(None, "linear", "dynamic", "yarn", "llama3")),
     _k("flash_attn", str, "auto", "Attention implementation: auto, disabled, sdpa, fa2, fa3.",
        choices=("auto", "disabled", "sdpa", "fa2", "fa3")),
-    _k("mixture_of_depths", str, None, "Mixture-of-depths conversion.", effective=False),
     _k("use_unsloth", bool, False, "Use unsloth kernels (GPU only).", effective=False),
     _k("use_unsloth_gc", bool, False, "Unsloth gradient checkpointing.", effective=False),
     _k("enable_liger_kernel", bool, False, "Use liger kernels (GPU only).", effective=False),

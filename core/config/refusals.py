@@ -48,6 +48,11 @@ _SHIFT_ATTN = (
     "(rope_scaling stretches the context; LoRA on long inputs trains as usual)"
 )
 
+_MOD = (
+    "Mixture-of-Depths converts the model with the MoD package (pip install mixture-of-depth), as LLaMA-Factory "
+    "does; its last release (1.2.0) does not import with transformers 5: remove mixture_of_depths"
+)
+
 #: (keys with LLaMA-Factory's default, reason). A key is refused when set to a value other than its default.
 _GROUPS: tuple[tuple[dict[str, object], str], ...] = (
     ({"use_kt": False, "kt_optimize_rule": None, "cpu_infer": 32, "chunk_size": 8192, "mode": "normal",
@@ -64,6 +69,7 @@ _GROUPS: tuple[tuple[dict[str, object], str], ...] = (
      _MEGATRON),
     ({"fp8": False, "fp8_backend": "auto", "fp8_enable_fsdp_float8_all_gather": False}, _FP8),
     ({"shift_attn": False}, _SHIFT_ATTN),
+    ({"mixture_of_depths": None}, _MOD),
 )
 
 REFUSED_KEYS: dict[str, RefusedKey] = {

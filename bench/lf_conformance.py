@@ -284,8 +284,8 @@ def train_one(result: Result, timeout: int = 900) -> str:
     if proc.returncode == 0:
         return "runs"
     if proc.returncode == 2:
-        errors = [ln for ln in tail if ln.startswith("error:") or ln.strip().startswith("- ")]
-        return "refused: " + _short(" ".join(errors) or (tail[-1] if tail else "error"), 300)
+        errors = [ln.removeprefix("error: ") for ln in tail if ln.startswith("error:") or ln.strip().startswith("- ")]
+        return "refused: " + _short(" ".join(errors) or (tail[-1] if tail else "error"), 400)
     return "traceback: " + _short(tail[-1] if tail else f"exit status {proc.returncode}", 300)
 
 

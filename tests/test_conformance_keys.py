@@ -559,3 +559,66 @@ def test_moe_aux_loss_coef_weights_the_router_loss(tiny_model, data_dir, tmp_pat
     high, aux_again = loss_parts(0.5)
     assert aux > 0 and aux == pytest.approx(aux_again)
     assert high - low == pytest.approx(0.5 * aux, rel=1e-4)
+
+
+# --- preference pairs longer than cutoff_len ---------------------------------------------------------------------------
+
+
+def _lf_rule(source_len, target_len, cutoff_len):
+    """LLaMA-Factory's infer_seqlen, written out again from its definition for the comparison."""
+    if target_len * 2 < cutoff_len:
+        max_target = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target = cutoff_len - source_len
+    else:
+        max_target = int(cutoff_len * (target_len / (source_len + target_len)))
+    target = min(max_target, target_len)
+    return min(max(cutoff_len - target, 0), source_len), target
+
+
+def test_dpo_pairs_are_cut_as_llamafactory_cuts_them_pair_by_pair(tiny_model):
+    from transformers import AutoTokenizer
+
+    from tuneforge.data.template import IGNORE_INDEX, Template
+    from tuneforge.data.tokenize import NO_CUTOFF, Settings, encode_conversation, pairwise_batch
+
+    from .conftest import ANCHOR
+
+    if not (ANCHOR / "dpo_en_demo.json").is_file():
+        pytest.skip("needs ../shared/data-anchor")
+    manager = PluginManager(autoload=False)
+    template = Template.from_definition("llama3", manager.template("llama3").definition)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = json.loads((ANCHOR / "dpo_en_demo.json").read_text(encoding="utf-8"))
+    settings = Settings(cutoff_len=512)
+    examples = []
+    for row in rows:
+        system = "".join(m["value"] for m in row["conversations"] if m["from"] == "system") or None
+        messages = [{"role": "user" if m["from"] == "human" else "assistant", "content": m["value"]}
+                    for m in row["conversations"] if m["from"] != "system"]
+        examples.append({"messages": messages, "system": system, "chosen": row["chosen"]["value"],
+                         "rejected": row["rejected"]["value"]})
+    out = pairwise_batch({"_example": [json.dumps(e) for e in examples]}, template=template, tokenizer=tokenizer,
+                         settings=settings)
+    assert len(out["chosen_input_ids"]) == len(examples)
+    cut = 0
+    for i, example in enumerate(examples):
+        full = {}
+        for side in ("chosen", "rejected"):
+            convo = {**example, "messages": example["messages"] + [{"role": "assistant", "content": example[side]}]}
+            ids, labels = encode_conversation(template, tokenizer, convo, settings, cutoff_len=NO_CUTOFF,
+                                              mask_history=True)
+            start = next(j for j, label in enumerate(labels) if label != IGNORE_INDEX)
+            full[side] = (start, len(ids) - start)
+        prompt_len = full["chosen"][0]
+        source, target = _lf_rule(prompt_len, max(full["chosen"][1], full["rejected"][1]), 512)
+        for side in ("chosen", "rejected"):
+            labels = out[f"{side}_labels"][i]
+            got_prompt = next(j for j, label in enumerate(labels) if label != IGNORE_INDEX)
+            assert got_prompt == source, f"row {i} {side}: prompt {got_prompt} tokens, rule says {source}"
+            assert len(labels) - got_prompt == min(target, full[side][1]), f"row {i} {side}"
+            assert len(labels) <= 512
+        # Both sides keep the very same prompt tokens.
+        assert out["chosen_input_ids"][i][:source] == out["rejected_input_ids"][i][:source]
+        cut += source < prompt_len or target < max(full["chosen"][1], full["rejected"][1])
+    assert cut >= 10  # the file has long pairs at this cutoff: the rule was exercised

@@ -17,6 +17,7 @@ from .config.model import Config
 from .config.model_checks import model_file_checks
 from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
 from .data.registry import DatasetAttr, data_problems, media_problems, resolve_datasets
+from .config.refusals import refusal_problems
 from .errors import ConfigError, PluginError, Problem
 from .plugin_helpers import checkpoint_quantization, quant_method, quantized_by
 from .plugin_manager import PluginManager, SpecEntry, split_names
@@ -110,6 +111,7 @@ def prepare(
     values, value_problems = validate_values(raw, sources, manager)
     problems += value_problems
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
+    problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
 
     for key in require:
         if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already

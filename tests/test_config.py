@@ -37,8 +37,8 @@ def test_llamafactory_example_parses_unchanged_but_for_paths(tiny_model, manager
     # LLaMA-Factory's example sets nothing we ignore
     assert prepared.warnings == []
     # a key accepted for compatibility but not acted on is said out loud
-    prepared = prepare(LF_EXAMPLE, [f"model_name_or_path={tiny_model}", f"dataset_dir={ANCHOR}", "use_llama_pro=true"], manager=manager)
-    assert any(w.startswith("use_llama_pro") and "has no effect" in w for w in prepared.warnings)
+    prepared = prepare(LF_EXAMPLE, [f"model_name_or_path={tiny_model}", f"dataset_dir={ANCHOR}", "use_unsloth=true"], manager=manager)
+    assert any(w.startswith("use_unsloth") and "has no effect" in w for w in prepared.warnings)
 
 
 def test_three_mistakes_reported_in_one_message(tmp_path, manager):
@@ -49,7 +49,7 @@ def test_three_mistakes_reported_in_one_message(tmp_path, manager):
     assert "3 problems" in message
     assert f"{path}:3: lora_rnak: unknown key; did you mean 'lora_rank'?" in message
     assert f"{path}:4: learning_rate: expected int | float, got str 'fast'" in message
-    assert "unknown finetuning_type 'lorra'; did you mean 'lora'? available: apollo, badam, dora, freeze, full, galore, lora, pissa, rslora" in message
+    assert "unknown finetuning_type 'lorra'; did you mean 'lora'? available: adam_mini, apollo, badam, dora, freeze, full, galore, lora, muon, oft, pissa, rslora" in message
     # file order
     assert message.index("finetuning_type") < message.index("lora_rnak") < message.index("learning_rate")
 

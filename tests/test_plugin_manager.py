@@ -34,7 +34,7 @@ def test_every_builtin_module_registers_through_pluggy(manager):
 def test_unknown_name_lists_choices(manager):
     with pytest.raises(PluginError) as info:
         manager.method("lorra")
-    assert str(info.value) == "unknown finetuning_type 'lorra'; did you mean 'lora'? available: apollo, badam, dora, freeze, full, galore, lora, pissa, rslora"
+    assert str(info.value) == "unknown finetuning_type 'lorra'; did you mean 'lora'? available: adam_mini, apollo, badam, dora, freeze, full, galore, lora, muon, oft, pissa, rslora"
 
 
 def test_duplicate_name_names_every_provider():

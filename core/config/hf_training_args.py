@@ -111,7 +111,7 @@ HF_TRAINING_ARGS: dict[str, tuple[tuple[str, ...], object]] = {
     "ddp_static_graph": (('bool',), None),
     "ddp_backend": (('str',), None),
     "ddp_timeout": (('int',), 1800),
-    "fsdp": (('str',), None),
+    "fsdp": (('str', 'list'), None),  # LLaMA-Factory's examples give a list; transformers takes both
     "fsdp_config": (('str', 'dict'), None),
     "deepspeed": (('str', 'dict'), None),
     "debug": (('str', 'list'), ''),

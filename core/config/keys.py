@@ -33,15 +33,18 @@ RUN_KEYS = (
     _k("warmup_ratio", (int, float), None,
        "Fraction of the training steps used for learning-rate warmup (passed to the trainer as warmup_steps).", min=0, max=1),
     _k("pure_bf16", bool, False, "Load and train the weights in bf16 without fp32 master copies or autocast.", excludes=("fp16",)),
-    _k("compute_accuracy", bool, False, "Compute token accuracy during evaluation.", effective=False),
+    _k("compute_accuracy", bool, False,
+       "sft: add eval_accuracy, the share of target tokens the model predicts exactly (greedy), to evaluation."),
     _k("disable_shuffling", bool, False, "Do not shuffle the training set (train_sampling_strategy: sequential)."),
-    _k("early_stopping_steps", int, None, "Stop when eval loss has not improved for this many evaluations.",
-       effective=False, min=1),
+    _k("early_stopping_steps", int, None,
+       "Stop when metric_for_best_model (default eval_loss) has not improved for this many evaluations.", min=1),
     _k("include_effective_tokens_per_second", bool, False,
        "Add effective_tokens_per_sec (non-pad tokens per second of training) to the train metrics."),
-    _k("use_llama_pro", bool, False, "LLaMA Pro block expansion.", effective=False),
-    _k("use_adam_mini", bool, False, "Adam-mini optimizer.", effective=False),
-    _k("use_muon", bool, False, "Muon optimizer.", effective=False),
+    _k("use_llama_pro", bool, False,
+       "LLaMA Pro (freeze tuning): train the freeze_trainable_layers blocks an expansion added, the last of every "
+       "num_layers / freeze_trainable_layers layers."),
+    _k("use_adam_mini", bool, False, "Adam-mini optimizer: selects the adam_mini method (full or freeze tuning)."),
+    _k("use_muon", bool, False, "Muon optimizer: selects the muon method (full or freeze tuning)."),
     _k("freeze_vision_tower", bool, True, "Multimodal models: keep the vision tower frozen.", effective=False),
     _k("freeze_multi_modal_projector", bool, True, "Multimodal models: keep the projector frozen.",
        effective=False),
@@ -62,30 +65,33 @@ MODEL_KEYS = (
     _k("adapter_folder", str, None, "Folder holding several adapters to load.", effective=False, path="dir"),
     _k("cache_dir", str, None, "Where downloaded models are cached.", path="output"),
     _k("use_fast_tokenizer", bool, True, "Use the fast (Rust) tokenizer."),
-    _k("resize_vocab", bool, False, "Resize the embeddings to the tokenizer's vocabulary.", effective=False),
+    _k("resize_vocab", bool, False,
+       "Grow the embeddings to the tokenizer's vocabulary (implied by new tokens); adapters then train and save them."),
     _k("split_special_tokens", bool, False, "Tokenise special tokens as plain text.", effective=False),
-    _k("add_tokens", _STR_OR_LIST, None, "Tokens to add to the tokenizer.", effective=False),
-    _k("add_special_tokens", _STR_OR_LIST, None, "Special tokens to add to the tokenizer.", effective=False),
-    _k("new_special_tokens", _STR_OR_LIST, None, "Alias of add_special_tokens.", effective=False),
+    _k("add_tokens", _STR_OR_LIST, None, "Plain tokens to add to the tokenizer (comma list); their rows are trained."),
+    _k("add_special_tokens", _STR_OR_LIST, None,
+       "Special tokens to add to the tokenizer (comma list); their rows are trained."),
+    _k("new_special_tokens", _STR_OR_LIST, None, "Alias of add_special_tokens."),
     _k("model_revision", str, "main", "Hub revision (branch, tag or commit)."),
     _k("low_cpu_mem_usage", bool, True, "Load weights without a full random init first."),
-    _k("rope_scaling", str, None, "RoPE scaling type (LLaMA-Factory's choices).",
-       choices=(None, "linear", "dynamic", "yarn", "llama3"), effective=False),
+    _k("rope_scaling", str, None,
+       "Stretch the rotary position embedding (linear, dynamic, yarn, llama3) by ceil(cutoff_len / the model's "
+       "max_position_embeddings) when training longer inputs, else 2.",
+       choices=(None, "linear", "dynamic", "yarn", "llama3")),
     _k("flash_attn", str, "auto", "Attention implementation: auto, disabled, sdpa, fa2, fa3.",
        choices=("auto", "disabled", "sdpa", "fa2", "fa3")),
-    _k("shift_attn", bool, False, "LongLoRA shift short attention.", effective=False),
-    _k("mixture_of_depths", str, None, "Mixture-of-depths conversion.", effective=False),
     _k("use_unsloth", bool, False, "Use unsloth kernels (GPU only).", effective=False),
     _k("use_unsloth_gc", bool, False, "Unsloth gradient checkpointing.", effective=False),
     _k("enable_liger_kernel", bool, False, "Use liger kernels (GPU only).", effective=False),
-    _k("moe_aux_loss_coef", float, None, "MoE router auxiliary loss coefficient.", effective=False),
+    _k("moe_aux_loss_coef", float, None,
+       "MoE models: weight of the router's load-balancing loss (router_aux_loss_coef), added while training."),
     _k("disable_gradient_checkpointing", bool, False,
        "Gradient checkpointing is on for training (as in LLaMA-Factory) unless this is true or gradient_checkpointing: false."),
     _k("use_reentrant_gc", bool, False,
        "Use torch's reentrant checkpoint flavour for gradient checkpointing (default false: the non-reentrant one, "
        "transformers 5's default, which also runs under several processes whatever the model wrapper)."),
-    _k("upcast_layernorm", bool, False, "Keep layer norms in fp32.", effective=False),
-    _k("upcast_lmhead_output", bool, False, "Compute the LM head output in fp32.", effective=False),
+    _k("upcast_layernorm", bool, False, "Keep the norm weights in float32 when the model computes in bf16/fp16."),
+    _k("upcast_lmhead_output", bool, False, "Cast the output head's logits to float32 (bf16/fp16 runs)."),
     _k("train_from_scratch", bool, False, "Random-initialise the model from its config."),
     _k("infer_backend", str, None, "Inference engine plugin for chat/api/predict (`tuneforge plugins --kind engine`)."),
     _k("offload_folder", str, "offload", "Where to offload weights.", effective=False),
@@ -129,17 +135,19 @@ DATA_KEYS = (
     _k("buffer_size", int, 16384, "Shuffle buffer size when streaming (used to hold out val_size rows).", min=1),
     _k("mix_strategy", str, "concat",
        "How several datasets mix: concat, interleave_under (stop at the first exhausted), "
-       "interleave_over (oversample until all are exhausted).",
-       choices=("concat", "interleave_under", "interleave_over")),
+       "interleave_over (oversample until all are exhausted), interleave_once (sample without replacement: "
+       "every row once).",
+       choices=("concat", "interleave_under", "interleave_over", "interleave_once")),
     _k("interleave_probs", _STR_OR_LIST, None, "Sampling probabilities for interleaving, one per dataset (comma list)."),
     _k("overwrite_cache", bool, False, "Re-tokenise even when the cache ($TUNEFORGE_CACHE/datasets) has the result."),
     _k("preprocessing_batch_size", int, 1000, "Rows per tokenisation batch.", min=1),
     _k("preprocessing_num_workers", int, None, "Processes used for tokenisation.", min=1),
     _k("max_samples", int, None, "Use at most this many rows of each dataset.", min=1),
-    _k("eval_num_beams", int, None, "Beams for generation during predict.", effective=False, min=1),
+    _k("eval_num_beams", int, None, "Beam width of predict_with_generate predictions (num_beams is for chat).", min=1),
     _k("ignore_pad_token_for_loss", bool, True, "Mask pad tokens in labels."),
     _k("val_size", (int, float), 0.0, "Hold out this fraction (<1) or count (>=1) of the data for evaluation.", min=0),
-    _k("eval_on_each_dataset", bool, False, "Evaluate each eval dataset separately.", effective=False),
+    _k("eval_on_each_dataset", bool, False,
+       "Evaluate each eval_dataset on its own: eval_<name>_loss (and other metrics) per dataset."),
     _k("packing", bool, None, "Pack several samples into one row (pt: on unless false)."),
     _k("neat_packing", bool, False, "Pack without cross-sample attention (per-sample position ids); implies packing."),
     _k("tool_format", str, None, "Tool-call format override: the tool format of the named template (default, glm4, llama3, mistral, qwen, ...)."),
@@ -199,3 +207,54 @@ CORE_KEY_GROUPS: dict[str, tuple[ConfigKey, ...]] = {
 }
 
 CORE_KEYS: dict[str, ConfigKey] = {k.name: k for group in CORE_KEY_GROUPS.values() for k in group}
+
+# --- LLaMA-Factory keys added for conformance (bench/lf_conformance.py, docs/compatibility.md) ---------------
+
+CONFORMANCE_KEYS = (
+    _k("use_v1_kernels", bool, False,
+       "LLaMA-Factory's fused kernel plugins (Ascend NPU and liger-style ops): speed only; tuneforge runs the "
+       "model's own kernels.", effective=False),
+    _k("use_kv_cache", bool, True, "Generation: reuse the key/value cache (transformers always does).", effective=False),
+    _k("new_special_tokens_config", str, None,
+       "YAML file of special tokens (token: description) to add; takes precedence over add_special_tokens."),
+    _k("init_special_tokens", str, "noise_init",
+       "How new token rows start: noise_init (mean + noise), desc_init (mean of the description's tokens, "
+       "from new_special_tokens_config), desc_init_w_noise (both).",
+       choices=("noise_init", "desc_init", "desc_init_w_noise")),
+    _k("image_do_pan_and_scan", bool, False, "Multimodal (gemma3): pan and scan images.", effective=False),
+    _k("crop_to_patches", bool, False, "Multimodal (internvl): crop images to patches.", effective=False),
+    _k("use_audio_in_video", bool, False, "Multimodal: use the audio track of videos.", effective=False),
+    _k("audio_sampling_rate", int, 16000, "Multimodal: audio sampling rate.", effective=False),
+    _k("preserve_thinking", bool, False, "Keep the reasoning of earlier assistant turns in the prompt.",
+       effective=False),
+    _k("ld_alpha", float, None, "LD-DPO: weight of the log-probabilities of the verbose tail of replies.",
+       effective=False),
+    _k("swanlab_lark_webhook_url", str, None, "SwanLab: Lark webhook for notifications.", effective=False),
+    _k("swanlab_lark_secret", str, None, "SwanLab: Lark webhook secret.", effective=False),
+    _k("fsdp_transformer_layer_cls_to_wrap", _STR_OR_LIST, None,
+       "FSDP: decoder layer class(es) to wrap (comma list); merged into fsdp_config as "
+       "transformers 5 expects (it dropped this argument)."),
+    # Ray Train: LLaMA-Factory acts on these only when USE_RAY=1 is set, which tuneforge refuses (it has
+    # no Ray launcher yet); without USE_RAY they do nothing there either.
+    _k("ray_run_name", str, None, "Ray Train (USE_RAY=1 only; refused: no Ray launcher yet): run name.",
+       effective=False),
+    _k("ray_storage_path", str, "./saves", "Ray Train (USE_RAY=1 only): where results are stored.", effective=False),
+    _k("ray_storage_filesystem", str, None, "Ray Train (USE_RAY=1 only): s3, gs or gcs.", effective=False),
+    _k("ray_num_workers", int, 1, "Ray Train (USE_RAY=1 only): number of workers.", effective=False),
+    _k("resources_per_worker", (dict, str), None, "Ray Train (USE_RAY=1 only): resources of one worker.",
+       effective=False),
+    _k("placement_strategy", str, "PACK", "Ray Train (USE_RAY=1 only): placement strategy.", effective=False),
+    _k("ray_init_kwargs", (dict, str), None, "Ray Train (USE_RAY=1 only): ray.init arguments.", effective=False),
+)
+
+
+def _add_conformance_keys() -> None:
+    from .refusals import REFUSED_CONFIG_KEYS
+
+    CORE_KEY_GROUPS["conformance"] = CONFORMANCE_KEYS
+    CORE_KEY_GROUPS["refused"] = REFUSED_CONFIG_KEYS
+    for key in CONFORMANCE_KEYS + REFUSED_CONFIG_KEYS:
+        CORE_KEYS.setdefault(key.name, key)
+
+
+_add_conformance_keys()

@@ -7,7 +7,7 @@ stays behind it. The order, as in LLaMA-Factory:
 1. ``tokenized_path`` that exists: load it and skip everything else;
 2. ``streaming``: an ``IterableDataset`` read, converted and tokenised lazily (needs max_steps);
 3. otherwise the cache (cache.py) or: read and convert every dataset (bad rows reported together),
-   mix them (``mix_strategy``: concat, interleave_under, interleave_over with ``interleave_probs``),
+   mix them (``mix_strategy``: concat, interleave_under, interleave_over, interleave_once with ``interleave_probs``),
    tokenise with ``datasets.map(batched=True, num_proc=preprocessing_num_workers)``, pack, and save
    the result in the cache;
 4. hold out ``val_size`` (a fraction, or a row count) when no eval_dataset is named;
@@ -93,6 +93,12 @@ def _examples_dataset(examples: list[dict]):
     return Dataset.from_dict({"_example": [json.dumps(e, ensure_ascii=False) for e in examples]})
 
 
+#: mix_strategy -> datasets' stopping rule. interleave_once samples without replacement: every row of
+#: every dataset is used exactly once (LLaMA-Factory's "sampling w.o. replacement").
+_STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted",
+             "interleave_once": "all_exhausted_without_replacement"}
+
+
 def _mix(parts: list, config, strategy: str | None = None):
     """One dataset from several: concatenated, or interleaved (under: stop at the first exhausted,
     over: oversample until all are exhausted), as LLaMA-Factory's merge_dataset does."""
@@ -105,7 +111,7 @@ def _mix(parts: list, config, strategy: str | None = None):
         return concatenate_datasets(parts)
     return interleave_datasets(
         parts, probabilities=interleave_probabilities(config), seed=config.seed,
-        stopping_strategy="first_exhausted" if strategy == "interleave_under" else "all_exhausted",
+        stopping_strategy=_STOPPING[strategy],
     )
 
 
@@ -169,6 +175,16 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
         results = load_examples(ctx, plans, kind)
         notes += [skip_summary(r) for r in results if r.bad]
         parts = [_examples_dataset(r.examples) for r in results]
+        if split == "eval" and len(parts) > 1:
+            # Each evaluation dataset on its own as well (eval_{i}), for eval_on_each_dataset; "eval" is
+            # their concatenation. Built whatever that key says, so the cached entry serves both.
+            from datasets import concatenate_datasets
+
+            each = [_featurize(ctx, kind, settings, part, f"evaluation data ({plan.attr.name})", f"{fingerprint}-{i}")
+                    for i, (part, plan) in enumerate(zip(parts, plans))]
+            out.update({f"eval_{i}": features for i, features in enumerate(each)})
+            out[split] = concatenate_datasets(each)
+            continue
         raw = _mix(parts, ctx.config, strategy=None if split == "train" else "concat")
         out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data",
                                 fingerprint, notes)
@@ -336,4 +352,21 @@ def build_datasets(ctx, kind: str) -> DatasetSplits:
         DatasetDict({"train": train, **({"validation": evaluation} if evaluation is not None else {})}).save_to_disk(tokenized)
         _say(f"saved tokenised dataset to {tokenized}; runs with tokenized_path: {tokenized} load it and skip preprocessing")
     _say(f"training rows: {len(train)}" + (f", evaluation rows: {len(evaluation)}" if evaluation is not None else ""))
+    if config.eval_on_each_dataset:
+        evaluation = _each_eval_dataset(ctx, features, evaluation)
     return DatasetSplits(train, evaluation, collator)
+
+
+def _each_eval_dataset(ctx, features, evaluation):
+    """eval_on_each_dataset: {name: features} so the trainer reports eval_<name>_loss for each eval_dataset."""
+    plans = ctx.plan.eval_datasets
+    if len(plans) < 2 or "eval_0" not in features:
+        _say("eval_on_each_dataset: only one evaluation dataset (eval_dataset names one, or val_size holds out "
+             "rows of the training data): evaluating it as a whole")
+        return evaluation
+    out = {}
+    for i, plan in enumerate(plans):
+        name = plan.attr.name if plan.attr.name not in out else f"{plan.attr.name}_{i}"
+        out[name] = features[f"eval_{i}"]
+    _say("evaluating each dataset on its own: " + ", ".join(f"{n} ({len(d)} rows)" for n, d in out.items()))
+    return out

@@ -87,7 +87,7 @@ def _files(attr: DatasetAttr) -> list[Path]:
     unsupported = [p.name for p in files if p.suffix.lower() not in DATA_FILE_SUFFIXES]
     if unsupported:
         raise DataError(f"dataset '{attr.name}': {path} holds files of unsupported types: {', '.join(unsupported[:5])} "
-                        f"(json, jsonl, csv, parquet, arrow, txt)")
+                        f"(json, jsonl, csv, tsv, parquet, arrow, txt)")
     if not files:
         raise DataError(f"dataset '{attr.name}': folder {path} holds no data files")
     return files
@@ -176,13 +176,25 @@ def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
         for line in _utf8_lines(path):
             if line.strip():
                 yield {"text": line.rstrip("\r\n")}
+    elif suffix in (".csv", ".tsv"):
+        yield from _delimited(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in _DATASETS_BUILDERS:
         import datasets
 
         ds = datasets.load_dataset(_DATASETS_BUILDERS[suffix], data_files=str(path), split="train", streaming=streaming)
         yield from (ds if streaming else ds.to_list())
     else:
-        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
+        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, tsv, parquet, arrow, txt)")
+
+
+def _delimited(path: Path, delimiter: str) -> Iterator[dict]:
+    """CSV/TSV rows with every cell as text: a column of numbers is the reply "63", not an int that no
+    format accepts (datasets' csv builder would infer int columns)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter=delimiter):
+            yield {str(k): v for k, v in row.items() if k is not None}
 
 
 def _parses(text: str) -> bool:
@@ -209,8 +221,14 @@ def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
         import datasets
 
         token = config.get("hf_hub_token") if config is not None else None
-        return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
-                                     cache_dir=cache_dir, token=token, streaming=streaming)
+        try:
+            return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
+                                         cache_dir=cache_dir, token=token, streaming=streaming)
+        except ConnectionError as exc:  # offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) or the hub unreachable
+            raise TuneforgeError(
+                f"dataset '{attr.name}' is on the Hugging Face hub ({attr.path}) and could not be reached ({exc}); "
+                "download it once with network access (it is cached), or point dataset_info.json at a local "
+                "copy with file_name") from None
     if attr.source == "ms_hub":
         try:
             from modelscope import MsDataset

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import Problem, did_you_mean
 
-DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
+DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt"}
 
 _KNOWN_ENTRY_KEYS = {
     "file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .template import IGNORE_INDEX
@@ -137,13 +137,59 @@ def _reported(out: dict, report: bool) -> dict:
     return out
 
 
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's split of ``cutoff_len`` between a prompt and a reply: a short reply (under half)
+    is kept whole, else a short prompt is, else both are cut in proportion to their lengths."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def encode_pair(template, tokenizer, example: dict, settings: Settings) -> dict[str, tuple[list[int], list[int], bool]] | None:
+    """Chosen and rejected sides cut as one pair, as LLaMA-Factory cuts them: one prompt budget from the
+    longer reply (``infer_seqlen(prompt, max(chosen, rejected))``), so both sides keep the same prompt
+    tokens, which DPO needs (it compares the two replies under one prompt). The prompt loses its start,
+    as in sft (the assistant header stays before the reply); a reply loses its end. None when the
+    template does not render the same prompt for both sides (the sides are then cut one by one).
+    Each side comes with whether cutoff_len cut it."""
+    if settings.train_on_prompt and getattr(template, "efficient_eos", False):
+        return None  # the template refuses this combination itself, with its reason
+    untruncated = replace(settings, train_on_prompt=False)
+    full = {side: encode_conversation(template, tokenizer, _reply(example, side), untruncated, cutoff_len=NO_CUTOFF,
+                                      mask_history=True) for side in ("chosen", "rejected")}
+    starts = {side: next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+              for side, (_, labels) in full.items()}
+    if None in starts.values() or starts["chosen"] != starts["rejected"]:
+        return None
+    start = starts["chosen"]
+    prompt = full["chosen"][0][:start]
+    if full["rejected"][0][:start] != prompt:
+        return None
+    longest = max(len(ids) - start for ids, _ in full.values())
+    source_len, target_len = infer_seqlen(len(prompt), longest, settings.cutoff_len)
+    kept_prompt = prompt[len(prompt) - source_len:] if source_len else []
+    prompt_labels = list(kept_prompt) if settings.train_on_prompt else [IGNORE_INDEX] * len(kept_prompt)
+    out = {}
+    for side, (ids, labels) in full.items():
+        cut = len(kept_prompt) < len(prompt) or len(ids) - start > target_len
+        out[side] = (kept_prompt + ids[start:start + target_len], prompt_labels + labels[start:start + target_len], cut)
+    return out
+
+
 def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     out = {f"{side}_{name}": [] for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")}
     out[TRUNCATED] = []
     for text in batch["_example"]:
         example = json.loads(text)
-        encoded = {side: encode_counted(template, tokenizer, _reply(example, side), settings, mask_history=True)
-                   for side in ("chosen", "rejected")}
+        encoded = encode_pair(template, tokenizer, example, settings) or {
+            side: encode_counted(template, tokenizer, _reply(example, side), settings, mask_history=True)
+            for side in ("chosen", "rejected")}
         if all(_trained(labels) for _, labels, _ in encoded.values()):
             for side, (input_ids, labels, _) in encoded.items():
                 out[f"{side}_input_ids"].append(input_ids)

@@ -53,6 +53,10 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     if config.disable_shuffling:
         kwargs.setdefault("train_sampling_strategy", "sequential")
+    if config.early_stopping_steps is not None:
+        kwargs.setdefault("metric_for_best_model", "eval_loss")  # what EarlyStoppingCallback watches
+    if config.get("fsdp_transformer_layer_cls_to_wrap") and kwargs.get("fsdp"):
+        _fsdp_layer_classes(config.fsdp_transformer_layer_cls_to_wrap, kwargs)
     _gradient_checkpointing(ctx, kwargs)
     if not _has_accelerator():
         kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
@@ -62,6 +66,19 @@ def training_arguments(ctx: RunContext, **overrides):
         return Seq2SeqTrainingArguments(**kwargs)
     except (ValueError, TypeError) as exc:
         raise TuneforgeError(f"invalid training arguments: {exc}") from None
+
+
+def _fsdp_layer_classes(value, kwargs: dict) -> None:
+    """LLaMA-Factory's fsdp_transformer_layer_cls_to_wrap, which transformers 5 reads only from fsdp_config."""
+    import json
+
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if str(n).strip()]
+    fsdp_config = kwargs.get("fsdp_config") or {}
+    if isinstance(fsdp_config, str):
+        fsdp_config = json.loads(Path(fsdp_config).read_text(encoding="utf-8"))
+    fsdp_config = dict(fsdp_config)
+    fsdp_config.setdefault("transformer_layer_cls_to_wrap", names)
+    kwargs["fsdp_config"] = fsdp_config
 
 
 def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
@@ -154,6 +171,11 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
         from transformers import Trainer as base
     kwargs.setdefault("args", training_arguments(ctx))
     model = kwargs.pop("model", ctx.model)  # a stage may train a wrapper of ctx.model (rm's value head)
+    if ctx.config.early_stopping_steps is not None:
+        from transformers import EarlyStoppingCallback
+
+        patience = int(ctx.config.early_stopping_steps)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), EarlyStoppingCallback(early_stopping_patience=patience)]
     try:
         trainer = method_trainer_class(base)(
             model=model,

@@ -33,6 +33,17 @@ def trainable_layer_ids(num_layers: int, n: int) -> list[int]:
     return list(range(min(-n, num_layers)))
 
 
+def llama_pro_layer_ids(num_layers: int, n: int) -> list[int]:
+    """LLaMA Pro (use_llama_pro): the n blocks its expansion added, the last of every num_layers/n layers."""
+    from tuneforge.errors import TuneforgeError
+
+    if n <= 0 or num_layers % n:
+        raise TuneforgeError(f"use_llama_pro: the model has {num_layers} layers, which freeze_trainable_layers={n} "
+                             "(the number of added blocks) must divide; set it to the number of blocks the expansion added")
+    stride = num_layers // n
+    return list(range(stride - 1, num_layers, stride))
+
+
 def contains(path: str, name: str) -> bool:
     """Whether dotted ``name`` is a run of whole components of dotted ``path``."""
     return f".{name}." in f".{path}."
@@ -40,7 +51,8 @@ def contains(path: str, name: str) -> bool:
 
 def freeze_selector(config, num_layers: int):
     """Freeze tuning's rule as ``trains(parameter_name) -> bool``: the same for the model and the planner."""
-    layers = set(trainable_layer_ids(num_layers, int(config.get("freeze_trainable_layers") or 2)))
+    n = int(config.get("freeze_trainable_layers") or 2)
+    layers = set(llama_pro_layer_ids(num_layers, n) if config.get("use_llama_pro") else trainable_layer_ids(num_layers, n))
     modules = names(config.get("freeze_trainable_modules")) or ["all"]
     extra = names(config.get("freeze_extra_modules"))
 

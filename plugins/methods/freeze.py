@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, hookimpl
 
-from ._common import FREEZE_KEYS, LAYER, freeze_problems, freeze_selector, lora_only_problems, names, plan_freeze
+from ._common import (FREEZE_KEYS, LAYER, freeze_problems, freeze_selector, llama_pro_layer_ids, lora_only_problems, names,
+                      plan_freeze)
 
 KEYS = FREEZE_KEYS
 
@@ -36,6 +37,9 @@ def apply(ctx, model):
 
     config = ctx.config
     num_layers = model.config.num_hidden_layers
+    if config.use_llama_pro:
+        print(f"use_llama_pro: training the expanded blocks {llama_pro_layer_ids(num_layers, config.freeze_trainable_layers)} "
+              f"of {num_layers} layers")
     modules = names(config.freeze_trainable_modules) or ["all"]
     extra = names(config.freeze_extra_modules)
     inner, outer = _module_names(model)

@@ -142,13 +142,46 @@ def tiny_model(family: str) -> Path:
     return cached_tiny_model(family, "tiny")
 
 
+def tiny_adapter(family: str) -> Path:
+    """A LoRA adapter of the family's tiny model (built once, cached): what the training config an
+    inference or merge config points at would have written."""
+    import shutil
+
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    folder = Path.home() / ".cache" / "tuneforge" / "tiny-adapters" / f"{family}-lora-v1"
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(cached_tiny_model(family, "tiny")),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
 @contextlib.contextmanager
-def lf_root():
-    """A stand-in LLaMA-Factory checkout (examples/, data/) to run from, as its README does."""
+def lf_root(data: dict | None = None, family: str = ""):
+    """A stand-in LLaMA-Factory checkout (examples/, data/) to run from, as its README does. The
+    relative adapter folders a config names (``saves/...``, written by the training run it follows in
+    LLaMA-Factory's README) hold a tiny adapter of the same family."""
+    import shutil
+
     with tempfile.TemporaryDirectory(prefix="lf-root-") as tmp:
         root = Path(tmp)
         (root / "examples").symlink_to(EXAMPLES)
         (root / "data").symlink_to(ANCHOR)
+        adapters = (data or {}).get("adapter_name_or_path")
+        for name in ([] if not adapters else adapters if isinstance(adapters, list) else str(adapters).split(",")):
+            target = root / name.strip()
+            if name.strip() and not Path(name.strip()).is_absolute() and not target.exists():
+                shutil.copytree(tiny_adapter(family or "llama3"), target)
         yield root
 
 
@@ -211,7 +244,7 @@ def check_one(path: Path, manager=None) -> Result:
         result.reasons = [NOT_CONFIGS.get(rel, "not a training config (no model_name_or_path)")]
         return result
     result.family = family_of(data.get("model_name_or_path", ""))
-    with tempfile.TemporaryDirectory(prefix="lf-out-") as out, lf_root() as root:
+    with tempfile.TemporaryDirectory(prefix="lf-out-") as out, lf_root(data, result.family) as root:
         old = Path.cwd()
         os.chdir(root)
         try:
@@ -273,7 +306,7 @@ def train_one(result: Result, timeout: int = 900) -> str:
         return reason
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    with tempfile.TemporaryDirectory(prefix="lf-out-") as out, lf_root() as root:
+    with tempfile.TemporaryDirectory(prefix="lf-out-") as out, lf_root(data, result.family) as root:
         cmd = [sys.executable, "-m", "tuneforge.cli.main", "train", str(path),
                *overrides_for(result, Path(out) / "run"), *TRAIN_OVERRIDES]
         try:

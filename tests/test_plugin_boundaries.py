@@ -27,6 +27,9 @@ NOT_PLUGIN_NAMES = {
     # 'auto', 'default' and 'index' became template names (the tokenizer's own template, LLaMA-Factory's
     # `default` and `index`); in these files they are ordinary values, not the templates.
     ("core/cli/data.py", "auto"): "--color auto",
+    ("core/config/refusals.py", "auto"): "LLaMA-Factory's fp8_backend default",
+    ("core/train/model_config.py", "llama3"): "a rope_scaling type",
+    ("plugins/stages/supervised.py", "accuracy"): "the eval metric LLaMA-Factory calls accuracy",
     ("core/config/hf_training_args.py", "default"): "torch_compile_mode: default",
     ("core/config/model_checks.py", "default"): "a tokenizer's named chat templates: the one called 'default'",
     ("core/config/keys.py", "auto"): "LLaMA-Factory's 'auto' values (infer_dtype, flash_attn, export_device, ...)",

@@ -160,7 +160,7 @@ HF_KEY_LIMITS: dict[str, dict] = {
     "per_device_eval_batch_size": {"min": 1},
     "num_train_epochs": {"min": 0},
     "max_steps": {"min": 1, "special": (-1,)},
-    "learning_rate": {"min": 0, "min_open": True},
+    "learning_rate": {"min": 0},  # 0 is allowed: a run that evaluates or tests without moving the weights
     "lr_scheduler_type": {"choices": SCHEDULER_TYPES},
     "warmup_steps": {"min": 0},
     "optim": {"choices": OPTIMIZER_NAMES},

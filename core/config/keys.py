@@ -40,9 +40,6 @@ RUN_KEYS = (
        "Stop when metric_for_best_model (default eval_loss) has not improved for this many evaluations.", min=1),
     _k("include_effective_tokens_per_second", bool, False,
        "Add effective_tokens_per_sec (non-pad tokens per second of training) to the train metrics."),
-    _k("use_llama_pro", bool, False,
-       "LLaMA Pro (freeze tuning): train the freeze_trainable_layers blocks an expansion added, the last of every "
-       "num_layers / freeze_trainable_layers layers."),
     _k("use_adam_mini", bool, False, "Adam-mini optimizer: selects the adam_mini method (full or freeze tuning)."),
     _k("use_muon", bool, False, "Muon optimizer: selects the muon method (full or freeze tuning)."),
     _k("freeze_vision_tower", bool, True, "Multimodal models: keep the vision tower frozen.", effective=False),

@@ -105,12 +105,6 @@ def refusal_problems(config) -> list[Problem]:
         if asked:
             also = f" (also set: {', '.join(asked[1:])})" if len(asked) > 1 else ""
             problems.append(Problem(asked[0], reason + also, config.where(asked[0])))
-    if config.is_set("use_llama_pro") and config.values["use_llama_pro"]:
-        method = config.get("finetuning_type")
-        if method not in (None, "freeze"):
-            problems.append(Problem("use_llama_pro", f"LLaMA Pro trains the expanded blocks with finetuning_type: "
-                                    f"freeze; with {method} it is not supported in this version (LLaMA-Factory "
-                                    "also allows lora): set finetuning_type: freeze", config.where("use_llama_pro")))
     for name, reason in _ENV.items():
         if _enabled(name):
             problems.append(Problem(f"{name}=1 (environment)", reason))

@@ -20,6 +20,9 @@ FREEZE_KEYS = (
               "Module names inside the trainable layers that train (comma list), or 'all'."),
     ConfigKey("freeze_extra_modules", (str, list), None,
               "Modules outside the decoder layers that also train (e.g. embed_tokens,lm_head)."),
+    ConfigKey("use_llama_pro", bool, False,
+              "LLaMA Pro (freeze tuning): train the freeze_trainable_layers blocks an expansion added, the last of "
+              "every num_layers / freeze_trainable_layers layers."),
 )
 
 #: A parameter inside a decoder layer: (layer prefix, layer index, the rest of the name).
@@ -169,3 +172,29 @@ def projection_problems(config, plan, prefix: str, label: str, optims) -> list[s
         problems.append(f"{label} cannot be used with DeepSpeed (its optimizer state is not partitioned); drop deepspeed")
     problems += layerwise_problems(config, prefix, f"{prefix}_layerwise")
     return problems
+
+
+# --- PEFT's module targeting, shared by the PEFT adapter methods (LoRA family, OFT) ----------------------------
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of every linear layer except the output head: what lora_target: all means.
+
+    Quantized layers (HQQLinear, GPTQ's QuantLinear) are not nn.Linear subclasses, so a class
+    name containing "Linear" (and not "Embedding") counts too.
+    """
+    import torch
+
+    output = model.get_output_embeddings()
+    found = set()
+    for full_name, module in model.named_modules():
+        kind = type(module).__name__
+        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
+        if linear and module is not output and full_name:
+            found.add(full_name.split(".")[-1])
+    return sorted(found)
+
+
+def matches_target(module_names: list[str], target: str) -> bool:
+    """PEFT's rule for a list of targets: the module name is the target or ends with '.target'."""
+    return any(n == target or n.endswith(f".{target}") for n in module_names)

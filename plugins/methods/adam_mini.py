@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, Requirement, hookimpl
 
-from . import freeze
-from ._common import base_tuning, lora_only_problems
+from ._common import FREEZE_KEYS, base_tuning, freeze_problems, optimizer_method_problems
 
 
 def apply(ctx, model):
@@ -39,14 +38,10 @@ def create_optimizer(ctx, model, args):
     return optimizer
 
 
-def validate(config) -> list[str]:
-    problems = lora_only_problems(config, "adam_mini")
-    chosen = config.get("finetuning_type") if config.is_set("finetuning_type") else None
-    if chosen not in (None, "full", "freeze", "adam_mini"):
-        problems.append(f"use_adam_mini is an optimizer for full or freeze tuning and cannot be used with "
-                        f"finetuning_type: {chosen} (set finetuning_type: full or freeze, or drop use_adam_mini)")
-    if base_tuning(config, "adam_mini") == "freeze":
-        problems += freeze.freeze_problems(config)
+def validate(config, plan) -> list[str]:
+    problems = optimizer_method_problems(config, plan, "adam_mini")
+    if base_tuning(config) == "freeze":
+        problems += freeze_problems(config)
     return problems
 
 
@@ -55,10 +50,12 @@ def tuneforge_methods():
     return [MethodSpec(
         name="adam_mini",
         description="Adam-mini: full/freeze tuning with the Adam-mini optimizer (half of AdamW's optimizer memory).",
-        keys=freeze.KEYS,
+        keys=FREEZE_KEYS,
         requires=(Requirement("adam_mini", "pip install adam-mini (or 'tuneforge[optim]')"),),
         apply=apply,
         create_optimizer=create_optimizer,
         validate=validate,
+        base_method=base_tuning,
+        display_name="Adam-mini",
         flag="use_adam_mini",
     )]

@@ -15,7 +15,7 @@ from pathlib import Path
 from tuneforge import AdapterSpec, ConfigKey, MethodSpec, TrainablePlan, hookimpl
 from tuneforge.plugin_helpers import quantized_by
 
-from ._common import names
+from ._common import linear_module_names, matches_target, names
 
 KEYS = (
     ConfigKey("lora_rank", int, 8, "Rank of the LoRA matrices."),
@@ -50,29 +50,6 @@ def effective(config, implied: dict):
     return config.with_values(**implied) if implied else config
 
 
-def linear_module_names(model) -> list[str]:
-    """Leaf names of every linear layer except the output head: what lora_target: all means.
-
-    Quantized layers (HQQLinear, GPTQ's QuantLinear) are not nn.Linear subclasses, so a class
-    name containing "Linear" (and not "Embedding") counts too.
-    """
-    import torch
-
-    output = model.get_output_embeddings()
-    found = set()
-    for full_name, module in model.named_modules():
-        kind = type(module).__name__
-        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
-        if linear and module is not output and full_name:
-            found.add(full_name.split(".")[-1])
-    return sorted(found)
-
-
-def _matches(module_names: list[str], target: str) -> bool:
-    """PEFT's rule for a list of targets: the module name is the target or ends with '.target'."""
-    return any(n == target or n.endswith(f".{target}") for n in module_names)
-
-
 def lora_config(config, model):
     from peft import LoraConfig, TaskType
 
@@ -83,13 +60,13 @@ def lora_config(config, model):
     if targets == ["all"]:
         targets = linear_module_names(model)
     else:
-        unknown = [t for t in targets if not _matches(module_names, t)]
+        unknown = [t for t in targets if not matches_target(module_names, t)]
         if unknown:
             raise TuneforgeError(f"lora_target: no module named {', '.join(unknown)} in this model; "
                                  f"its linear layers are: {', '.join(linear_module_names(model))} (or use 'all')")
     to_save = names(config.additional_target) or None
     if to_save:
-        unknown = [t for t in to_save if not _matches(module_names, t)]
+        unknown = [t for t in to_save if not matches_target(module_names, t)]
         if unknown:
             outside = sorted({n.split(".")[-1] for n in module_names if ".layers." not in f"{n}."})
             raise TuneforgeError(f"additional_target: no module named {', '.join(unknown)} in this model "

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, hookimpl
 
-from . import freeze
-from ._common import base_tuning, lora_only_problems
+from ._common import FREEZE_KEYS, base_tuning, freeze_problems, optimizer_method_problems
 
 
 def apply(ctx, model):
@@ -47,16 +46,12 @@ def create_optimizer(ctx, model, args):
     return CombinedOptimizer(inner)
 
 
-def validate(config) -> list[str]:
-    problems = lora_only_problems(config, "muon")
-    chosen = config.get("finetuning_type") if config.is_set("finetuning_type") else None
-    if chosen not in (None, "full", "freeze", "muon"):
-        problems.append(f"use_muon is an optimizer for full or freeze tuning and cannot be used with "
-                        f"finetuning_type: {chosen} (set finetuning_type: full or freeze, or drop use_muon)")
+def validate(config, plan) -> list[str]:
+    problems = optimizer_method_problems(config, plan, "muon")
     if config.get("use_adam_mini"):
         problems.append("use_muon and use_adam_mini are two optimizers: choose one")
-    if base_tuning(config, "muon") == "freeze":
-        problems += freeze.freeze_problems(config)
+    if base_tuning(config) == "freeze":
+        problems += freeze_problems(config)
     return problems
 
 
@@ -65,9 +60,11 @@ def tuneforge_methods():
     return [MethodSpec(
         name="muon",
         description="Muon: full/freeze tuning with Muon for the hidden weight matrices, AdamW for the rest (torch).",
-        keys=freeze.KEYS,
+        keys=FREEZE_KEYS,
         apply=apply,
         create_optimizer=create_optimizer,
         validate=validate,
+        base_method=base_tuning,
+        display_name="Muon",
         flag="use_muon",
     )]

@@ -11,7 +11,7 @@ chat, export (merge) and ``adapter_name_or_path`` work as for LoRA. On a quantiz
 
 from __future__ import annotations
 
-from tuneforge import ConfigKey, MethodSpec, hookimpl
+from tuneforge import AdapterSpec, ConfigKey, MethodSpec, hookimpl
 
 from ._common import lora_only_problems, names
 
@@ -35,14 +35,14 @@ def oft_config(config, model):
 
     from tuneforge.errors import TuneforgeError
 
-    from .lora import _matches, linear_module_names
+    from ._common import linear_module_names, matches_target
 
     targets = names(config.oft_target) or ["all"]
     module_names = [n for n, _ in model.named_modules() if n]
     if targets == ["all"]:
         targets = linear_module_names(model)
     else:
-        unknown = [t for t in targets if not _matches(module_names, t)]
+        unknown = [t for t in targets if not matches_target(module_names, t)]
         if unknown:
             raise TuneforgeError(f"oft_target: no module named {', '.join(unknown)} in this model; "
                                  f"its linear layers are: {', '.join(linear_module_names(model))} (or use 'all')")
@@ -93,7 +93,35 @@ def apply(ctx, model):
     return get_peft_model(model, oft_config(config, model))
 
 
-def validate(config) -> list[str]:
+def is_adapter_dir(path) -> bool:
+    import json
+    from pathlib import Path
+
+    file = Path(str(path)) / "adapter_config.json"
+    try:
+        return file.is_file() and str(json.loads(file.read_text(encoding="utf-8")).get("peft_type", "")).upper() == "OFT"
+    except (OSError, ValueError):
+        return False
+
+
+def load_adapter(model, path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+def merge(model):
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+#: OFT's adapters, as PEFT saves, loads and merges them (its rotations start at the identity, so an
+#: untrained adapter is not told apart here: check_trained is left out).
+ADAPTER = AdapterSpec(is_adapter_dir=is_adapter_dir, load=load_adapter, merge=merge, disabled=lambda model: model.disable_adapter())
+
+
+def validate(config, plan) -> list[str]:
     problems = lora_only_problems(config, "oft")
     rank, block = config.get("oft_rank") or 0, config.get("oft_block_size") or 0
     if rank < 0 or block < 0:
@@ -115,4 +143,7 @@ def tuneforge_methods():
         keys=KEYS,
         apply=apply,
         validate=validate,
+        trains_base_weights=False,
+        adapter=ADAPTER,
+        display_name="OFT",
     )]

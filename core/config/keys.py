@@ -36,6 +36,13 @@ RUN_KEYS = (
     _k("disable_shuffling", bool, False, "Do not shuffle the training set (train_sampling_strategy: sequential)."),
     _k("early_stopping_steps", int, None, "Stop when eval loss has not improved for this many evaluations.",
        effective=False),
+    _k("padding_free", bool, None,
+       "Train pt/sft batches without pad tokens: a batch's rows are concatenated into one row whose position ids "
+       "restart per row, attention kept within each row, so losses equal the padded batch's. Unset: on where the "
+       "model supports it exactly (see docs/training.md); false: pad as LLaMA-Factory does."),
+    _k("group_by_length", bool, False,
+       "Batch rows of similar length together (train_sampling_strategy: group_by_length): less padding, "
+       "a less random order."),
     _k("include_effective_tokens_per_second", bool, False,
        "Add effective_tokens_per_sec (non-pad tokens per second of training) to the train metrics."),
     _k("use_llama_pro", bool, False, "LLaMA Pro block expansion.", effective=False),

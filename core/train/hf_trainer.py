@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import TuneforgeError
 from ..ranks import is_main_process
-from . import tracking
+from . import padding_free, tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -45,6 +45,7 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     if config.disable_shuffling:
         kwargs.setdefault("train_sampling_strategy", "sequential")
+    padding_free.training_kwargs(ctx, kwargs)
     _gradient_checkpointing(ctx, kwargs)
     if not _has_accelerator():
         kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
@@ -97,6 +98,16 @@ def method_trainer_class(base: type) -> type:
 
         class MethodTrainer(base):
             tuneforge_ctx: RunContext | None = None
+            tuneforge_train_collator = None  # padding_free.py: training batches only; evaluation stays padded
+
+            def get_train_dataloader(self):
+                if self.tuneforge_train_collator is None:
+                    return super().get_train_dataloader()
+                padded, self.data_collator = self.data_collator, self.tuneforge_train_collator
+                try:
+                    return super().get_train_dataloader()
+                finally:
+                    self.data_collator = padded
 
             def create_optimizer(self, model=None):
                 ctx = self.tuneforge_ctx
@@ -130,6 +141,8 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     except ValueError as exc:  # transformers' own checks of the arguments against the data
         raise TuneforgeError(f"the trainer refused this setup: {exc}") from None
     trainer.tuneforge_ctx = ctx
+    if ctx.training:
+        padding_free.apply(ctx, trainer, model, data.collator)
     _say_when_fsdp_is_not_engaged(trainer)
     return trainer
 

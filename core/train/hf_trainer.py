@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import TuneforgeError
 from ..ranks import is_main_process
-from . import padding_free, tracking
+from . import fused_loss, padding_free, tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -143,6 +143,7 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     trainer.tuneforge_ctx = ctx
     if ctx.training:
         padding_free.apply(ctx, trainer, model, data.collator)
+        fused_loss.apply(ctx, trainer, model, data.collator)
     _say_when_fsdp_is_not_engaged(trainer)
     return trainer
 

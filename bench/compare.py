@@ -100,8 +100,8 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
     train_loss = next((r["train_loss"] for r in reversed(history) if "train_loss" in r), None)
     result = {
         "marks": marks, "warmup": warmup, "final_loss": losses[-1] if losses else None, "train_loss": train_loss,
-        "gradient_checkpointing": bool(getattr(trainer.args, "activation_checkpointing", None)
-                                       or getattr(trainer.args, "gradient_checkpointing", None)),
+        # what the model does, not what the arguments say (LLaMA-Factory enables it on the model itself)
+        "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
         "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if cuda else "cpu",

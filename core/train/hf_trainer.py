@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import TuneforgeError
 from ..ranks import is_main_process
-from . import fused_loss, padding_free, tracking
+from . import auto_gc, fused_loss, padding_free, tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -58,7 +58,7 @@ def training_arguments(ctx: RunContext, **overrides):
 
 
 def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
-    """LLaMA-Factory's default: checkpoint activations unless disable_gradient_checkpointing.
+    """Checkpoint activations as the config says, or, when it says nothing, as the planner chooses (auto_gc.py).
 
     The Hugging Face names (gradient_checkpointing, deprecated in transformers 5, and
     activation_checkpointing) win when set; use_reentrant_gc picks torch's checkpoint flavour.
@@ -72,7 +72,10 @@ def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
         supported = getattr(ctx.model, "supports_gradient_checkpointing", None)
         if supported is None:  # a PEFT wrapper: ask the model inside
             supported = getattr(getattr(ctx.model, "get_base_model", lambda: None)(), "supports_gradient_checkpointing", False)
-        kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+        if auto_gc.user_chose(config):
+            kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+        else:  # the planner decides: off when the run fits without it (auto_gc.py)
+            kwargs["activation_checkpointing"] = auto_gc.decide(ctx, bool(supported))
     if kwargs["activation_checkpointing"]:
         kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": bool(config.use_reentrant_gc)})
 

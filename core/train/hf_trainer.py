@@ -22,7 +22,7 @@ import yaml
 
 from ..errors import TuneforgeError
 from ..ranks import is_main_process
-from . import auto_gc, fused_loss, padding_free, tracking
+from . import auto_gc, fused_loss, padding_free, speedups, tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -46,6 +46,7 @@ def training_arguments(ctx: RunContext, **overrides):
     if config.disable_shuffling:
         kwargs.setdefault("train_sampling_strategy", "sequential")
     padding_free.training_kwargs(ctx, kwargs)
+    speedups.training_kwargs(ctx, kwargs)
     _gradient_checkpointing(ctx, kwargs)
     if not _has_accelerator():
         kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
@@ -147,6 +148,7 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     if ctx.training:
         padding_free.apply(ctx, trainer, model, data.collator)
         fused_loss.apply(ctx, trainer, model, data.collator)
+        speedups.apply(ctx, trainer)
     _say_when_fsdp_is_not_engaged(trainer)
     return trainer
 

@@ -38,6 +38,17 @@ RUN_KEYS = (
     _k("disable_shuffling", bool, False, "Do not shuffle the training set (train_sampling_strategy: sequential)."),
     _k("early_stopping_steps", int, None,
        "Stop when metric_for_best_model (default eval_loss) has not improved for this many evaluations.", min=1),
+    _k("padding_free", bool, None,
+       "Train pt/sft batches without pad tokens: a batch's rows are concatenated into one row whose position ids "
+       "restart per row, attention kept within each row, so losses equal the padded batch's. Unset: on where the "
+       "model supports it exactly (see docs/training.md); false: pad as LLaMA-Factory does."),
+    _k("fused_loss", bool, None,
+       "pt/sft: compute the LM head and cross-entropy together, a chunk of target rows at a time, so the full "
+       "logits never exist (the plain loss to float rounding). Unset: on for vocabularies of 32k tokens or more "
+       "where the model allows it; false: the model's own loss."),
+    _k("group_by_length", bool, False,
+       "Batch rows of similar length together (train_sampling_strategy: group_by_length): less padding, "
+       "a less random order."),
     _k("include_effective_tokens_per_second", bool, False,
        "Add effective_tokens_per_sec (non-pad tokens per second of training) to the train metrics."),
     _k("use_adam_mini", bool, False, "Adam-mini optimizer: selects the adam_mini method (full or freeze tuning)."),
@@ -78,8 +89,10 @@ MODEL_KEYS = (
     _k("flash_attn", str, "auto", "Attention implementation: auto, disabled, sdpa, fa2, fa3.",
        choices=("auto", "disabled", "sdpa", "fa2", "fa3")),
     _k("use_unsloth", bool, False, "Use unsloth kernels (GPU only).", effective=False),
-    _k("use_unsloth_gc", bool, False, "Unsloth gradient checkpointing.", effective=False),
-    _k("enable_liger_kernel", bool, False, "Use liger kernels (GPU only).", effective=False),
+    _k("use_unsloth_gc", bool, False,
+       "Offloaded gradient checkpointing (each layer's input kept in CPU memory; plain torch, runs anywhere)."),
+    _k("enable_liger_kernel", bool, False,
+       "Liger's Triton kernels through transformers (needs a CUDA GPU and liger-kernel; otherwise said and skipped)."),
     _k("moe_aux_loss_coef", float, None,
        "MoE models: weight of the router's load-balancing loss (router_aux_loss_coef), added while training."),
     _k("disable_gradient_checkpointing", bool, False,

@@ -25,7 +25,7 @@ import yaml
 from ..errors import TuneforgeError
 from ..integrity import folder_problem
 from ..ranks import is_main_process, world_size
-from . import tracking
+from . import auto_gc, fused_loss, padding_free, speedups, tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
@@ -57,6 +57,8 @@ def training_arguments(ctx: RunContext, **overrides):
         kwargs.setdefault("metric_for_best_model", "eval_loss")  # what EarlyStoppingCallback watches
     if config.get("fsdp_transformer_layer_cls_to_wrap") and kwargs.get("fsdp"):
         _fsdp_layer_classes(config.fsdp_transformer_layer_cls_to_wrap, kwargs)
+    padding_free.training_kwargs(ctx, kwargs)
+    speedups.training_kwargs(ctx, kwargs)
     _gradient_checkpointing(ctx, kwargs)
     if not _has_accelerator():
         kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
@@ -82,7 +84,7 @@ def _fsdp_layer_classes(value, kwargs: dict) -> None:
 
 
 def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
-    """LLaMA-Factory's default: checkpoint activations unless disable_gradient_checkpointing.
+    """Checkpoint activations as the config says, or, when it says nothing, as the planner chooses (auto_gc.py).
 
     The Hugging Face names (gradient_checkpointing, deprecated in transformers 5, and
     activation_checkpointing) win when set; use_reentrant_gc picks torch's checkpoint flavour.
@@ -104,7 +106,10 @@ def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
         supported = getattr(ctx.model, "supports_gradient_checkpointing", None)
         if supported is None:  # a PEFT wrapper: ask the model inside
             supported = getattr(getattr(ctx.model, "get_base_model", lambda: None)(), "supports_gradient_checkpointing", False)
-        kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+        if auto_gc.user_chose(config):
+            kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+        else:  # the planner decides: off when the run fits without it (auto_gc.py)
+            kwargs["activation_checkpointing"] = auto_gc.decide(ctx, bool(supported))
     if kwargs["activation_checkpointing"]:
         kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": bool(config.use_reentrant_gc)})
         gc_kwargs = kwargs["activation_checkpointing_kwargs"]
@@ -151,6 +156,17 @@ def method_trainer_class(base: type) -> type:
             def _save_checkpoint(self, model, trial):
                 save_checkpoint_atomically(self, trial, lambda: super(MethodTrainer, self)._save_checkpoint(model, trial))
 
+            tuneforge_train_collator = None  # padding_free.py: training batches only; evaluation stays padded
+
+            def get_train_dataloader(self):
+                if self.tuneforge_train_collator is None:
+                    return super().get_train_dataloader()
+                padded, self.data_collator = self.data_collator, self.tuneforge_train_collator
+                try:
+                    return super().get_train_dataloader()
+                finally:
+                    self.data_collator = padded
+
             def create_optimizer(self, model=None):
                 ctx = self.tuneforge_ctx
                 make = ctx.plan.method.spec.create_optimizer if ctx is not None else None
@@ -188,6 +204,10 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     except ValueError as exc:  # transformers' own checks of the arguments against the data
         raise TuneforgeError(f"the trainer refused this setup: {exc}") from None
     trainer.tuneforge_ctx = ctx
+    if ctx.training:
+        padding_free.apply(ctx, trainer, model, data.collator)
+        fused_loss.apply(ctx, trainer, model, data.collator)
+        speedups.apply(ctx, trainer)
     _say_when_fsdp_is_not_engaged(trainer)
     return trainer
 

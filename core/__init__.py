@@ -8,9 +8,11 @@ __version__ = "0.1.0"
 
 from .hookspecs import hookimpl  # noqa: E402
 from .specs import (  # noqa: E402
+    AdapterSpec,
     ChatTemplateSpec,
     CommandSpec,
     ConfigKey,
+    DataKind,
     DatasetFormatSpec,
     InferenceEngineSpec,
     MethodSpec,
@@ -19,14 +21,17 @@ from .specs import (  # noqa: E402
     Requirement,
     RewardFunctionSpec,
     StageSpec,
+    TrainablePlan,
 )
 
 __all__ = [
     "__version__",
     "hookimpl",
+    "AdapterSpec",
     "ChatTemplateSpec",
     "CommandSpec",
     "ConfigKey",
+    "DataKind",
     "DatasetFormatSpec",
     "InferenceEngineSpec",
     "MethodSpec",
@@ -35,4 +40,5 @@ __all__ = [
     "Requirement",
     "RewardFunctionSpec",
     "StageSpec",
+    "TrainablePlan",
 ]

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from .config.loader import parse_overrides, read_config_file
+from .config.adapters import adapter_problems
 from .config.model import Config
-from .config.validate import declared_defaults, validate_values
-from .data.registry import DatasetAttr, data_problems, resolve_datasets
+from .config.model_checks import model_file_checks
+from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
+from .data.registry import DatasetAttr, data_problems, media_problems, resolve_datasets
+from .config.refusals import refusal_problems
 from .errors import ConfigError, PluginError, Problem
+from .plugin_helpers import checkpoint_quantization, quant_method, quantized_by
 from .plugin_manager import PluginManager, SpecEntry, split_names
 from .train.checks import distributed_problems
 
@@ -89,9 +93,11 @@ def prepare(
     blocked: list[str] = (),
     require: tuple[str, ...] = ("model_name_or_path",),
     inference: bool = False,
+    confine_data: bool = False,
 ) -> Prepared:
     """Read, validate and resolve a config. ``inference=True`` (chat, api, predict) also plans the
-    inference engine selected by ``infer_backend``."""
+    inference engine selected by ``infer_backend``. ``confine_data=True`` (the web UI) refuses data
+    files outside ``dataset_dir``."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -105,23 +111,34 @@ def prepare(
     values, value_problems = validate_values(raw, sources, manager)
     problems += value_problems
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
+    problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
 
     for key in require:
-        if config.get(key) in (None, ""):
+        if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already
             problems.append(Problem(key, "is required"))
 
-    plan, plan_problems = _resolve_plan(config, manager, inference=inference)
+    problems += relation_problems(config)
+    plan, plan_problems = resolve_plan(config, manager, inference=inference, confine_data=confine_data)
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
     if plan is not None:
-        problems += _media_problems(plan)
-    problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
+        # a media column needs a template that handles its media; without one, the text-only refusal
+        handled = getattr(plan.template.spec, "media", None) if plan.template is not None else None
+        problems += _media_problems(plan) if handled is not None else media_problems(
+            [d.attr for d in plan.datasets + plan.eval_datasets], config)
+    model_problems, model_warnings = model_file_checks(config, manager)
+    problems += model_problems
     if plan is not None:
+        problems += _data_kind_problems(config, plan.stage)
+    problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
+    problems += adapter_problems(config)
+    if plan is not None:
+        problems += _quantized_weight_problems(config, plan, manager)
         for entry in plan.entries():
-            problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config)]
+            problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config, plan)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
-    warnings = _warnings(config, plan, manager)
+    warnings = _warnings(config, plan, manager) + relation_warnings(config) + model_warnings
     if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
         warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
     return Prepared(config, plan, manager, warnings)
@@ -162,27 +179,38 @@ def _select(manager: PluginManager, kind: str, key: str, config: Config, problem
         return None
 
 
-def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = False) -> tuple[Plan | None, list[Problem]]:
+def resolve_plan(config: Config, manager: PluginManager, *, inference: bool = False,
+                 confine_data: bool = False) -> tuple[Plan | None, list[Problem]]:
     problems: list[Problem] = []
     stage = _select(manager, "stage", "stage", config, problems)
     # A method's own flag (LLaMA-Factory's use_galore: true) selects it over finetuning_type.
     flagged = [e for e in manager.entries("method") if e.spec.flag and config.get(e.spec.flag)]
     if flagged:
         method = _select(manager, "method", flagged[0].spec.flag, config, problems, name=flagged[0].name)
+        flag = flagged[0].spec.flag
+        others = [e.spec.flag for e in flagged[1:] if e.spec.flag != flag]
+        if others:
+            problems.append(Problem(flag, f"{flag} cannot be combined with {', '.join(others)}: each selects a method; "
+                                          "choose one", config.where(flag)))
+        chosen = config.get("finetuning_type") if config.is_set("finetuning_type") else None
+        chosen_entry = next((e for e in manager.entries("method") if e.name == chosen), None)
+        if chosen_entry is not None and chosen_entry.spec.flag and chosen_entry.name != flagged[0].name:
+            problems.append(Problem("finetuning_type", f"finetuning_type: {chosen} and {flag}: true select two "
+                                                       "methods; choose one", config.where("finetuning_type")))
     else:
         method = _select(manager, "method", "finetuning_type", config, problems)
     loader = _select(manager, "loader", "model_loader", config, problems)
     quantizer = None
-    prequantized = _checkpoint_quantization(config)
+    prequantized = checkpoint_quantization(config.model_name_or_path)
     if prequantized is not None:
-        quant_method = str(prequantized.get("quant_method", "unknown"))
+        quantized_with = quant_method(prequantized)
         if config.quantization_bit is not None:
-            problems.append(Problem("quantization_bit", f"{config.model_name_or_path} is already quantized ({quant_method}); remove quantization_bit (and quantization_method) to train on it as it is", config.where("quantization_bit")))
+            problems.append(Problem("quantization_bit", f"{config.model_name_or_path} is already quantized ({quantized_with}); remove quantization_bit (and quantization_method) to train on it as it is", config.where("quantization_bit")))
         for entry in manager.entries("quantizer"):
             if entry.spec.recognizes is not None and entry.spec.recognizes(prequantized):
                 quantizer = entry
                 if entry.status != "active":
-                    problems.append(Problem("model_name_or_path", f"the checkpoint is quantized with {quant_method}; quantizer '{entry.name}' is {entry.status}"))
+                    problems.append(Problem("model_name_or_path", f"the checkpoint is quantized with {quantized_with}; quantizer '{entry.name}' is {entry.status}"))
                 break
     elif config.quantization_bit is not None:
         quantizer = _select(manager, "quantizer", "quantization_method", config, problems)
@@ -201,7 +229,7 @@ def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = F
 
     def datasets(key: str) -> list[DatasetPlan]:
         names = split_names(config.get(key))
-        attrs, data_problems = resolve_datasets(names, config.dataset_dir, key)
+        attrs, data_problems = resolve_datasets(names, config.dataset_dir, key, confine=confine_data)
         problems.extend(data_problems)
         plans = []
         for attr in attrs:
@@ -226,23 +254,72 @@ def _resolve_plan(config: Config, manager: PluginManager, *, inference: bool = F
         return None, problems
     plan = Plan(stage, method, loader, quantizer, template, train_sets, eval_sets, rewards=rewards)
     plan.engine = engine
-    plan.prequantized = str(prequantized.get("quant_method", "unknown")) if prequantized is not None else None
+    if prequantized is not None:
+        plan.prequantized = quant_method(prequantized)
     return plan, problems
 
 
-def _checkpoint_quantization(config: Config) -> dict | None:
-    """The quantization_config of a local checkpoint's config.json, read without transformers."""
-    import json
+def _data_kind_problems(config: Config, stage: SpecEntry) -> list[Problem]:
+    """A stage's own data kind: it must say how its rows are built; they are not packed."""
+    from .specs import BUILTIN_DATA_KINDS
 
-    path = config.model_name_or_path
-    if not path or not (Path(path) / "config.json").is_file():
-        return None
-    try:
-        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    quantization = data.get("quantization_config")
-    return quantization if isinstance(quantization, dict) else None
+    spec = stage.spec
+    if spec.data_kind in BUILTIN_DATA_KINDS:
+        return []
+    if spec.data is None:
+        return [Problem("stage", f"stage '{stage.name}' ({stage.provider}) trains on '{spec.data_kind}' rows, which "
+                                 f"tuneforge does not build ({', '.join(BUILTIN_DATA_KINDS)}), and its spec has no "
+                                 "DataKind (StageSpec.data) saying how to build them", config.where("stage"))]
+    if config.packing or config.neat_packing:
+        return [Problem("packing", f"is not supported for '{spec.data_kind}' rows (stage {stage.name})",
+                        config.where("packing"))]
+    return []
+
+
+def _quantized_weight_problems(config: Config, plan: Plan, manager: PluginManager) -> list[Problem]:
+    """What cannot run on quantized base weights, decided from the specs the plan chose: a method that
+    trains the base weights, and merging adapters into them (training on merged adapters, or export)."""
+    source = quantized_by(config, plan)
+    if source is None:
+        return []
+    unquantize = ("set model_name_or_path to the original full-precision model" if plan.prequantized
+                  else "remove quantization_bit")
+    out = []
+    method = plan.method
+    if method.spec.trains_base_weights:
+        flag = method.spec.flag if method.spec.flag and config.get(method.spec.flag) else None
+        what = f"{flag}: true" if flag else f"finetuning_type: {method.name}"
+        instead = _adapter_method(config, manager)
+        out.append(Problem(f"method {method.name}",
+                           f"{what} updates the base weights, which are quantized ({source}) and cannot be trained; "
+                           f"train adapters on them instead" + (f" (Q{instead.spec.label}: finetuning_type: "
+                                                                 f"{instead.name})" if instead else "")
+                           + f", or {unquantize}"))
+    adapters = split_names(config.get("adapter_name_or_path"))
+    where = config.where("adapter_name_or_path")
+    if config.get("export_dir") and adapters:
+        out.append(Problem("adapter_name_or_path",
+                           f"export merges the adapter into the base model, which cannot be done on quantized weights "
+                           f"({source}): export from the unquantized base instead ({unquantize}); set "
+                           "export_quantization_bit to quantize the merged model", where))
+    elif len(adapters) > 1 or (adapters and config.get("create_new_adapter")):
+        merged = adapters if config.get("create_new_adapter") else adapters[:-1]
+        out.append(Problem("adapter_name_or_path",
+                           f"merging {', '.join(merged)} into quantized weights ({source}) is not supported; "
+                           "merge the adapters into the unquantized base first (tuneforge export without "
+                           "quantization_bit), then train on the merged model", where))
+    return out
+
+
+def _adapter_method(config: Config, manager: PluginManager) -> SpecEntry | None:
+    """The method to suggest for quantized weights: the default method when it trains adapters, else
+    the first active method that does."""
+    from .config.validate import declared_defaults
+
+    default = declared_defaults(manager).get("finetuning_type")
+    candidates = sorted(manager.entries("method"), key=lambda e: e.name != default)
+    return next((e for e in candidates if not e.spec.trains_base_weights and e.spec.adapter is not None
+                 and e.status == "active"), None)
 
 
 def _warnings(config: Config, plan: Plan, manager: PluginManager) -> list[str]:

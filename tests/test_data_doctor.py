@@ -36,12 +36,12 @@ def test_data_command_prints_counts_stats_and_a_marked_example(tiny_model, tmp_p
     assert "result: OK" in out
 
 
-def test_data_command_lists_bad_rows_and_exits_1(tiny_model, tmp_path):
+def test_data_command_lists_bad_rows_and_exits_2(tiny_model, tmp_path):
     (tmp_path / "rows.json").write_text(json.dumps([{"instruction": "q", "output": "a"}, {"instruction": "q", "output": ""}]))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model), "template": "llama3",
                                                      "dataset": str(tmp_path / "rows.json")}))
     result = run_cli("data", str(tmp_path / "c.yaml"), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]
     assert f"{tmp_path / 'rows.json'}: row 2: output: empty response" in result.stdout
     assert "result: 1 bad row(s): training would stop" in result.stdout
 

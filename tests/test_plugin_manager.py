@@ -34,7 +34,7 @@ def test_every_builtin_module_registers_through_pluggy(manager):
 def test_unknown_name_lists_choices(manager):
     with pytest.raises(PluginError) as info:
         manager.method("lorra")
-    assert str(info.value) == "unknown finetuning_type 'lorra'; did you mean 'lora'? available: apollo, badam, dora, freeze, full, galore, lora, pissa, rslora"
+    assert str(info.value) == "unknown finetuning_type 'lorra'; did you mean 'lora'? available: adam_mini, apollo, badam, dora, freeze, full, galore, lora, muon, oft, pissa, rslora"
 
 
 def test_duplicate_name_names_every_provider():
@@ -176,15 +176,15 @@ def test_unavailable_reason_that_raises_is_broken_not_a_crash():
 
 
 def test_validate_that_raises_becomes_one_problem_naming_the_plugin():
-    def validate(config):
+    def validate(config, plan):
         return [] if config.ok else ["not ok"]
 
     spec = MethodSpec(name="strict", description="d", validate=validate)
     manager = PluginManager(autoload=False, extra_plugins=[("strict-plugin", plugin_module("s", spec))])
     entry = manager.entry("method", "strict")
-    assert manager.validate(entry, types.SimpleNamespace(ok=False)) == ["not ok"]
+    assert manager.validate(entry, types.SimpleNamespace(ok=False), None) == ["not ok"]
     assert entry.status == "active"
-    [problem] = manager.validate(entry, object())
+    [problem] = manager.validate(entry, object(), None)
     assert problem.startswith("method 'strict' from (in process) (entry point 'strict-plugin') is broken: "
                               "AttributeError: 'object' object has no attribute 'ok' (in validate())")
     assert entry.status.startswith("broken: AttributeError")

@@ -225,13 +225,13 @@ def problems(tiny_model, *overrides: str, manager=None) -> str:
 
 @needs_bnb
 @pytest.mark.parametrize("setting, expected", [
-    ("finetuning_type=full", "quantizer bitsandbytes: finetuning_type: full updates the base weights, which are quantized "
+    ("finetuning_type=full", "method full: finetuning_type: full updates the base weights, which are quantized "
                              "(quantization_bit: 4 with bitsandbytes) and cannot be trained; train adapters on them instead "
-                             "(QLoRA: finetuning_type: lora, dora or rslora), or remove quantization_bit"),
+                             "(QLoRA: finetuning_type: lora), or remove quantization_bit"),
     ("finetuning_type=freeze", "finetuning_type: freeze updates the base weights, which are quantized"),
     pytest.param("use_galore=true", "use_galore: true updates the base weights, which are quantized",
                  marks=pytest.mark.skipif(_missing("galore_torch"), reason="needs the optim extra (GaLore)")),
-    ("pissa_init=true", "quantizer bitsandbytes: PiSSA (pissa_init) initialises the adapter from an SVD of the "
+    ("pissa_init=true", "method lora: PiSSA (pissa_init) initialises the adapter from an SVD of the "
                         "full-precision weights and writes the residual back into them, which cannot be done on quantized "
                         "weights (quantization_bit: 4 with bitsandbytes); use plain LoRA, or remove quantization_bit"),
     ("finetuning_type=pissa", "PiSSA (pissa_init) initialises the adapter"),
@@ -264,14 +264,15 @@ def test_hqq_rejects_a_bad_group_size_and_a_saved_hqq_checkpoint(tiny_model, tmp
 def test_loftq_on_quantized_weights_is_rejected(tiny_model):
     """LoftQ quantizes full-precision weights itself (PEFT init_lora_weights: loftq)."""
     from tuneforge.config.model import Config
-    from tuneforge.plugins.quantizers._common import quantized_weight_problems
+    from tuneforge.plugins.methods.lora import quantized_weight_problems
 
     config = Config({"model_name_or_path": str(tiny_model), "quantization_bit": 4, "init_lora_weights": "loftq"},
                     {"quantization_method": "bitsandbytes", "finetuning_type": "lora"})
-    assert quantized_weight_problems(config) == [
+    plan = prepare(None, [f"model_name_or_path={tiny_model}", "template=llama3"], manager=PluginManager(autoload=False)).plan
+    assert quantized_weight_problems(config, plan) == [
         "LoftQ (init_lora_weights: loftq) quantizes the full-precision weights itself while it initialises the adapter, "
         "so it needs the unquantized model (quantization_bit: 4 with bitsandbytes); remove quantization_bit"]
-    assert quantized_weight_problems(config.with_values(quantization_bit=None)) == []
+    assert quantized_weight_problems(config.with_values(quantization_bit=None), plan) == []
 
 
 @pytest.mark.parametrize("method, bits, supported", [
@@ -359,10 +360,10 @@ def test_show_says_which_gptq_versions_it_needs():
 
 
 def test_gptq_version_outside_the_tested_range_is_unavailable(monkeypatch):
-    from tuneforge.plugins.quantizers import gptq
+    from tuneforge.plugins.quantizers import _gptqmodel, gptq
 
     versions = {"gptqmodel": "6.0.0", "optimum": "2.3.0"}
-    monkeypatch.setattr(gptq.metadata, "version", lambda dist: versions[dist])
+    monkeypatch.setattr(_gptqmodel.metadata, "version", lambda dist: versions[dist])
     assert gptq.unavailable_reason() == "gptqmodel 6.0.0 is installed; this plugin needs gptqmodel >=7.6,<8 (pip install 'tuneforge[gptq]')"
     versions["gptqmodel"] = "7.6.0"
     assert gptq.unavailable_reason() is None
@@ -372,7 +373,7 @@ def test_gptq_cpu_workers_are_at_least_two(monkeypatch):
     from tuneforge.plugins.quantizers import gptq
 
     monkeypatch.delenv("GPTQMODEL_CPU_WORKERS", raising=False)
-    monkeypatch.setattr(gptq.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(gptq.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # the same os module
     gptq.set_cpu_workers()
     assert gptq.os.environ["GPTQMODEL_CPU_WORKERS"] == "2"
     monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "6")  # the user's own setting wins

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,135 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_a_clear_error(config, tmp
     (tmp_path / "checkpoint-5").mkdir()
     with pytest.raises(TuneforgeError, match="cannot resume from .*checkpoint-5: trainer_state.json is missing"):
         train(config, tmp_path / "out", resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+
+
+# --- checkpoints written whole, damaged ones named and skipped -----------------------------------------------------
+
+#: Runs `tuneforge train ARGS` with the Trainer's RNG-state save slowed at one step: after the weights,
+#: optimizer, scheduler and RNG files are written and before trainer_state.json, it writes the folder it
+#: saves into to MARKER and sleeps, so a test can kill -9 the run in the middle of that save.
+SLOW_SAVE = """
+import sys, time
+from pathlib import Path
+from transformers import Trainer
+
+marker, step = Path(sys.argv[1]), int(sys.argv[2])
+save_rng_state = Trainer._save_rng_state
+
+def slow(self, output_dir):
+    save_rng_state(self, output_dir)
+    if self.state.global_step == step:
+        marker.write_text(str(output_dir))
+        time.sleep(600)
+
+Trainer._save_rng_state = slow
+from tuneforge.cli.main import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def kill_during_the_save_at(config, out, step: int, tmp_path) -> Path:
+    """Start training, kill -9 it in the middle of saving checkpoint-STEP; return the folder it was saving into."""
+    script, marker = tmp_path / "slow_save.py", tmp_path / f"saving-{step}"
+    script.write_text(SLOW_SAVE)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out.parent / f"{out.name}.log"
+    process = subprocess.Popen([sys.executable, str(script), str(marker), str(step), "train", str(config), f"output_dir={out}"],
+                               stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy())
+    process.log_path = log_path
+    wait_for(marker.exists, process)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    return Path(marker.read_text())
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(config, reference, tmp_path):
+    out = tmp_path / "killed-saving"
+    saving = kill_during_the_save_at(config, out, 6, tmp_path)
+    # the save went to a staging folder; checkpoint-6 does not exist until the save is whole
+    assert saving == out / ".checkpoint-in-progress" / "checkpoint-6"
+    assert (saving / "adapter_model.safetensors").is_file() and not (saving / "trainer_state.json").exists()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+
+    result = run_cli("train", str(config), f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {out}/checkpoint-3" in result.stdout and "skipping" not in result.stdout
+    assert_same_curve(out, reference)
+    assert not (out / ".checkpoint-in-progress").exists()
+    assert (out / "checkpoint-6" / "trainer_state.json").is_file()  # saved again, whole, by the resumed run
+
+
+@pytest.mark.slow
+def test_a_truncated_file_in_the_latest_checkpoint_is_named_and_the_previous_one_resumes(config, reference, tmp_path):
+    out = tmp_path / "truncated"
+    kill_during_the_save_at(config, out, 9, tmp_path)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    weights = out / "checkpoint-6" / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    os.truncate(weights, size // 2)  # as a full disk or a copy cut short leaves it
+
+    result = run_cli("train", str(config), f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (f"warning: skipping {out}/checkpoint-6: adapter_model.safetensors is cut short: {size // 2} bytes, "
+            f"but its header says {size}") in result.stdout
+    assert f"resuming from {out}/checkpoint-3" in result.stdout
+    assert_same_curve(out, reference)
+
+
+def test_no_good_checkpoint_stops_with_one_line_naming_it(config, tmp_path, capsys):
+    from tuneforge.errors import TuneforgeError
+
+    out = tmp_path / "out"
+    train(config, out, max_steps=3)
+    optimizer = out / "checkpoint-3" / "optimizer.pt"
+    os.truncate(optimizer, optimizer.stat().st_size - 100)
+    with pytest.raises(TuneforgeError) as error:
+        train(config, out, max_steps=6)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"no checkpoint in {out} can be resumed from (checkpoint-3: see the warnings above)")
+    assert "overwrite_output_dir: true" in message
+    assert f"skipping {out}/checkpoint-3: optimizer.pt is cut short or damaged" in capsys.readouterr().out
+    # explicitly asked for, the same checkpoint is refused with the file named
+    with pytest.raises(TuneforgeError, match="cannot resume from .*checkpoint-3: optimizer.pt is cut short"):
+        train(config, tmp_path / "elsewhere", resume_from_checkpoint=str(out / "checkpoint-3"))
+    # weights deleted (a save_total_limit rotation killed half-way deletes files in any order)
+    from tuneforge.train.hf_trainer import checkpoint_problem
+
+    optimizer.unlink()
+    assert checkpoint_problem(out / "checkpoint-3") is None  # no optimizer.pt is save_only_model's checkpoint
+    (out / "checkpoint-3" / "adapter_model.safetensors").unlink()
+    assert checkpoint_problem(out / "checkpoint-3") == "holds no model weights (no *.safetensors or *.bin file)"
+
+
+def test_file_checks_catch_every_cut_and_pass_whole_files(tmp_path):
+    """What checkpoint_problem relies on: a cut anywhere in a safetensors or torch.save file is seen from
+    its header or zip directory, and a whole file passes (safetensors itself would refuse the cut ones)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from tuneforge.integrity import folder_problem, safetensors_problem, torch_file_problem
+
+    whole = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(64), "b": torch.zeros(3, 5)}, str(whole))
+    pt = tmp_path / "o.pt"
+    torch.save({"state": {0: torch.ones(256)}}, pt)
+    assert safetensors_problem(whole) is None and torch_file_problem(pt) is None
+    data, blob = whole.read_bytes(), pt.read_bytes()
+    for cut in (0, 5, 8, 20, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.safetensors").write_bytes(data[:cut])
+        assert safetensors_problem(tmp_path / "cut.safetensors"), cut
+        with pytest.raises(SafetensorError):
+            load_file(str(tmp_path / "cut.safetensors"))
+    for cut in (0, 10, len(blob) // 2, len(blob) - 1):
+        (tmp_path / "cut.pt").write_bytes(blob[:cut])
+        assert torch_file_problem(tmp_path / "cut.pt"), cut
+    (tmp_path / "cut.pt").unlink()
+    (tmp_path / "cut.safetensors").write_bytes(data + b"\0")
+    assert "header says" in safetensors_problem(tmp_path / "cut.safetensors")
+    (tmp_path / "cut.safetensors").unlink()
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors"}}')
+    assert folder_problem(tmp_path) == "model.safetensors.index.json lists 1 shard(s) that are missing: model-00001-of-00002.safetensors"

@@ -361,7 +361,7 @@ def problems(tiny_model, dataset_dir, tmp_path, **overrides) -> str:
     ({"predict_with_generate": True}, "only sft predicts"),
     ({"finetuning_type": "pissa"}, "pissa_init: PiSSA moves the principal weights into the adapter"),
     ({"pissa_init": True}, "pissa_init: PiSSA moves the principal weights into the adapter"),
-    ({"finetuning_type": "full", "use_badam": True}, "BAdam updates one block of decoder layers at a time and never the value head"),
+    ({"finetuning_type": "full", "use_badam": True}, "BAdam picks the parameters it trains among the model's own and never trains the value head ppo adds"),
     ({"packing": True}, "packing: ppo generates from one prompt per row"),
     ({"num_beams": 4}, "ppo samples one reply per prompt"),
     ({"do_sample": False}, "do_sample: false: ppo learns from replies sampled from the policy"),

@@ -405,3 +405,157 @@ def test_normtune_trains_only_norm_weights(installed, tiny_model, tmp_path, data
             assert not torch.equal(tuned[name], weight), f"{name} did not train"
         else:
             assert torch.equal(tuned[name], weight), f"{name} changed but is not a norm weight"
+
+
+# --- capabilities from the spec alone (issue 15) ---------------------------------------------------------------
+
+
+def test_normtune_is_planned_from_its_spec(installed, tiny_model, tmp_path):
+    """`tuneforge plan` counts normtune's trainable parameters with the rule on its spec, not "not modelled"."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = _config(tmp_path / "plan.yaml", model_name_or_path=str(tiny_model), finetuning_type="normtune",
+                  normtune_layers=1, cutoff_len=64)
+    result = cli("plan", str(cfg), "--json", "--processes", "1", plugins=[installed["tuneforge-normtune"]])
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    layers = model.config.num_hidden_layers
+    expected = sum(p.numel() for n, p in model.named_parameters()
+                   if "norm" in n and (".layers." not in n or f".layers.{layers - 1}." in n))
+    assert data["method"] == "normtune" and data["trainable"] == expected < data["parameters"]
+    assert not any("not modelled" in note for note in data["notes"]), data["notes"]
+    # its trainable parameters train in fp32 beside the frozen rest: the plan's weights say so
+    assert f"{expected:,} trainable x 4 B" in data["how"]["weights"]
+
+
+def test_normtune_is_refused_on_quantized_weights_from_its_spec(installed, tmp_path, data_dir):
+    """normtune's own validate no longer checks quantization_bit: its spec says it trains the base weights."""
+    cfg = _config(tmp_path / "q.yaml", finetuning_type="normtune", quantization_bit=4, dataset="tiny_alpaca",
+                  dataset_dir=str(data_dir))
+    result = cli("check", str(cfg), plugins=[installed["tuneforge-normtune"]])
+    assert result.returncode == 2
+    assert ("method normtune: finetuning_type: normtune updates the base weights, which are quantized "
+            "(quantization_bit: 4 with bitsandbytes) and cannot be trained; train adapters on them instead "
+            "(QLoRA: finetuning_type: lora), or remove quantization_bit") in result.stderr
+
+
+@pytest.fixture(scope="module")
+def rowscale_site(tmp_path_factory) -> Path:
+    from .conftest import pip_install_plugin_package
+
+    return pip_install_plugin_package("tuneforge-rowscale", tmp_path_factory.mktemp("tuneforge-rowscale") / "site")
+
+
+@pytest.fixture(scope="module")
+def rowscale_adapter(rowscale_site, tiny_model, tmp_path_factory, data_dir) -> Path:
+    """A rowscale adapter trained for 4 steps by `tuneforge train`."""
+    out = tmp_path_factory.mktemp("rowscale") / "out"
+    cfg = _config(out.parent / "train.yaml", model_name_or_path=str(tiny_model), finetuning_type="rowscale",
+                  dataset="tiny_alpaca", dataset_dir=str(data_dir), cutoff_len=64, max_steps=4,
+                  per_device_train_batch_size=2, learning_rate=5e-2, report_to="none", output_dir=str(out),
+                  save_strategy="no")
+    result = cli("train", str(cfg), plugins=[rowscale_site], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_a_third_party_adapter_method_trains_and_saves_only_its_adapter(rowscale_adapter, tiny_model):
+    from safetensors.torch import load_file
+
+    assert (rowscale_adapter / "rowscale_config.json").is_file()
+    assert not list(rowscale_adapter.glob("model*.safetensors"))  # the adapter only, not the model
+    scales = load_file(str(rowscale_adapter / "rowscale.safetensors"))
+    assert scales and any(t.count_nonzero() for t in scales.values())
+
+
+@pytest.mark.slow
+def test_a_third_party_adapter_is_merged_and_verified_by_export(rowscale_site, rowscale_adapter, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    export_dir = tmp_path / "merged"
+    cfg = _config(tmp_path / "export.yaml", model_name_or_path=str(tiny_model), finetuning_type="rowscale",
+                  adapter_name_or_path=str(rowscale_adapter), export_dir=str(export_dir))
+    result = cli("export", str(cfg), plugins=[rowscale_site], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "verification passed" in result.stdout and "merged adapter" in result.stdout
+    report = json.loads((export_dir / "export_verification.json").read_text())
+    assert report["failures"] == [] and report["weights"]["changed"] > 0
+    assert report["logits_vs_base_max_abs_diff"] > 0  # the base logits came from the adapter switched off
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).state_dict()
+    from safetensors.torch import load_file
+
+    for module, scale in load_file(str(rowscale_adapter / "rowscale.safetensors")).items():
+        expected = base[f"{module}.weight"] * (1 + scale)[:, None]
+        assert torch.allclose(merged[f"{module}.weight"], expected, atol=1e-6), module
+
+
+@pytest.mark.slow
+def test_an_untrained_third_party_adapter_is_refused_by_export(rowscale_site, rowscale_adapter, tiny_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    untrained = tmp_path / "untrained"
+    shutil.copytree(rowscale_adapter, untrained)
+    save_file({k: v * 0 for k, v in load_file(str(untrained / "rowscale.safetensors")).items()},
+              str(untrained / "rowscale.safetensors"))
+    cfg = _config(tmp_path / "export.yaml", model_name_or_path=str(tiny_model), finetuning_type="rowscale",
+                  adapter_name_or_path=str(untrained), export_dir=str(tmp_path / "merged"))
+    result = cli("export", str(cfg), plugins=[rowscale_site])
+    assert result.returncode != 0
+    assert f"adapter {untrained} is empty: every one of its" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_a_third_party_adapter_is_the_reference_model_in_dpo(rowscale_site, rowscale_adapter, tiny_model, tmp_path):
+    """ref_model + ref_model_adapters: the method whose adapter spec recognises the folder loads it (the
+    policy trains with LoRA; nothing in the core or the dpo stage names rowscale)."""
+    from .conftest import REPO as repo
+
+    cfg = _config(tmp_path / "dpo.yaml", model_name_or_path=str(tiny_model), stage="dpo", finetuning_type="lora",
+                  dataset="dpo_en_demo", dataset_dir=str(repo / "data"), cutoff_len=64, max_samples=4,
+                  per_device_train_batch_size=2, max_steps=1, report_to="none", output_dir=str(tmp_path / "out"),
+                  save_strategy="no", ref_model=str(tiny_model), ref_model_adapters=str(rowscale_adapter))
+    result = cli("train", str(cfg), plugins=[rowscale_site], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"reference model: {tiny_model} + adapter(s) {rowscale_adapter} (ref_model, frozen)" in result.stdout
+
+
+def test_a_third_party_adapter_method_is_planned_from_its_spec(rowscale_site, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = _config(tmp_path / "plan.yaml", model_name_or_path=str(tiny_model), finetuning_type="rowscale")
+    result = cli("plan", str(cfg), "--json", "--processes", "1", plugins=[rowscale_site])
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(result.stdout)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    head = model.get_output_embeddings()
+    rows = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    assert data["trainable"] == rows and "adapter x 4 B" in data["how"]["weights"]  # the base stays as loaded
+
+
+@pytest.mark.slow
+def test_a_third_party_adapter_policy_is_its_own_reference_in_dpo(rowscale_site, tiny_model, tmp_path):
+    """finetuning_type: rowscale in dpo: the reference is the policy with its adapter switched off
+    (AdapterSpec.disabled), no second copy of the model."""
+    from .conftest import REPO as repo
+
+    cfg = _config(tmp_path / "dpo.yaml", model_name_or_path=str(tiny_model), stage="dpo", finetuning_type="rowscale",
+                  dataset="dpo_en_demo", dataset_dir=str(repo / "data"), cutoff_len=64, max_samples=4,
+                  per_device_train_batch_size=2, max_steps=2, learning_rate=5e-2, logging_steps=1, report_to="none",
+                  output_dir=str(tmp_path / "out"), save_strategy="no")
+    result = cli("train", str(cfg), plugins=[rowscale_site], env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "reference model: the policy with its adapter disabled (no second copy)" in result.stdout
+    logs = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    first = next(r for r in logs if "loss" in r)
+    # at step 1 the adapter is the identity, so policy and reference agree: DPO's loss is log 2
+    assert abs(first["loss"] - 0.6931) < 1e-3, first
+    assert (tmp_path / "out" / "rowscale_config.json").is_file()

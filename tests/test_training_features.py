@@ -145,14 +145,37 @@ def _base(tiny_model):
 # --- NEFTune, gradient checkpointing, seed -------------------------------------------------------------------------
 
 
-def test_gradient_checkpointing_is_on_by_default_and_changes_nothing_but_memory(tiny_model, data_dir, tmp_path):
-    on = train(tiny_model, data_dir, tmp_path / "on")
-    assert on.extras["trainer"].args.activation_checkpointing is True  # LLaMA-Factory's default
+def test_gradient_checkpointing_is_chosen_by_the_planner_and_changes_nothing_but_memory(tiny_model, data_dir, tmp_path,
+                                                                                       capsys):
+    auto = train(tiny_model, data_dir, tmp_path / "auto")
+    # the tiny model's planned peak fits any machine with room: no recomputation, and train says why
+    assert auto.extras["trainer"].args.activation_checkpointing is False
+    assert "gradient checkpointing: off (planned peak without it" in capsys.readouterr().out
+    on = train(tiny_model, data_dir, tmp_path / "on", gradient_checkpointing=True)
+    assert on.extras["trainer"].args.activation_checkpointing is True
     assert any(getattr(m, "gradient_checkpointing", False) for m in on.model.modules())
     off = train(tiny_model, data_dir, tmp_path / "off", disable_gradient_checkpointing=True)
     assert off.extras["trainer"].args.activation_checkpointing is False
     assert not any(getattr(m, "gradient_checkpointing", False) for m in off.model.modules())
     assert losses(tmp_path / "on") == pytest.approx(losses(tmp_path / "off"), abs=1e-6)
+    assert losses(tmp_path / "auto") == pytest.approx(losses(tmp_path / "off"), abs=1e-6)
+    # disable_gradient_checkpointing: false is a choice too: LLaMA-Factory's default, on
+    lf = train(tiny_model, data_dir, tmp_path / "lf", disable_gradient_checkpointing=False, max_steps=1)
+    assert lf.extras["trainer"].args.activation_checkpointing is True
+
+
+def test_gradient_checkpointing_turns_on_when_the_plan_does_not_fit(tiny_model, data_dir, monkeypatch):
+    from tuneforge.train import auto_gc
+
+    from .test_data_pipeline import make_ctx
+
+    ctx = make_ctx(tiny_model, data_dir, dataset="sums", per_device_train_batch_size=4)
+    monkeypatch.setattr(auto_gc, "available_memory", lambda: (64 * 2**20, "available RAM"))  # a 64 MiB device
+    on, why = auto_gc.choose(ctx)
+    assert on and "does not fit with 25% to spare" in why
+    monkeypatch.setattr(auto_gc, "available_memory", lambda: (64 * 2**30, "available RAM"))
+    on, why = auto_gc.choose(ctx)
+    assert not on and "fits with 25% to spare" in why
 
 
 def test_seed_decides_the_run(tiny_model, data_dir, tmp_path):

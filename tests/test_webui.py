@@ -4,6 +4,7 @@ saved arguments load back, and the runner starts, aborts and survives a crashing
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import string
@@ -255,6 +256,38 @@ def test_checkpoints_are_listed_and_loaded_as_adapter_or_model(ui, tiny_model):
     full = form(ui, top__model_path=str(tiny_model), top__finetuning_type="full", top__checkpoint_path=[str(tiny_model)])
     config = ui.args.model_config(full, for_training=False)
     assert config["model_name_or_path"] == str(tiny_model) and "adapter_name_or_path" not in config
+
+
+def test_dataset_paths_outside_dataset_dir_are_refused(ui, tiny_model, tmp_path):
+    """A dataset_info.json whose file_name climbs out of dataset_dir (or a data file named directly):
+    the preview, the data doctor and Start (ui.problems) refuse it with the reason; nothing is read."""
+    from tuneforge.plugins.apps.webui.data_preview import preview_rows, run_doctor
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('[{"instruction": "password", "output": "hunter2"}]')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ok.json").write_text('[{"instruction": "q", "output": "a"}]')
+    (data / "link.json").symlink_to(secret)
+    (data / "dataset_info.json").write_text(json.dumps({
+        "ok": {"file_name": "ok.json"}, "escape": {"file_name": "../secret.json"},
+        "absolute": {"file_name": str(secret)}, "link": {"file_name": "link.json"}}))
+    for name in ("escape", "absolute", "link"):
+        with pytest.raises(ValueError, match="outside dataset_dir") as info:
+            preview_rows(data, name)
+        assert "hunter2" not in str(info.value)
+    assert preview_rows(data, "ok")[1] == [["q", "a"]]
+    for dataset in ("escape", str(secret)):
+        values = form(ui, top__model_path=str(tiny_model), top__template="llama3", train__dataset=[dataset],
+                      train__dataset_dir=str(data))
+        config = ui.args.train_config(values)
+        code, report, example = run_doctor(config)
+        assert code == 2 and "outside dataset_dir" in report and "hunter2" not in report and example == []
+        problems = ui.problems(config)
+        assert "outside dataset_dir" in problems and str(data.resolve()) in problems
+    ok = ui.args.train_config(form(ui, top__model_path=str(tiny_model), top__template="llama3", train__dataset=["ok"],
+                                   train__dataset_dir=str(data)))
+    assert ui.problems(ok) == ""
 
 
 def test_data_preview_and_the_data_doctor(ui, tiny_model):

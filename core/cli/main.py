@@ -79,6 +79,13 @@ def _add_plugin_command(sub, entry, manager) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # while argparse printed help or usage
+        return _closed_pipe()
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # --disable-plugin decides which plugins (and so which verbs) exist: read it before the full parser.
     early = argparse.ArgumentParser(add_help=False)
@@ -100,13 +107,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = getattr(args, "overrides", []) + overrides
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except TuneforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`tuneforge plugins | head`): stop quietly, as the Python docs
+    recommend (signal module, "Note on SIGPIPE"): point stdout at devnull so the final flush cannot
+    raise again, and exit 1."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (a test's StringIO): nothing to flush later
+        pass
+    return 1
 
 
 if __name__ == "__main__":

@@ -22,14 +22,20 @@ def register(sub, name):
 def probe_validators(manager) -> None:
     """Run every active plugin's ``validate`` on a config that sets nothing (every key at its
     default), so one that raises is marked broken. The problems it reports are not wanted here: a
-    config of defaults names no model and no dataset."""
+    config of defaults names no model and no dataset. Each validator gets the plan the defaults
+    resolve to, as it would in a run (None where nothing resolves)."""
     from ..config.model import Config
     from ..config.validate import declared_defaults
+    from ..plan import resolve_plan
 
     config = Config({}, declared_defaults(manager))
+    try:
+        plan, _ = resolve_plan(config, manager)
+    except Exception:  # a selected plugin that is broken is reported by its own entry below
+        plan = None
     for entry in manager.entries():
         if entry.status == "active" and entry.spec.validate is not None:
-            manager.validate(entry, config)
+            manager.validate(entry, config, plan)
 
 
 def run(args) -> int:

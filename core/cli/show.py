@@ -37,7 +37,10 @@ def run(args) -> int:
     for key in spec.keys:
         choices = f" (one of: {', '.join(str(c) for c in key.choices if c is not None)})" if key.choices else ""
         note = "" if key.effective else " [accepted, no effect yet]"
-        print(f"  {key.name}: {key.type_name()} = {key.default!r}{choices}{note}")
+        limits = [text for text in (key.range_text(), f"a {key.path} path" if key.path else "",
+                                    f"not with {', '.join(key.excludes)}" if key.excludes else "") if text]
+        limit = f" ({'; '.join(limits)})" if limits else ""
+        print(f"  {key.name}: {key.type_name()} = {key.default!r}{choices}{limit}{note}")
         if key.doc:
             print(f"      {key.doc}")
     return 0

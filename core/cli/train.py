@@ -17,6 +17,14 @@ def run(args) -> int:
     from .check import print_plan
 
     prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)  # every problem before any launch
+    config = prepared.config
+    if not config.get("dataset") and not (config.get("do_predict") and not config.get("do_train")):
+        from ..errors import ConfigError, Problem
+
+        # before the model loads, not after: `train` trains (do_train unset means true) and needs data
+        raise ConfigError([Problem("dataset", "`tuneforge train` needs training data: set dataset (names from "
+                                   "dataset_info.json, or a data file); for predictions only, set do_predict: true "
+                                   "and eval_dataset", config.where("dataset"))])
     launch = planned_launch()
     if launch is not None:
         argv = [f"--disable-plugin={name}" for name in args.disable_plugin] + ["train", args.config, *args.overrides]

@@ -111,7 +111,7 @@ HF_TRAINING_ARGS: dict[str, tuple[tuple[str, ...], object]] = {
     "ddp_static_graph": (('bool',), None),
     "ddp_backend": (('str',), None),
     "ddp_timeout": (('int',), 1800),
-    "fsdp": (('str',), None),
+    "fsdp": (('str', 'list'), None),  # LLaMA-Factory's examples give a list; transformers takes both
     "fsdp_config": (('str', 'dict'), None),
     "deepspeed": (('str', 'dict'), None),
     "debug": (('str', 'list'), ''),
@@ -126,4 +126,79 @@ HF_TRAINING_ARGS: dict[str, tuple[tuple[str, ...], object]] = {
     "generation_max_length": (('int',), None),
     "generation_num_beams": (('int',), None),
     "generation_config": (('str',), None),
+}
+
+# Hugging Face's own enums, copied so `check` names a bad value without importing transformers.
+# tests/test_config.py compares them with the installed transformers (SchedulerType, OptimizerNames, ...).
+SCHEDULER_TYPES = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)
+OPTIMIZER_NAMES = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw",
+)
+INTERVAL_STRATEGIES = ("no", "steps", "epoch")
+SAVE_STRATEGIES = ("no", "steps", "epoch", "best")
+HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
+LOG_LEVELS = ("detail", "debug", "info", "warning", "error", "critical", "passive")
+#: report_to: transformers' INTEGRATION_TO_CALLBACK names, plus "all" and "none" (each of a list is checked).
+REPORTERS = ("all", "none", "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow",
+             "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb")
+
+#: Ranges, choices, paths and exclusions of the TrainingArguments keys (ConfigKey's fields), so a zero
+#: batch size or a misspelt scheduler is named by `check`, not by the trainer after the model loaded.
+HF_KEY_LIMITS: dict[str, dict] = {
+    "output_dir": {"path": "output"},
+    "per_device_train_batch_size": {"min": 1},
+    "per_device_eval_batch_size": {"min": 1},
+    "num_train_epochs": {"min": 0},
+    "max_steps": {"min": 1, "special": (-1,)},
+    "learning_rate": {"min": 0},  # 0 is allowed: a run that evaluates or tests without moving the weights
+    "lr_scheduler_type": {"choices": SCHEDULER_TYPES},
+    "warmup_steps": {"min": 0},
+    "optim": {"choices": OPTIMIZER_NAMES},
+    "weight_decay": {"min": 0},
+    "adam_beta1": {"min": 0, "max": 1, "max_open": True},
+    "adam_beta2": {"min": 0, "max": 1, "max_open": True},
+    "adam_epsilon": {"min": 0},
+    "gradient_accumulation_steps": {"min": 1},
+    "max_grad_norm": {"min": 0},
+    "label_smoothing_factor": {"min": 0, "max": 1},
+    "bf16": {"excludes": ("fp16",)},
+    "bf16_full_eval": {"excludes": ("fp16_full_eval",)},
+    "neftune_noise_alpha": {"min": 0},
+    "torch_empty_cache_steps": {"min": 1},
+    "logging_strategy": {"choices": INTERVAL_STRATEGIES},
+    "logging_steps": {"min": 0, "min_open": True},
+    "report_to": {"choices": REPORTERS},
+    "torch_compile_mode": {"choices": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")},
+    "log_level": {"choices": LOG_LEVELS},
+    "log_level_replica": {"choices": LOG_LEVELS},
+    "eval_strategy": {"choices": INTERVAL_STRATEGIES},
+    "eval_steps": {"min": 0, "min_open": True},
+    "eval_delay": {"min": 0},
+    "eval_accumulation_steps": {"min": 1},
+    "save_strategy": {"choices": SAVE_STRATEGIES},
+    "save_steps": {"min": 0, "min_open": True},
+    "save_total_limit": {"min": 0},
+    "hub_strategy": {"choices": HUB_STRATEGIES},
+    "seed": {"min": 0},
+    "data_seed": {"min": 0},
+    "dataloader_num_workers": {"min": 0},
+    "dataloader_prefetch_factor": {"min": 1},
+    "dataloader_multiprocessing_context": {"choices": ("fork", "spawn", "forkserver")},
+    "train_sampling_strategy": {"choices": ("random", "sequential", "group_by_length", "batch_rebalance")},
+    "ddp_bucket_cap_mb": {"min": 1},
+    "ddp_timeout": {"min": 1},
+    "ddp_backend": {"choices": ("nccl", "gloo", "mpi", "xccl", "hccl", "cncl", "mccl")},
+    "generation_max_length": {"min": 1},
+    "generation_num_beams": {"min": 1},
+    "resume_from_checkpoint": {"path": "dir"},
 }

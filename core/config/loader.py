@@ -18,7 +18,10 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([Problem("", f"config file not found: {path}")])
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = decode_utf8(path.read_bytes(), path)
+    except ValueError as exc:
+        raise ConfigError([Problem("", str(exc))]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -27,6 +30,9 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([Problem("", f"not valid YAML ({reason}); fix the syntax there", where)]) from None
+    duplicates = duplicate_keys(node, str(path))
+    if duplicates:
+        raise ConfigError(duplicates)
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -37,6 +43,38 @@ def read_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
             sources[str(key_node.value)] = f"{path}:{key_node.start_mark.line + 1}"
     data = {str(k): v for k, v in data.items()}
     return data, sources
+
+
+def decode_utf8(raw: bytes, path: str | Path) -> str:
+    """``raw`` as UTF-8 text; ValueError naming the file, the byte offset and the line of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte offset {exc.start}: {raw[exc.start:exc.start + 1]!r} "
+                         f"{exc.reason}); save the file as UTF-8") from None
+
+
+def duplicate_keys(node, path: str) -> list[Problem]:
+    """A key written twice in one mapping (YAML keeps the last one silently): both lines, at any depth."""
+    problems: list[Problem] = []
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in current.value:
+                name = str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if name in first:
+                    problems.append(Problem(name, f"set twice, on lines {first[name]} and {line} (YAML would keep only "
+                                                  "the last one silently); remove one", f"{path}:{line}"))
+                else:
+                    first[name] = line
+                stack.append(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return sorted(problems, key=lambda p: int(p.where.rsplit(":", 1)[1]))
 
 
 def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, str], list[Problem]]:

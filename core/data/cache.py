@@ -160,6 +160,10 @@ def cache_key(ctx, kind: str, settings) -> tuple[str | None, dict]:
 
     config = ctx.config
     parts: dict[str, Any] = {"cache_version": CACHE_VERSION, "tuneforge": __version__, "kind": kind}
+    from ..specs import BUILTIN_DATA_KINDS
+
+    if kind not in BUILTIN_DATA_KINDS:  # a stage's own kind: its plugin (and version) builds the features
+        parts["kind_provider"] = f"{ctx.plan.stage.name} {ctx.plan.stage.provider}"
     for group in ("datasets", "eval_datasets"):
         fingerprints = [dataset_fingerprint(p, ctx.manager) for p in getattr(ctx.plan, group)]
         if any(f is None for f in fingerprints):

@@ -7,7 +7,7 @@ stays behind it. The order, as in LLaMA-Factory:
 1. ``tokenized_path`` that exists: load it and skip everything else;
 2. ``streaming``: an ``IterableDataset`` read, converted and tokenised lazily (needs max_steps);
 3. otherwise the cache (cache.py) or: read and convert every dataset (bad rows reported together),
-   mix them (``mix_strategy``: concat, interleave_under, interleave_over with ``interleave_probs``),
+   mix them (``mix_strategy``: concat, interleave_under, interleave_over, interleave_once with ``interleave_probs``),
    tokenise with ``datasets.map(batched=True, num_proc=preprocessing_num_workers)``, pack, and save
    the result in the cache;
 4. hold out ``val_size`` (a fraction, or a row count) when no eval_dataset is named;
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..specs import BUILTIN_DATA_KINDS
 from ..ranks import is_local_main_process, is_main_process, world_size
 from . import cache
 from .collator import COLLATORS
@@ -35,7 +36,7 @@ from .loading import load_examples, skip_summary, stream_examples
 from .packing import pack_batch
 from .registry import data_problems, interleave_probabilities
 from .template import IGNORE_INDEX
-from .tokenize import BATCH_FUNCTIONS, Settings, text_batch
+from .tokenize import BATCH_FUNCTIONS, TRUNCATED, Settings, text_batch
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,23 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
+def stage_data_kind(ctx, kind: str):
+    """The :class:`~tuneforge.specs.DataKind` of a kind the core does not build: the run's stage's own."""
+    spec = ctx.plan.stage.spec
+    if kind not in BUILTIN_DATA_KINDS and spec.data_kind == kind and spec.data is not None:
+        return spec.data
+    if kind not in BUILTIN_DATA_KINDS:
+        raise ValueError(f"data kind '{kind}' is not built by tuneforge and stage '{ctx.plan.stage.name}' does not "
+                         "define it (StageSpec.data)")
+    return None
+
+
 def make_collator(ctx, kind: str):
     pad = ctx.tokenizer.pad_token_id
     label_pad = IGNORE_INDEX if ctx.config.ignore_pad_token_for_loss else pad
+    custom = stage_data_kind(ctx, kind)
+    if custom is not None:
+        return custom.collator(pad, label_pad)
     collator = COLLATORS[kind](pad, label_pad_token_id=label_pad)
     media = getattr(ctx, "media", None)
     if media is not None:
@@ -63,23 +78,33 @@ def make_collator(ctx, kind: str):
     return collator
 
 
-def featurizer(ctx, kind: str, settings: Settings):
-    """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``."""
+def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
+    """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``;
+    ``report=True`` adds the TRUNCATED column (the caller counts and removes it)."""
+    custom = stage_data_kind(ctx, kind)
+    if custom is not None:
+        return partial(custom.featurize, template=ctx.template, tokenizer=ctx.tokenizer, settings=settings)
     if kind == "text":
-        return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings)
+        return partial(text_batch, tokenizer=ctx.tokenizer, settings=settings, report=report)
     if kind not in BATCH_FUNCTIONS:
         raise ValueError(f"no featurizer for data kind '{kind}'")
     extra = {}
     media = getattr(ctx, "media", None)
     if kind == "supervised" and media is not None:
         extra = {"media": media, "model_path": str(ctx.config.model_name_or_path)}
-    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, **extra)
+    return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, report=report, **extra)
 
 
 def _examples_dataset(examples: list[dict]):
     from datasets import Dataset
 
     return Dataset.from_dict({"_example": [json.dumps(e, ensure_ascii=False) for e in examples]})
+
+
+#: mix_strategy -> datasets' stopping rule. interleave_once samples without replacement: every row of
+#: every dataset is used exactly once (LLaMA-Factory's "sampling w.o. replacement").
+_STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted",
+             "interleave_once": "all_exhausted_without_replacement"}
 
 
 def _mix(parts: list, config, strategy: str | None = None):
@@ -94,7 +119,7 @@ def _mix(parts: list, config, strategy: str | None = None):
         return concatenate_datasets(parts)
     return interleave_datasets(
         parts, probabilities=interleave_probabilities(config), seed=config.seed,
-        stopping_strategy="first_exhausted" if strategy == "interleave_under" else "all_exhausted",
+        stopping_strategy=_STOPPING[strategy],
     )
 
 
@@ -112,11 +137,21 @@ def _map_kwargs(config, rows: int | None, fingerprint: str) -> dict:
     return kwargs
 
 
-def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str):
-    """Tokenise (and pack) a dataset of JSON examples; report rows that lose every trained token."""
+def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str, notes: list[str] | None = None):
+    """Tokenise (and pack) a dataset of JSON examples; report rows cutoff_len truncates and rows that
+    lose every trained token (printed, and added to ``notes`` so a run from the cache repeats them)."""
     config = ctx.config
-    features = raw.map(featurizer(ctx, kind, settings), remove_columns=["_example"], desc=f"Tokenising {label}",
+    features = raw.map(featurizer(ctx, kind, settings, report=True), remove_columns=["_example"], desc=f"Tokenising {label}",
                        **_map_kwargs(config, len(raw), f"{fingerprint[:24]}-{label.split()[0]}-tokens"))
+    if TRUNCATED in features.column_names:
+        truncated = sum(features[TRUNCATED])
+        features = features.remove_columns([TRUNCATED])
+        if truncated:
+            note = (f"{label}: {truncated} of {len(features)} row(s) truncated to cutoff_len={settings.cutoff_len} "
+                    "(`tuneforge data CONFIG` shows the token lengths; raise cutoff_len to keep them whole)")
+            _say(note)
+            if notes is not None:
+                notes.append(note)
     if kind != "text":
         dropped = len(raw) - len(features)
         why = "the prompt is longer than" if kind == "prompt" else "no response token is left within"
@@ -148,8 +183,19 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
         results = load_examples(ctx, plans, kind)
         notes += [skip_summary(r) for r in results if r.bad]
         parts = [_examples_dataset(r.examples) for r in results]
+        if split == "eval" and len(parts) > 1:
+            # Each evaluation dataset on its own as well (eval_{i}), for eval_on_each_dataset; "eval" is
+            # their concatenation. Built whatever that key says, so the cached entry serves both.
+            from datasets import concatenate_datasets
+
+            each = [_featurize(ctx, kind, settings, part, f"evaluation data ({plan.attr.name})", f"{fingerprint}-{i}")
+                    for i, (part, plan) in enumerate(zip(parts, plans))]
+            out.update({f"eval_{i}": features for i, features in enumerate(each)})
+            out[split] = concatenate_datasets(each)
+            continue
         raw = _mix(parts, ctx.config, strategy=None if split == "train" else "concat")
-        out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data", fingerprint)
+        out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data",
+                                fingerprint, notes)
     if "train" not in out:
         raise DataError("no training dataset: set dataset: (names from dataset_info.json, or a data file)")
     return DatasetDict(out), notes
@@ -314,4 +360,21 @@ def build_datasets(ctx, kind: str) -> DatasetSplits:
         DatasetDict({"train": train, **({"validation": evaluation} if evaluation is not None else {})}).save_to_disk(tokenized)
         _say(f"saved tokenised dataset to {tokenized}; runs with tokenized_path: {tokenized} load it and skip preprocessing")
     _say(f"training rows: {len(train)}" + (f", evaluation rows: {len(evaluation)}" if evaluation is not None else ""))
+    if config.eval_on_each_dataset:
+        evaluation = _each_eval_dataset(ctx, features, evaluation)
     return DatasetSplits(train, evaluation, collator)
+
+
+def _each_eval_dataset(ctx, features, evaluation):
+    """eval_on_each_dataset: {name: features} so the trainer reports eval_<name>_loss for each eval_dataset."""
+    plans = ctx.plan.eval_datasets
+    if len(plans) < 2 or "eval_0" not in features:
+        _say("eval_on_each_dataset: only one evaluation dataset (eval_dataset names one, or val_size holds out "
+             "rows of the training data): evaluating it as a whole")
+        return evaluation
+    out = {}
+    for i, plan in enumerate(plans):
+        name = plan.attr.name if plan.attr.name not in out else f"{plan.attr.name}_{i}"
+        out[name] = features[f"eval_{i}"]
+    _say("evaluating each dataset on its own: " + ", ".join(f"{n} ({len(d)} rows)" for n, d in out.items()))
+    return out

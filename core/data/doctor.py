@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -91,7 +92,7 @@ class Report:
 
 
 def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
-    """Print the report; 0 when training would start, 1 when bad rows would stop it."""
+    """Print the report; 0 when training would start, 2 when bad rows would stop it (as `train` exits)."""
     from .cache import cache_key, entry_path
     from .dataset import _examples_dataset, _map_kwargs
     from .registry import data_problems
@@ -178,7 +179,14 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
     say()
     if bad and not config.skip_bad_rows:
         say(f"result: {bad} bad row(s): training would stop; fix them, or set skip_bad_rows: true to skip them")
-        return 1
+        print(f"error: {bad} bad row(s) (listed above); fix them, or set skip_bad_rows: true to skip them", file=sys.stderr)
+        return 2
+    empty = [r for r in all_results if not r.examples]
+    if empty:
+        names = ", ".join(f"'{r.attr.name}'" for r in empty)
+        say(f"result: no usable row in {names}: training would stop")
+        print(f"error: every row of {names} is bad (or unused); fix them", file=sys.stderr)
+        return 2
     say(f"result: OK ({sum(len(r.examples) for r in all_results)} rows ready" + (f", {bad} bad row(s) skipped" if bad else "") + ")")
     return 0
 

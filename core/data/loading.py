@@ -88,7 +88,7 @@ def _files(attr: DatasetAttr) -> list[Path]:
     unsupported = [p.name for p in files if p.suffix.lower() not in DATA_FILE_SUFFIXES]
     if unsupported:
         raise DataError(f"dataset '{attr.name}': {path} holds files of unsupported types: {', '.join(unsupported[:5])} "
-                        f"(json, jsonl, csv, parquet, arrow, txt)")
+                        f"(json, jsonl, csv, tsv, parquet, arrow, txt)")
     if not files:
         raise DataError(f"dataset '{attr.name}': folder {path} holds no data files")
     return files
@@ -121,33 +121,89 @@ def iter_rows(attr: DatasetAttr, config=None) -> Iterator[tuple[str, int, Any]]:
             yield str(file), number, row
 
 
+@dataclass(frozen=True)
+class BrokenLine:
+    """A JSON-lines line that does not parse: a bad row like any other (skip_bad_rows skips it)."""
+
+    line: int
+    reason: str
+
+
+def _text(path: Path) -> str:
+    from ..config.loader import decode_utf8
+
+    try:
+        return decode_utf8(path.read_bytes(), path)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of ``path`` read one at a time; a non-UTF-8 byte is a DataError naming its offset and line."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte offset {offset + exc.start}: "
+                                f"{raw[exc.start:exc.start + 1]!r} {exc.reason}); save the file as UTF-8") from None
+            offset += len(raw)
+
+
 def _iter_file(path: Path, streaming: bool = False) -> Iterator[Any]:
     suffix = path.suffix.lower()
     if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = _text(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            if not text.lstrip().startswith("{"):
+            lines = text.splitlines()
+            first = next((line for line in lines if line.strip()), "")
+            if not first.lstrip().startswith("{") or not _parses(first):  # not JSON lines: one broken document
                 raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-            yield from _json_lines(path, text.splitlines())  # JSON lines in a .json file
+            yield from _json_lines(path, lines)  # JSON lines in a .json file
             return
-        yield from ([data] if isinstance(data, dict) else data if isinstance(data, list) else [data])
+        if isinstance(data, dict):
+            keys = ", ".join(list(map(str, data))[:5])
+            raise DataError(f"{path}: the file is one JSON object (keys: {keys}), not a list of rows: put the rows in a "
+                            "JSON array [{...}, {...}], or write one object per line in a .jsonl file")
+        if not isinstance(data, list):
+            raise DataError(f"{path}: the file holds a JSON {type(data).__name__}, not a list of rows ([{{...}}, {{...}}])")
+        yield from data
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            yield from _json_lines(path, handle)
+        yield from _json_lines(path, _utf8_lines(path))
     elif suffix == ".txt":
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield {"text": line.rstrip("\n")}
+        for line in _utf8_lines(path):
+            if line.strip():
+                yield {"text": line.rstrip("\r\n")}
+    elif suffix in (".csv", ".tsv"):
+        yield from _delimited(path, "\t" if suffix == ".tsv" else ",")
     elif suffix in _DATASETS_BUILDERS:
         import datasets
 
         ds = datasets.load_dataset(_DATASETS_BUILDERS[suffix], data_files=str(path), split="train", streaming=streaming)
         yield from (ds if streaming else ds.to_list())
     else:
-        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, parquet, arrow, txt)")
+        raise DataError(f"{path}: unsupported file type '{suffix}' (json, jsonl, csv, tsv, parquet, arrow, txt)")
+
+
+def _delimited(path: Path, delimiter: str) -> Iterator[dict]:
+    """CSV/TSV rows with every cell as text: a column of numbers is the reply "63", not an int that no
+    format accepts (datasets' csv builder would infer int columns)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle, delimiter=delimiter):
+            yield {str(k): v for k, v in row.items() if k is not None}
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _json_lines(path: Path, lines) -> Iterator[Any]:
@@ -156,7 +212,7 @@ def _json_lines(path: Path, lines) -> Iterator[Any]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                yield BrokenLine(number, f"not valid JSON ({exc.msg}, column {exc.colno})")
 
 
 def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
@@ -166,8 +222,14 @@ def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
         import datasets
 
         token = config.get("hf_hub_token") if config is not None else None
-        return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
-                                     cache_dir=cache_dir, token=token, streaming=streaming)
+        try:
+            return datasets.load_dataset(attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
+                                         cache_dir=cache_dir, token=token, streaming=streaming)
+        except ConnectionError as exc:  # offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) or the hub unreachable
+            raise TuneforgeError(
+                f"dataset '{attr.name}' is on the Hugging Face hub ({attr.path}) and could not be reached ({exc}); "
+                "download it once with network access (it is cached), or point dataset_info.json at a local "
+                "copy with file_name") from None
     if attr.source == "ms_hub":
         try:
             from modelscope import MsDataset
@@ -206,6 +268,17 @@ def select_indices(count: int, attr: DatasetAttr, config) -> list[int]:
     return indices
 
 
+def examples_kind(ctx, kind: str) -> str:
+    """The built-in kind of examples rows of ``kind`` are made from: itself, or for a kind a stage
+    defines, its ``DataKind.examples``."""
+    from ..specs import BUILTIN_DATA_KINDS
+
+    spec = ctx.plan.stage.spec if getattr(ctx, "plan", None) is not None else None
+    if kind not in BUILTIN_DATA_KINDS and spec is not None and spec.data_kind == kind and spec.data is not None:
+        return spec.data.examples
+    return kind
+
+
 def check_kind(attr: DatasetAttr, kind: str) -> None:
     """The dataset fits what the stage consumes (a dataset-level error, before any row is read)."""
     attr.data_kind = kind
@@ -233,8 +306,31 @@ def resolve_format(ctx, plan, first_row):
     return ctx.manager.format(name)
 
 
+def unmapped_media(attr: DatasetAttr, rows: Rows, config) -> None:
+    """Rows that carry images/videos/audios the dataset's columns do not map would lose them silently."""
+    from .registry import media_message
+
+    for index, row in enumerate(rows.rows):
+        column = _unmapped_media_field(attr, row)
+        if column:
+            file, number = rows.locate(index)
+            raise DataError(media_message(attr.name, column, f"{file}: row {number} has a non-empty '{column}' field", config))
+
+
+def _unmapped_media_field(attr: DatasetAttr, row: Any) -> str | None:
+    from .registry import MEDIA_COLUMNS
+
+    if isinstance(row, dict):
+        for column in MEDIA_COLUMNS:
+            if row.get(column) and column not in attr.columns:  # "images": null in columns drops them on purpose
+                return column
+    return None
+
+
 def convert_row(row: Any, attr: DatasetAttr, convert, kind: str, placeholders: dict | None, media_dir=None) -> dict:
     """One raw row to a checked example (with its media, when ``media_dir`` is given); raises RowError."""
+    if isinstance(row, BrokenLine):
+        raise RowError(f"line {row.line}", row.reason)
     if not isinstance(row, dict):
         raise RowError("(row)", f"must be an object, got {type(row).__name__}")
     example = convert(row, attr)
@@ -276,11 +372,13 @@ def convert_dataset(ctx, plan, kind: str, *, every_row: bool = False) -> Convert
     """Read and convert one planned dataset. ``every_row`` checks rows past max_samples too (the doctor)."""
     attr = plan.attr
     config = ctx.config
+    kind = examples_kind(ctx, kind)
     check_kind(attr, kind)
     rows = read_rows(attr, config)
     if not rows.rows:
         raise DataError(f"dataset '{attr.name}' ({attr.path}) has no rows")
-    spec = resolve_format(ctx, plan, rows.rows[0])
+    spec = resolve_format(ctx, plan, next((r for r in rows.rows if isinstance(r, dict)), rows.rows[0]))
+    unmapped_media(attr, rows, ctx.config)
     media_dir = _media_dir(ctx, attr)
     selected = select_indices(len(rows.rows), attr, config)
     wanted = set(selected)
@@ -331,28 +429,41 @@ def load_examples(ctx, dataset_plans, kind: str = "supervised") -> list[Converte
 
 def stream_examples(ctx, plan, kind: str) -> Iterator[dict]:
     """Examples of one dataset, converted as they are read (streaming). A bad row stops the run with
-    its file:row error, or is skipped with a warning under skip_bad_rows."""
+    its file:row error, or is skipped with a warning under skip_bad_rows (their count is printed when
+    the stream ends)."""
     attr = plan.attr
     config = ctx.config
+    kind = examples_kind(ctx, kind)
     check_kind(attr, kind)
     spec = None
     skipped = 0
     produced = 0
-    for file, number, row in iter_rows(attr, config):
-        if config.max_samples is not None and produced >= config.max_samples:
-            return
-        if spec is None:
-            spec = resolve_format(ctx, plan, row)
-        try:
-            example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders, _media_dir(ctx, attr))
-        except RowError as exc:
-            bad = BadRow(file, number, exc.field, exc.reason)
-            if not config.skip_bad_rows:
-                raise DataError(f"dataset '{attr.name}': {bad}\n(streaming stops at the first bad row; "
-                                "`tuneforge data CONFIG streaming=false` lists them all; or set skip_bad_rows: true)") from None
-            skipped += 1
-            if skipped <= MAX_REPORTED_ROWS:
-                logger.warning("dataset '%s': skipped bad row %s", attr.name, bad)
-            continue
-        produced += 1
-        yield example
+    try:
+        for file, number, row in iter_rows(attr, config):
+            if config.max_samples is not None and produced >= config.max_samples:
+                return
+            media = _unmapped_media_field(attr, row)
+            if media:
+                from .registry import media_message
+
+                raise DataError(media_message(attr.name, media, f"{file}: row {number} has a non-empty '{media}' field", config))
+            if spec is None and not isinstance(row, BrokenLine):  # the first row that parses tells the format
+                spec = resolve_format(ctx, plan, row)
+            try:
+                if spec is None:
+                    raise RowError(f"line {row.line}", row.reason)
+                example = convert_row(row, attr, spec.convert, kind, config.replace_placeholders, _media_dir(ctx, attr))
+            except RowError as exc:
+                bad = BadRow(file, number, exc.field, exc.reason)
+                if not config.skip_bad_rows:
+                    raise DataError(f"dataset '{attr.name}': {bad}\n(streaming stops at the first bad row; "
+                                    "`tuneforge data CONFIG streaming=false` lists them all; or set skip_bad_rows: true)") from None
+                skipped += 1
+                if skipped <= MAX_REPORTED_ROWS:
+                    logger.warning("dataset '%s': skipped bad row %s", attr.name, bad)
+                continue
+            produced += 1
+            yield example
+    finally:
+        if skipped:
+            print(f"dataset '{attr.name}': skipped {skipped} bad row(s) while streaming (skip_bad_rows)", flush=True)

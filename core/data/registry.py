@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import Problem, did_you_mean
 
-DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"}
+DATA_FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt"}
 
 _KNOWN_ENTRY_KEYS = {
     "file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name",
@@ -76,13 +76,48 @@ def read_dataset_info(dataset_dir: str | Path) -> tuple[dict[str, Any], str]:
     path = Path(dataset_dir) / "dataset_info.json"
     if not path.is_file():
         return {}, str(path)
+    from ..config.loader import decode_utf8
+
+    text = decode_utf8(path.read_bytes(), path)
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except _DuplicateKey as exc:
+        lines = [i + 1 for i, line in enumerate(text.splitlines()) if f'"{exc.key}"' in line.split(":", 1)[0]]
+        shown = f" (lines {', '.join(map(str, lines))})" if len(lines) >= 2 else ""
+        raise ValueError(f"{path}: '{exc.key}' is defined twice{shown}; JSON would keep only the last one: remove one") from None
     if not isinstance(info, dict):
         raise ValueError(f"{path}: must be a JSON object of dataset name -> entry")
     return info, str(path)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def outside(path: str | Path, folder: str | Path) -> bool:
+    """True when ``path`` (symlinks and .. resolved) is not inside ``folder``."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return True
+    return False
+
+
+def _escape_problem(key: str, what: str, path: str, dataset_dir, where: str = "") -> Problem:
+    return Problem(key, f"{what} resolves to {Path(path).resolve()}, outside dataset_dir {Path(dataset_dir).resolve()}; "
+                        "here only files under dataset_dir are read: move the data into it", where)
 
 
 def _hub_source(entry: dict) -> tuple[str, str] | None:
@@ -118,8 +153,13 @@ def _entry_problems(entry: dict, key: str, where: str) -> list[Problem]:
     return problems
 
 
-def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "dataset") -> tuple[list[DatasetAttr], list[Problem]]:
-    """Map dataset names to attributes, collecting every problem instead of stopping at the first."""
+def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "dataset", *,
+                     confine: bool = False) -> tuple[list[DatasetAttr], list[Problem]]:
+    """Map dataset names to attributes, collecting every problem instead of stopping at the first.
+
+    ``confine=True`` (the web UI) refuses any data file outside ``dataset_dir``: a ``file_name`` such as
+    ``../../etc/passwd`` in a dataset_info.json, or a data file named directly.
+    """
     problems: list[Problem] = []
     if str(dataset_dir) == "ONLINE":
         return [DatasetAttr(name=n, source="hf_hub", path=n, formatting=_default_format()) for n in names], []
@@ -135,6 +175,9 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "data
                 direct = Path(dataset_dir) / direct
             if not direct.exists():
                 problems.append(Problem(key, f"data file '{name}' does not exist"))
+                continue
+            if confine and outside(direct, dataset_dir):
+                problems.append(_escape_problem(key, f"data file '{name}'", str(direct), dataset_dir))
                 continue
             attrs.append(DatasetAttr(name=direct.stem, source="file", path=str(direct), formatting=None))
             continue
@@ -157,12 +200,18 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "data
         hub = _hub_source(entry)
         if entry.get("file_name"):
             source, path = "file", str(Path(dataset_dir) / entry["file_name"])
+            if confine and outside(path, dataset_dir):
+                problems.append(_escape_problem(key, f"file_name '{entry['file_name']}'", path, dataset_dir, where))
+                continue
             if not Path(path).exists():
                 problems.append(Problem(key, f"file_name '{entry['file_name']}' not found at {path}", where))
         elif hub is not None:
             source, path = hub
         elif entry.get("script_url"):
             source, path = "script", str(Path(dataset_dir) / entry["script_url"])
+            if confine and outside(path, dataset_dir):
+                problems.append(_escape_problem(key, f"script_url '{entry['script_url']}'", path, dataset_dir, where))
+                continue
         else:
             problems.append(Problem(key, "needs one of file_name, hf_hub_url, ms_hub_url, om_hub_url", where))
             continue
@@ -177,19 +226,57 @@ def resolve_datasets(names: list[str], dataset_dir: str | Path, key: str = "data
                 split=entry.get("split", "train"),
                 folder=entry.get("folder"),
                 num_samples=entry.get("num_samples"),
-                columns={k: v for k, v in (entry.get("columns") or {}).items() if v is not None},
+                # a media column set to null stays: it says "drop these on purpose" (see media_message)
+                columns={k: v for k, v in (entry.get("columns") or {}).items() if v is not None or k in MEDIA_COLUMNS},
                 tags=dict(entry.get("tags") or {}),
             )
         )
     return attrs, problems
 
 
+MEDIA_COLUMNS = ("images", "videos", "audios")
+
+
+def model_is_multimodal(config) -> bool | None:
+    """Whether the local model folder's config.json has a vision/audio part; None when not local."""
+    path = config.get("model_name_or_path")
+    if not isinstance(path, str) or not (Path(path).expanduser() / "config.json").is_file():
+        return None
+    try:
+        data = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return isinstance(data, dict) and any(k in data for k in ("vision_config", "audio_config", "visual", "vision_tower",
+                                                             "mm_vision_tower", "image_token_index", "image_token_id"))
+
+
+def media_message(dataset: str, column: str, where: str, config) -> str:
+    """The error for media data this version cannot train on (it would be dropped silently)."""
+    model = config.get("model_name_or_path") or "the model"
+    kind = column[:-1]
+    who = (f"{model} is a text-only model" if model_is_multimodal(config) is False
+           else "tuneforge trains text-only models in this version")
+    return (f"dataset '{dataset}' has the media column '{column}' ({where}), but {who}: its {column} would be dropped and "
+            f"<{kind}> trained as plain text. Train it on a vision/audio-language model with LLaMA-Factory, or, to train "
+            f"on the text alone on purpose, set \"{column}\": null in the dataset's \"columns\" in dataset_info.json "
+            f"(the <{kind}> placeholders then stay in the text as plain words)")
+
+
+def media_problems(attrs: list[DatasetAttr], config) -> list[Problem]:
+    """Media columns (images/videos/audios in dataset_info.json) named at check: never dropped silently."""
+    problems = []
+    for attr in attrs:
+        for column in MEDIA_COLUMNS:
+            if attr.column(column):
+                where = f"dataset_info.json [{attr.name}] columns.{column} = '{attr.column(column)}'"
+                problems.append(Problem("dataset", media_message(attr.name, column, where, config)))
+    return problems
+
+
 def _names(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v).strip() for v in value]
+    from ..plugin_manager import split_names
+
+    return split_names(value)
 
 
 def interleave_probabilities(config) -> list[float] | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .media import mask_media_labels
@@ -96,6 +96,22 @@ def encode_conversation(template, tokenizer, example: dict, settings: Settings, 
     )
 
 
+def encode_counted(template, tokenizer, example: dict, settings: Settings, *,
+                   mask_history: bool | None = None) -> tuple[list[int], list[int], bool]:
+    """Ids, labels, and whether ``cutoff_len`` cut the conversation. A conversation that fits is
+    encoded once (uncut, it is what the cut encoding gives); only a long one is encoded twice."""
+    ids, labels = encode_conversation(template, tokenizer, example, settings, cutoff_len=NO_CUTOFF, mask_history=mask_history)
+    if len(ids) <= settings.cutoff_len:
+        return ids, labels, False
+    ids, labels = encode_conversation(template, tokenizer, example, settings, mask_history=mask_history)
+    return ids, labels, True
+
+
+#: The column the ``*_batch`` functions add with ``report=True``: whether cutoff_len cut the row. The
+#: caller counts it (`train` says how many rows were truncated, as `data` does) and removes it.
+TRUNCATED = "_truncated"
+
+
 def _reply(example: dict, key: str) -> dict:
     return {**example, "messages": example["messages"] + [{"role": "assistant", "content": example[key]}]}
 
@@ -117,12 +133,13 @@ def expand_media(example: dict, media, model_path: str, tokenizer) -> dict:
     return {**example, "messages": media.expand(example["messages"], files, model_path, tokenizer)}
 
 
-def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "") -> dict:
+def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
+                     report: bool = False) -> dict:
     """``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
     (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
     dropped: a partial image cannot be fed to the model."""
-    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
     if media is not None:
         out.update({c: [] for c in media.modalities})
         media_ids = media.media_token_ids(tokenizer)
@@ -130,7 +147,7 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
         example = json.loads(text)
         files = _media_of(example, media)
         example = expand_media(example, media, model_path, tokenizer)
-        input_ids, labels = encode_conversation(template, tokenizer, example, settings)
+        input_ids, labels, cut = encode_counted(template, tokenizer, example, settings)
         if media is not None:
             labels = mask_media_labels(input_ids, labels, media_ids)
             expected = sum(m["content"].count(t) for m in example["messages"]
@@ -141,33 +158,88 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
             out["input_ids"].append(input_ids)
             out["attention_mask"].append([1] * len(input_ids))
             out["labels"].append(labels)
+            out[TRUNCATED].append(cut)
             if media is not None:
                 for column in media.modalities:
                     out[column].append(files.get(column, []))
+    return _reported(out, report)
+
+
+def _reported(out: dict, report: bool) -> dict:
+    if not report:
+        out.pop(TRUNCATED, None)
     return out
 
 
-def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """LLaMA-Factory's split of ``cutoff_len`` between a prompt and a reply: a short reply (under half)
+    is kept whole, else a short prompt is, else both are cut in proportion to their lengths."""
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def encode_pair(template, tokenizer, example: dict, settings: Settings) -> dict[str, tuple[list[int], list[int], bool]] | None:
+    """Chosen and rejected sides cut as one pair, as LLaMA-Factory cuts them: one prompt budget from the
+    longer reply (``infer_seqlen(prompt, max(chosen, rejected))``), so both sides keep the same prompt
+    tokens, which DPO needs (it compares the two replies under one prompt). The prompt loses its start,
+    as in sft (the assistant header stays before the reply); a reply loses its end. None when the
+    template does not render the same prompt for both sides (the sides are then cut one by one).
+    Each side comes with whether cutoff_len cut it."""
+    if settings.train_on_prompt and getattr(template, "efficient_eos", False):
+        return None  # the template refuses this combination itself, with its reason
+    untruncated = replace(settings, train_on_prompt=False)
+    full = {side: encode_conversation(template, tokenizer, _reply(example, side), untruncated, cutoff_len=NO_CUTOFF,
+                                      mask_history=True) for side in ("chosen", "rejected")}
+    starts = {side: next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
+              for side, (_, labels) in full.items()}
+    if None in starts.values() or starts["chosen"] != starts["rejected"]:
+        return None
+    start = starts["chosen"]
+    prompt = full["chosen"][0][:start]
+    if full["rejected"][0][:start] != prompt:
+        return None
+    longest = max(len(ids) - start for ids, _ in full.values())
+    source_len, target_len = infer_seqlen(len(prompt), longest, settings.cutoff_len)
+    kept_prompt = prompt[len(prompt) - source_len:] if source_len else []
+    prompt_labels = list(kept_prompt) if settings.train_on_prompt else [IGNORE_INDEX] * len(kept_prompt)
+    out = {}
+    for side, (ids, labels) in full.items():
+        cut = len(kept_prompt) < len(prompt) or len(ids) - start > target_len
+        out[side] = (kept_prompt + ids[start:start + target_len], prompt_labels + labels[start:start + target_len], cut)
+    return out
+
+
+def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     out = {f"{side}_{name}": [] for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")}
+    out[TRUNCATED] = []
     for text in batch["_example"]:
         example = json.loads(text)
-        encoded = {side: encode_conversation(template, tokenizer, _reply(example, side), settings, mask_history=True)
-                   for side in ("chosen", "rejected")}
-        if all(_trained(labels) for _, labels in encoded.values()):
-            for side, (input_ids, labels) in encoded.items():
+        encoded = encode_pair(template, tokenizer, example, settings) or {
+            side: encode_counted(template, tokenizer, _reply(example, side), settings, mask_history=True)
+            for side in ("chosen", "rejected")}
+        if all(_trained(labels) for _, labels, _ in encoded.values()):
+            for side, (input_ids, labels, _) in encoded.items():
                 out[f"{side}_input_ids"].append(input_ids)
                 out[f"{side}_attention_mask"].append([1] * len(input_ids))
                 out[f"{side}_labels"].append(labels)
-    return out
+            out[TRUNCATED].append(any(cut for _, _, cut in encoded.values()))
+    return _reported(out, report)
 
 
-def kto_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def kto_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     examples = [json.loads(text) for text in batch["_example"]]
     others = examples[::-1]
     names = ("input_ids", "attention_mask", "labels")
-    out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": []}
+    out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": [], TRUNCATED: []}
     for example, other in zip(examples, others):
-        input_ids, labels = encode_conversation(template, tokenizer, example, settings, mask_history=True)
+        input_ids, labels, cut = encode_counted(template, tokenizer, example, settings, mask_history=True)
         kl_example = {**example, "messages": example["messages"][:-1] + other["messages"][-1:]}
         kl_ids, kl_labels = encode_conversation(template, tokenizer, kl_example, settings, mask_history=True)
         if _trained(labels):
@@ -176,10 +248,11 @@ def kto_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
                 out[f"{prefix}attention_mask"].append([1] * len(ids))
                 out[f"{prefix}labels"].append(labs)
             out["kto_tags"].append(bool(example["kto_tag"]))
-    return out
+            out[TRUNCATED].append(cut)
+    return _reported(out, report)
 
 
-def prompt_batch(batch: dict, *, template, tokenizer, settings: Settings) -> dict:
+def prompt_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     out = {"input_ids": [], "attention_mask": [], "reference_ids": []}
     for text in batch["_example"]:
         example = json.loads(text)
@@ -204,16 +277,20 @@ def text_token_ids(texts: list[str], tokenizer) -> list[list[int]]:
     return [list(row) + ([eos] if eos is not None else []) for row in ids]
 
 
-def text_batch(batch: dict, *, tokenizer, settings: Settings) -> dict:
+def text_batch(batch: dict, *, tokenizer, settings: Settings, report: bool = False) -> dict:
     texts = [json.loads(text)["text"] for text in batch["_example"]]
     rows = text_token_ids(texts, tokenizer)
     size = settings.cutoff_len
-    if settings.packing:
+    if settings.packing:  # chunked, not truncated: nothing is lost
         stream = [token for row in rows for token in row]
         blocks = [stream[i : i + size] for i in range(0, len(stream), size)]
+        cut = [False] * len(blocks)
     else:
         blocks = [row[:size] for row in rows]
-    return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks]}
+        cut = [len(row) > size for row in rows]
+    out = {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": [list(b) for b in blocks],
+           TRUNCATED: cut}
+    return _reported(out, report)
 
 
 BATCH_FUNCTIONS = {"supervised": supervised_batch, "pairwise": pairwise_batch, "kto": kto_batch, "prompt": prompt_batch}

@@ -72,10 +72,15 @@ def run_predict(ctx, dataset_plans=None) -> dict:
         raise DataError("the eval dataset has no examples to predict")
     batch_size = int(ctx.config.get("per_device_eval_batch_size") or 8)
     batches = _batches(rows, batch_size)
+    settings = None
+    if ctx.config.eval_num_beams:  # LLaMA-Factory's beam width for predictions only
+        from ..chat.engine import GenerationSettings
+
+        settings = GenerationSettings.from_config(ctx.config).updated(num_beams=int(ctx.config.eval_num_beams))
     predictions: list[str] = [""] * len(rows)
     start = time.perf_counter()
     for number, batch in enumerate(batches, 1):
-        for index, response in zip(batch, engine.generate_batch([rows[i]["ids"] for i in batch])):
+        for index, response in zip(batch, engine.generate_batch([rows[i]["ids"] for i in batch], settings)):
             predictions[index] = response.text
         print(f"predict: batch {number}/{len(batches)} done", flush=True)
     runtime = time.perf_counter() - start

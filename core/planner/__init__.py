@@ -5,7 +5,8 @@ From the model's config.json (built on the meta device, so nothing is loaded) an
 ZeRO), :func:`plan_for` counts parameters and trainable parameters exactly and estimates the bytes of
 weights, gradients, optimizer state and activations per device, their peak, and, when a memory
 budget is known, which setting to change when the run does not fit. The formulas are in
-``estimate.py`` and docs/planner.md; ``measure.py`` runs a few real steps to check them.
+``estimate.py`` and docs/planner.md, the per-plugin rules they ask for (what a method trains, the bytes
+of a quantized weight, ...) come from the plugins' specs through ``rules.py``; ``measure.py`` runs a few real steps to check them.
 
 The planner's job is to say "fits / does not fit" and which knob saves the most; tests hold its peak
 within 25% of the measured one on the tiny and small models for full, LoRA and QLoRA training.
@@ -78,7 +79,7 @@ def plan_for(prepared, *, processes: int | None = None, budget: int | None = Non
     if budget is None and use_device_memory:
         budget = device_memory()
     return plan_memory(shape, prepared.config, method=prepared.plan.method.name, processes=processes, budget=budget,
-                       stage=prepared.plan.stage.name)
+                       stage=prepared.plan.stage.name, manager=prepared.manager)
 
 
 def print_memory_plan(prepared, *, processes: int | None = None, budget: int | None = None, file=None) -> MemoryEstimate | None:

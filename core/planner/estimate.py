@@ -22,19 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .shape import LAYER_NAME, ModelShape
+from ..plugin_helpers import checkpoint_bits, checkpoint_quantization, quant_method
+from .rules import Rules, rules_for
+from .shape import ModelShape
 
 GiB = 1024**3
 MiB = 1024**2
 
-#: Methods whose base weights stay frozen while small adapters train (LoRA and its variants).
-LORA_FAMILY = ("lora", "dora", "rslora", "pissa")
-#: Optimizer-level methods and the key that selects each (LLaMA-Factory's flags).
-OPTIMIZER_METHODS = {"galore": "use_galore", "apollo": "use_apollo", "badam": "use_badam"}
-#: Stages whose loss compares two replies per example (chosen/rejected, or KTO's KL rows).
-PAIRED_STAGES = ("dpo", "kto", "rm")
-#: Stages the formulas model; others are estimated like sft, with a note.
-MODELLED_STAGES = ("pt", "sft", *PAIRED_STAGES)
 #: CUDA context, kernels' workspaces and the caching allocator's slack, kept free when judging a fit.
 RUNTIME_RESERVE_FIXED = 512 * MiB
 RUNTIME_RESERVE_FRACTION = 0.10
@@ -107,14 +101,6 @@ class Knob:
 # --- settings read from the config ----------------------------------------------------------------------------
 
 
-def method_of(config) -> str:
-    """The method the plan selects: an optimizer method's flag (use_galore...) wins over finetuning_type."""
-    for method, flag in OPTIMIZER_METHODS.items():
-        if config.get(flag):
-            return method
-    return str(config.get("finetuning_type") or "lora")
-
-
 def gradient_checkpointing(config) -> bool:
     """hf_trainer's rule: the Hugging Face names win when set, else on unless disable_gradient_checkpointing."""
     for key in ("activation_checkpointing", "gradient_checkpointing"):
@@ -173,92 +159,16 @@ def deepspeed_settings(config) -> tuple[DeepSpeed, list[str]]:
     return DeepSpeed(stage, offloaded("offload_optimizer"), offloaded("offload_param") and stage == 3), []
 
 
-def quantization(config) -> tuple[int | None, str | None]:
+def quantization(config, rules: Rules) -> tuple[int | None, str | None]:
     """(bits, quantizer) of the base weights: quantization_bit, or an already quantized checkpoint's own."""
-    path = config.get("model_name_or_path")
-    config_file = Path(str(path)) / "config.json" if path else None
-    if config_file is not None and config_file.is_file():
-        try:
-            existing = json.loads(config_file.read_text(encoding="utf-8")).get("quantization_config")
-        except (OSError, ValueError):
-            existing = None
-        if isinstance(existing, dict):
-            method = str(existing.get("quant_method") or "bitsandbytes").lower()
-            if existing.get("load_in_4bit"):
-                return 4, method
-            if existing.get("load_in_8bit"):
-                return 8, method
-            bits = existing.get("bits") or existing.get("w_bit") or existing.get("weights")
-            try:
-                return int(bits), method
-            except (TypeError, ValueError):
-                return 4, method
+    existing = checkpoint_quantization(config.get("model_name_or_path"))
+    if existing is not None:
+        return checkpoint_bits(existing), rules.quantizer_name or quant_method(existing)
     bits = config.get("quantization_bit")
-    return (int(bits), str(config.get("quantization_method") or "bitsandbytes")) if bits is not None else (None, None)
+    return (int(bits), rules.quantizer_name) if bits is not None else (None, None)
 
 
 # --- what trains ----------------------------------------------------------------------------------------------
-
-
-def _names(value) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return [str(i).strip() for i in items if str(i).strip()]
-
-
-def _peft_match(name: str, target: str) -> bool:
-    return name == target or name.endswith(f".{target}")
-
-
-def lora_targets(shape: ModelShape, config) -> list:
-    """The modules PEFT adapts: lora_target 'all' is every linear but the head (lora.linear_module_names)."""
-    targets = _names(config.get("lora_target")) or ["all"]
-    if targets == ["all"]:
-        leaves = {m.leaf for m in shape.decoder_linears()}
-        return [m for m in shape.linears if not m.embedding and m.name != shape.output_head and m.leaf in leaves]
-    return [m for m in shape.linears if any(_peft_match(m.name, t) for t in targets)]
-
-
-def lora_trainable(shape: ModelShape, config, method: str) -> tuple[int, list]:
-    """(trainable parameters, targeted modules): r x (in + out) per targeted linear (DoRA adds a magnitude
-    vector of ``out``); additional_target modules train as full copies beside the frozen originals."""
-    rank = int(config.get("lora_rank") or 8)
-    dora = bool(config.get("use_dora")) or method == "dora"
-    targets = lora_targets(shape, config)
-    adapters = sum(rank * (m.in_features + m.out_features) + (m.out_features if dora and not m.embedding else 0)
-                   for m in targets)
-    to_save = _names(config.get("additional_target"))
-
-    def saved(param: str) -> bool:
-        """Inside a module PEFT copies for modules_to_save: its rule is a plain suffix match of the module's
-        name, so "norm" also takes every input_layernorm and post_attention_layernorm."""
-        parts = param.split(".")[:-1]
-        return any(".".join(parts[:end]).endswith(t) for end in range(1, len(parts) + 1) for t in to_save)
-
-    copies = sum(numel for name, numel in shape.param_numels.items() if saved(name)) if to_save else 0
-    return adapters + copies, targets
-
-
-def freeze_trainable(shape: ModelShape, config) -> int:
-    """freeze tuning's rule (plugins/methods/freeze.py) applied to the parameter names."""
-    n = int(config.get("freeze_trainable_layers") or 2)
-    layers = set(range(max(shape.num_layers - n, 0), shape.num_layers)) if n > 0 else set(range(min(-n, shape.num_layers)))
-    modules = _names(config.get("freeze_trainable_modules")) or ["all"]
-    extra = _names(config.get("freeze_extra_modules"))
-
-    def contains(path: str, name: str) -> bool:
-        return f".{name}." in f".{path}."
-
-    total = 0
-    for name, numel in shape.param_numels.items():
-        found = LAYER_NAME.match(name)
-        if found:
-            train = int(found.group(2)) in layers and (modules == ["all"] or any(contains(found.group(3), m) for m in modules))
-        else:
-            train = any(contains(name, m) for m in extra)
-        total += numel if train else 0
-    return total
 
 
 @dataclass
@@ -269,37 +179,23 @@ class Trainable:
     with_grads: int  # parameters holding a gradient at once
     head: int  # trainable parameters of the output head (their gradient comes first in backward)
     largest: int  # the largest trainable tensor (the optimizer step's scratch is its size)
-    lora_targets: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    activation_values: float = 0.0  # added to each layer's saved activations per token, in compute-dtype values
+    activation_bytes: float = 0.0  # ... and in plain bytes
 
 
-def trainable_params(shape: ModelShape, config, method: str) -> Trainable:
-    total = shape.total_params
-    head_params = shape.module_params(shape.output_head) if shape.output_head else 0
-    if shape.tied_embeddings:
-        head_params = max((m.numel for m in shape.linears if m.embedding), default=0)
+def trainable_params(shape: ModelShape, config, rules: Rules) -> Trainable:
+    """The method's own rule (``MethodSpec.plan_trainable``, or that of its ``base_method``); a method
+    without one is counted as training every parameter, and the plan says so."""
     largest = max(shape.param_numels.values(), default=0)
-    if method in LORA_FAMILY:
-        params, targets = lora_trainable(shape, config, method)
-        rank = int(config.get("lora_rank") or 8)
-        largest_adapter = max((rank * max(m.in_features, m.out_features) for m in targets), default=0)
-        return Trainable(params, params, 0, largest_adapter, targets)
-    base = method
-    if method in OPTIMIZER_METHODS:
-        base = "freeze" if config.is_set("finetuning_type") and config.get("finetuning_type") == "freeze" else "full"
-    if base == "freeze":
-        params = freeze_trainable(shape, config)
-        head_trains = shape.output_head.split(".")[-1] in _names(config.get("freeze_extra_modules"))
-        return Trainable(params, params, head_params if head_trains else 0, largest)
-    notes = [] if base == "full" else [f"method '{method}' is not modelled: every parameter counted as trainable"]
-    if method == "badam":
-        layer = shape.largest_layer_params()
-        if config.get("badam_mode") == "ratio":
-            return Trainable(total, total, head_params, largest, notes=["BAdam ratio mode: gradients of every weight; "
-                             "optimizer state for badam_update_ratio of them"])
-        return Trainable(total, layer, 0, layer, notes=["BAdam layer mode: gradients and Adam state for one decoder layer "
-                                                         "at a time (the largest)"])
-    return Trainable(total, total, head_params, largest, notes=notes)
+    rule = rules.trainable_rule(config)
+    if rule is None:
+        notes = [f"method '{rules.method}' is not modelled: every parameter counted as trainable"]
+        return Trainable(shape.total_params, shape.total_params, shape.head_params(), largest, notes=notes)
+    plan = rule(shape, config)
+    return Trainable(plan.params, plan.params if plan.with_grads is None else plan.with_grads, plan.head,
+                     largest if plan.largest is None else plan.largest, list(plan.notes),
+                     plan.activation_values, plan.activation_bytes)
 
 
 # --- the estimate ---------------------------------------------------------------------------------------------
@@ -309,36 +205,35 @@ def _bytes_of(dtype: str) -> int:
     return 4 if dtype == "fp32" else 2
 
 
-def _quantized_bytes_per_weight(bits: int, quantizer: str, config) -> tuple[float, str]:
-    """Bytes per quantized linear weight, its constants included."""
-    if quantizer in ("bitsandbytes", "bnb") and bits == 4:
-        if config.get("double_quantization", True):
-            # absmax per 64 weights quantized to 8 bits, plus an fp32 absmax per 256 of those blocks
-            return 0.5 + 1 / 64 + 4 / (64 * 256), "4-bit + 8-bit absmax per 64 (double quantization)"
-        return 0.5 + 4 / 64, "4-bit + fp32 absmax per 64"
-    if quantizer in ("bitsandbytes", "bnb") and bits == 8:
-        return 1.0, "int8 + an fp32 scale per output row"
-    group = int(config.get("hqq_group_size") or 64) if quantizer == "hqq" else 128 if quantizer in ("gptq", "awq") else 64
-    return bits / 8 + 4 / group, f"{bits}-bit + 2 x fp16 constants per {group} (approximate for {quantizer})"
+def _quantized_bytes_per_weight(bits: int, quantizer: str | None, config, rules: Rules) -> tuple[float, str]:
+    """Bytes per quantized linear weight, its constants included (the quantizer spec's rule)."""
+    spec = rules.quantizer
+    if spec is not None and spec.bytes_per_weight is not None:
+        return spec.bytes_per_weight(bits, config)
+    return bits / 8 + 4 / 64, f"{bits}-bit + 2 x fp16 constants per 64 (approximate for {quantizer})"
 
 
 def estimate(shape: ModelShape, config, *, method: str | None = None, processes: int = 1,
-             stage: str | None = None) -> MemoryEstimate:
-    """Per-device memory of one training run of ``config`` on ``processes`` devices."""
-    method = method or method_of(config)
-    stage = stage or str(config.get("stage") or "sft")
+             stage: str | None = None, manager=None) -> MemoryEstimate:
+    """Per-device memory of one training run of ``config`` on ``processes`` devices.
+
+    What depends on the plugins (what trains, quantized bytes, paired rows...) is asked of the specs of
+    the method, quantizer and stage the config selects (``manager``: the plugins to ask; default: a
+    plugin manager with every installed plugin)."""
+    rules = rules_for(config, manager, method=method, stage=stage)
+    method, stage = rules.method, rules.stage
     notes: list[str] = []
     dtype = compute_dtype(config)
     a = _bytes_of(dtype)
     pure = bool(config.get("pure_bf16"))
-    bits, quantizer = quantization(config)
+    bits, quantizer = quantization(config, rules)
     ds, ds_notes = deepspeed_settings(config)
     notes += ds_notes
     world = max(int(processes), 1)
-    trained = trainable_params(shape, config, method)
+    trained = trainable_params(shape, config, rules)
     notes += trained.notes
     total_params = shape.total_params
-    keep_dtype = pure or method == "badam"
+    keep_dtype = pure or rules.keeps_trainable_dtype
     train_bytes = a if keep_dtype else 4  # trainable parameters after upcast_trainable_params, and AdamW's states
     # DeepSpeed with bf16/fp16 casts the whole model to half precision and keeps an fp32 master copy in its
     # optimizer: the ZeRO paper's 2 + 2 + 12 bytes per trained parameter
@@ -348,13 +243,13 @@ def estimate(shape: ModelShape, config, *, method: str | None = None, processes:
     # weights -------------------------------------------------------------------------------------------------
     # (count, bytes each, what): LoRA keeps the whole base model and adds its adapters; other methods
     # train part of the model in place, in fp32 once upcast_trainable_params has run.
-    adapters = method in LORA_FAMILY
+    adapters = not rules.trains_base_weights
     parts: list[tuple[int, float, str]] = []
     if bits is not None:
-        per_weight, what = _quantized_bytes_per_weight(bits, quantizer, config)
+        per_weight, what = _quantized_bytes_per_weight(bits, quantizer, config, rules)
         linear = sum(m.numel for m in shape.decoder_linears())
         # prepare_model_for_kbit_training casts the parameters bitsandbytes does not quantize to fp32 (unless pure_bf16)
-        rest_bytes = a if pure or quantizer not in ("bitsandbytes", "bnb") else 4
+        rest_bytes = a if pure or not rules.upcasts_unquantized else 4
         parts += [(linear, per_weight, f"linear at {per_weight:.3f} B ({what})"),
                   (total_params - linear, rest_bytes, f"others x {rest_bytes} B")]
     else:
@@ -365,7 +260,7 @@ def estimate(shape: ModelShape, config, *, method: str | None = None, processes:
     else:
         parts.append((trained.params, weight_train_bytes,
                       f"trainable x {weight_train_bytes} B" + (" (fp32)" if weight_train_bytes != a else f" ({dtype})")))
-    if stage in ("dpo", "kto") and _needs_reference(config, stage) and not adapters:
+    if rules.needs_reference(config) and not adapters:
         parts.append((total_params, a, f"reference model x {a} B"))
     parts = [p for p in parts if p[0]]
     weights = int(sum(count * each for count, each, _ in parts))
@@ -375,7 +270,7 @@ def estimate(shape: ModelShape, config, *, method: str | None = None, processes:
     grad_bytes = a if deepspeed_mixed else train_bytes
     gradients = trained.with_grads * grad_bytes
     how_grads = f"{trained.with_grads:,} trainable x {grad_bytes} B"
-    optimizer, how_optimizer = _optimizer_state(shape, config, method, trained, train_bytes, notes)
+    optimizer, how_optimizer = _optimizer_state(shape, config, rules, trained, train_bytes, notes)
     if deepspeed_mixed and trained.params:
         optimizer += trained.params * 4
         how_optimizer += f" + fp32 master copy ({trained.params:,} x 4 B)"
@@ -417,11 +312,11 @@ def estimate(shape: ModelShape, config, *, method: str | None = None, processes:
     # activations -------------------------------------------------------------------------------------------------
     # prepare_model_for_kbit_training casts the embeddings to fp32, so the residual stream, and with it
     # what the layers save, stays fp32 under bf16/fp16 too
-    act_dtype = "fp32" if bits is not None and quantizer in ("bitsandbytes", "bnb") and not pure else dtype
+    act_dtype = "fp32" if bits is not None and rules.upcasts_unquantized and not pure else dtype
     if act_dtype != dtype:
-        notes.append("bitsandbytes training keeps the embeddings in fp32 (prepare_model_for_kbit_training), so the "
+        notes.append(f"{quantizer} training keeps the embeddings in fp32 (prepare_model_for_kbit_training), so the "
                      "activations are fp32; pure_bf16: true halves them")
-    activations, how_act, per_token = _activations(shape, config, method, stage, act_dtype, trained, notes)
+    activations, how_act, per_token = _activations(shape, config, rules, act_dtype, trained, notes)
     head_grad = trained.head * grad_bytes // (world if ds.stage >= 2 else 1)
     scratch = trained.largest * 4 if not ds.offload_optimizer else 0  # AdamW's denominator for one tensor
     accumulate = int(config.get("gradient_accumulation_steps") or 1) > 1
@@ -437,13 +332,13 @@ def estimate(shape: ModelShape, config, *, method: str | None = None, processes:
         total = weights + optimizer + max(during_backward, at_step)
         peak_rule = ("weights + optimizer + activations + the head's gradient (backward's first moment)"
                      if during_backward >= at_step else "weights + optimizer + gradients (optimizer step)")
-    if stage not in MODELLED_STAGES:
-        notes.append(f"stage '{stage}' is not modelled: estimated as sft (its generation and extra models are not counted)")
+    if rules.unplanned:
+        notes.append(f"stage '{stage}' is not modelled: estimated as sft ({rules.unplanned} are not counted)")
 
     settings = {
         "stage": stage, "method": method, "dtype": dtype, "quantization": f"{bits}-bit {quantizer}" if bits else None,
         "cutoff_len": int(config.get("cutoff_len") or 2048), "micro_batch": int(config.get("per_device_train_batch_size") or 1),
-        "sequences_per_example": 2 if stage in PAIRED_STAGES else 1,
+        "sequences_per_example": 2 if rules.pairs_rows else 1,
         "gradient_accumulation_steps": int(config.get("gradient_accumulation_steps") or 1),
         "gradient_checkpointing": gradient_checkpointing(config), "optim": optimizer_name(config),
         "processes": world, "deepspeed": ds.label, "activation_bytes_per_token": per_token,
@@ -459,13 +354,7 @@ def estimate(shape: ModelShape, config, *, method: str | None = None, processes:
     )
 
 
-def _needs_reference(config, stage: str) -> bool:
-    if stage == "kto":
-        return True
-    return str(config.get("pref_loss") or "sigmoid") not in ("orpo", "simpo")
-
-
-def _optimizer_state(shape: ModelShape, config, method: str, trained: Trainable, train_bytes: int,
+def _optimizer_state(shape: ModelShape, config, rules: Rules, trained: Trainable, train_bytes: int,
                      notes: list[str]) -> tuple[int, str]:
     """Bytes of optimizer state and how they were counted."""
     optim = optimizer_name(config)
@@ -483,34 +372,23 @@ def _optimizer_state(shape: ModelShape, config, method: str, trained: Trainable,
         per_param, what = 2 * train_bytes, f"AdamW: 2 states x {train_bytes} B"
         if not optim.startswith(("adamw", "adam")):
             notes.append(f"optim '{optim}' is not modelled: counted as AdamW")
-    if method in ("galore", "apollo"):
-        rank = int(config.get(f"{method}_rank") or 16)
-        if method == "apollo" and config.get("apollo_proj") == "random" and config.get("apollo_scale_type") == "tensor":
-            rank = 1
-        targets = _names(config.get(f"{method}_target")) or ["all"]
-        linears = shape.decoder_linears()
-        if targets != ["all"]:
-            linears = [m for m in linears if any(f".{t}." in f".{m.name}." for t in targets)]
-        projected = sum(m.numel for m in linears)
-        low_rank = sum(2 * rank * max(m.in_features, m.out_features) + rank * min(m.in_features, m.out_features)
-                       for m in linears)
-        rest = max(params - projected, 0)
-        state = rest * per_param + low_rank * 4
-        label = "GaLore" if method == "galore" else "APOLLO"
-        return state, (f"{label}: 2 x rank {rank} x max(in, out) moments + rank x min(in, out) projector per targeted "
-                       f"linear, {what.split(':')[0]} on the other {rest:,}")
-    if method == "badam" and config.get("badam_mode") == "ratio":
-        ratio = float(config.get("badam_update_ratio") or 0.05)
-        return int(params * ratio * per_param), f"{what} for badam_update_ratio {ratio:g} of {params:,}"
+    rule = rules.optimizer_rule()
+    if rule is not None:
+        from ..specs import TrainablePlan
+
+        planned = TrainablePlan(trained.params, trained.with_grads, trained.head, trained.largest)
+        found = rule(shape, config, planned, per_param, what)
+        if found is not None:
+            return found
     return params * per_param, f"{what} per trainable param ({params:,})"
 
 
 def activation_bytes_per_token(shape: ModelShape, dtype: str, *, checkpointing: bool, eager: bool, seq_len: int,
-                               lora_extra: float = 0.0, head: bool = True) -> tuple[float, dict[str, float]]:
+                               method_extra: float = 0.0, head: bool = True) -> tuple[float, dict[str, float]]:
     """Bytes kept per token: (total, parts). See docs/planner.md for where each term comes from."""
     a = _bytes_of(dtype)
     h, q, kv, i = shape.hidden_size, shape.q_dim, shape.kv_dim, shape.intermediate_size
-    layer = a * (3 * h + 3 * q + 2 * kv + 4 * i) + 4 * 2 * h + lora_extra
+    layer = a * (3 * h + 3 * q + 2 * kv + 4 * i) + 4 * 2 * h + method_extra
     if eager:
         layer += 4 * shape.num_heads * seq_len + a * q  # the fp32 attention probabilities and their matmul input
     # the final norm's and the head's saved inputs, and the loss: fp32 log-probs, their gradient, the logits' gradient
@@ -531,24 +409,18 @@ def activation_bytes_per_token(shape: ModelShape, dtype: str, *, checkpointing: 
     return sum(parts.values()), parts
 
 
-def _activations(shape: ModelShape, config, method: str, stage: str, dtype: str, trained: Trainable,
+def _activations(shape: ModelShape, config, rules: Rules, dtype: str, trained: Trainable,
                  notes: list[str]) -> tuple[int, str, float]:
     a = _bytes_of(dtype)
     seq = int(config.get("cutoff_len") or 2048)
     batch = int(config.get("per_device_train_batch_size") or 1)
-    sequences = 2 if stage in PAIRED_STAGES else 1
+    sequences = 2 if rules.pairs_rows else 1
     tokens = batch * seq * sequences
-    lora_extra = 0.0
-    if method in LORA_FAMILY and trained.lora_targets:
-        per_layer = [m for m in trained.lora_targets if ".layers." in f".{m.name}."]
-        rank = int(config.get("lora_rank") or 8)
-        lora_extra = a * rank * len(per_layer) / max(shape.num_layers, 1)
-        if float(config.get("lora_dropout") or 0) > 0:
-            lora_extra += (a + 1) * sum(m.in_features for m in per_layer) / max(shape.num_layers, 1)
+    method_extra = a * trained.activation_values + trained.activation_bytes
     eager = config.get("flash_attn") == "disabled"
     checkpointing = gradient_checkpointing(config)
     per_token, parts = activation_bytes_per_token(shape, dtype, checkpointing=checkpointing, eager=eager, seq_len=seq,
-                                                  lora_extra=lora_extra, head=stage != "rm")
+                                                  method_extra=method_extra, head=rules.lm_loss)
     if shape.model_type in ("qwen3", "qwen3_moe", "gemma3"):
         notes.append(f"{shape.model_type}'s q/k norms keep a few % more activations than counted")
     how = f"{tokens:,} tokens ({batch} x {seq}{' x 2 sequences' if sequences == 2 else ''}) x {per_token:,.0f} B/token: " + \
@@ -557,9 +429,6 @@ def _activations(shape: ModelShape, config, method: str, stage: str, dtype: str,
 
 
 # --- knobs ----------------------------------------------------------------------------------------------------
-
-_NOT_OPTIMIZER_METHODS = {"use_galore": False, "use_apollo": False, "use_badam": False}
-
 
 def _zero(stage: int, optimizer: bool = False, params: bool = False) -> dict:
     """A deepspeed config (as a dict) with this ZeRO stage and offload."""
@@ -571,19 +440,27 @@ def _zero(stage: int, optimizer: bool = False, params: bool = False) -> dict:
     return {"zero_optimization": zero}
 
 
-def _knobs(config, method: str, processes: int) -> list[tuple[str, str, dict, str]]:
-    """(kind, label, config changes, method with them) for every setting worth trying from this config."""
+def _knobs(config, method: str, processes: int, manager=None) -> list[tuple[str, str, dict, str]]:
+    """(kind, label, config changes, method with them) for every setting worth trying from this config.
+
+    The method and quantizer to suggest come from the specs: a method that trains adapters (the default
+    one when it does) instead of one that trains the base weights; the configured or default quantizer."""
     out = []
+    rules = rules_for(config, manager, method=method)
     ds, _ = deepspeed_settings(config)
-    bits, _ = quantization(config)
-    lora = {} if method in LORA_FAMILY else {"finetuning_type": "lora", **_NOT_OPTIMIZER_METHODS}
-    if lora:
-        out.append(("method", f"LoRA instead of {method} (finetuning_type: lora)", lora, "lora"))
-    if bits is None or bits > 4:
-        label = "4-bit base weights (quantization_bit: 4" + (", with LoRA: QLoRA)" if lora else ")")
-        quantizer = config.get("quantization_method") or "bitsandbytes"
-        out.append(("quantization", label, {"quantization_bit": 4, "quantization_method": quantizer, **lora},
-                    method if not lora else "lora"))
+    bits, _ = quantization(config, rules)
+    instead = rules.adapter_method() if rules.trains_base_weights else None
+    adapter = {"finetuning_type": instead.name, **rules.method_flags_off()} if instead is not None else {}
+    new_method = instead.name if instead is not None else method
+    if adapter:
+        out.append(("method", f"{instead.spec.label} instead of {method} (finetuning_type: {instead.name})", adapter,
+                    new_method))
+    quantizer = config.get("quantization_method") or rules.default_quantizer()
+    if (bits is None or bits > 4) and quantizer:
+        label = "4-bit base weights (quantization_bit: 4" + (
+            f", with {instead.spec.label}: Q{instead.spec.label})" if adapter else ")")
+        out.append(("quantization", label, {"quantization_bit": 4, "quantization_method": quantizer, **adapter},
+                    new_method))
     if not gradient_checkpointing(config):
         out.append(("checkpointing", "gradient checkpointing on (disable_gradient_checkpointing: false)",
                     {"disable_gradient_checkpointing": False, "activation_checkpointing": None,
@@ -620,14 +497,16 @@ LEAST_INTRUSIVE_FIRST = ("checkpointing", "batch", "dtype", "zero", "method", "q
                          "offload parameters", "cutoff")
 
 
-def advise(shape: ModelShape, config, current: MemoryEstimate, processes: int) -> tuple[list[Knob], list[Knob]]:
+def advise(shape: ModelShape, config, current: MemoryEstimate, processes: int,
+           manager=None) -> tuple[list[Knob], list[Knob]]:
     """Each knob alone, largest saving first; and, when a budget is exceeded, the knobs that get the run
     under it, tried least intrusive first (a knob is kept when it saves memory)."""
 
     def options(cfg, method: str, now: MemoryEstimate) -> dict[str, Knob]:
         out = {}
-        for kind, label, change, new_method in _knobs(cfg, method, processes):
-            changed = estimate(shape, cfg.with_values(**change), method=new_method, processes=processes, stage=now.stage)
+        for kind, label, change, new_method in _knobs(cfg, method, processes, manager):
+            changed = estimate(shape, cfg.with_values(**change), method=new_method, processes=processes, stage=now.stage,
+                               manager=manager)
             if now.total - changed.total >= MIN_SAVING * now.total:
                 out[kind] = Knob(label, change, now.total - changed.total, changed.total, new_method, changed.cpu)
         return out
@@ -643,7 +522,7 @@ def advise(shape: ModelShape, config, current: MemoryEstimate, processes: int) -
         while knob is not None:  # a knob may apply again (cutoff_len halves once more)
             path.append(knob)
             cfg, method = cfg.with_values(**knob.change), knob.method
-            now = estimate(shape, cfg, method=method, processes=processes, stage=now.stage)
+            now = estimate(shape, cfg, method=method, processes=processes, stage=now.stage, manager=manager)
             if needed_with_reserve(now.total) <= budget:
                 return alone, path
             knob = options(cfg, method, now).get(kind) if kind == "cutoff" else None
@@ -651,11 +530,11 @@ def advise(shape: ModelShape, config, current: MemoryEstimate, processes: int) -
 
 
 def plan_memory(shape: ModelShape, config, *, method: str | None = None, processes: int = 1,
-                budget: int | None = None, stage: str | None = None) -> MemoryEstimate:
+                budget: int | None = None, stage: str | None = None, manager=None) -> MemoryEstimate:
     """The estimate with the budget judged and the knobs ranked."""
-    result = estimate(shape, config, method=method, processes=processes, stage=stage)
+    result = estimate(shape, config, method=method, processes=processes, stage=stage, manager=manager)
     result.budget = budget
-    result.advice, result.path_to_fit = advise(shape, config, result, processes)
+    result.advice, result.path_to_fit = advise(shape, config, result, processes, manager)
     return result
 
 

@@ -111,9 +111,11 @@ def measure_training_peak(prepared, steps: int = 2) -> Measurement:
     from ..train.context import RunContext
     from ..train.hf_trainer import build_trainer, training_arguments
     from ..train.model import load_model
+    from .estimate import gradient_checkpointing
 
     steps = max(int(steps), 2)
-    config = prepared.config
+    # measure what the estimate plans (train's own choice, auto_gc.py, may differ when the config leaves it open)
+    config = prepared.config.with_values(disable_gradient_checkpointing=not gradient_checkpointing(prepared.config))
     transformers.set_seed(int(config.get("seed") or 42))
     ctx = RunContext(config, prepared.plan, prepared.manager, training=True)
     model, _ = load_model(ctx)

@@ -74,6 +74,12 @@ class ModelShape:
         prefix = module_name + "."
         return sum(n for name, n in self.param_numels.items() if name.startswith(prefix))
 
+    def head_params(self) -> int:
+        """Parameters of the output head (the embedding's when the two are tied)."""
+        if self.tied_embeddings:
+            return max((m.numel for m in self.linears if m.embedding), default=0)
+        return self.module_params(self.output_head) if self.output_head else 0
+
     def largest_layer_params(self) -> int:
         return max((sum(self.param_numels[n] for n in names) for names in self.layer_params.values()), default=0)
 

@@ -10,6 +10,13 @@ def evaluation_problems(config) -> list[str]:
     if strategy not in (None, "no") and not has_data:
         return [f"eval_strategy: {strategy} evaluates during training, but there is no evaluation data: "
                 "set val_size (a fraction or a count of rows to hold out) or eval_dataset"]
+    patience = config.get("early_stopping_steps")
+    if patience is not None:
+        if patience < 1:
+            return [f"early_stopping_steps must be at least 1 (evaluations without improvement), got {patience}"]
+        if strategy in (None, "no"):
+            return ["early_stopping_steps stops when evaluations stop improving, but nothing is evaluated during "
+                    "training: set eval_strategy: steps (with eval_steps) and val_size or eval_dataset"]
     return []
 
 

@@ -10,7 +10,9 @@ data (batches already seen in the current epoch are skipped).
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import signal
 import sys
 import threading
@@ -21,13 +23,19 @@ from pathlib import Path
 import yaml
 
 from ..errors import TuneforgeError
-from ..ranks import is_main_process
-from . import tracking
+from ..integrity import folder_problem
+from ..ranks import is_main_process, world_size
+from . import auto_gc, fused_loss, padding_free, speedups, tracking
 from .context import RunContext
 from .outputs import plot_loss, save_metrics, trainer_log_callback
 
 #: Files a checkpoint-N folder must hold to be resumed from (trainer_state.json is written last).
 CHECKPOINT_STATE = "trainer_state.json"
+#: Checkpoints are written into OUTPUT_DIR/.checkpoint-in-progress/checkpoint-N, then renamed into place
+#: (a name that neither ``checkpoint-*`` globs nor transformers' own checkpoint regex match).
+CHECKPOINT_STAGING = ".checkpoint-in-progress"
+#: What a checkpoint holds its weights in: a model, an adapter, their shard indexes, DeepSpeed/FSDP state.
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "global_step*", "pytorch_model_fsdp_*")
 
 
 def training_arguments(ctx: RunContext, **overrides):
@@ -45,6 +53,12 @@ def training_arguments(ctx: RunContext, **overrides):
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     if config.disable_shuffling:
         kwargs.setdefault("train_sampling_strategy", "sequential")
+    if config.early_stopping_steps is not None:
+        kwargs.setdefault("metric_for_best_model", "eval_loss")  # what EarlyStoppingCallback watches
+    if config.get("fsdp_transformer_layer_cls_to_wrap") and kwargs.get("fsdp"):
+        _fsdp_layer_classes(config.fsdp_transformer_layer_cls_to_wrap, kwargs)
+    padding_free.training_kwargs(ctx, kwargs)
+    speedups.training_kwargs(ctx, kwargs)
     _gradient_checkpointing(ctx, kwargs)
     if not _has_accelerator():
         kwargs.setdefault("use_cpu", True)  # bf16 on CPU is fine; transformers refuses it without use_cpu
@@ -56,11 +70,32 @@ def training_arguments(ctx: RunContext, **overrides):
         raise TuneforgeError(f"invalid training arguments: {exc}") from None
 
 
+def _fsdp_layer_classes(value, kwargs: dict) -> None:
+    """LLaMA-Factory's fsdp_transformer_layer_cls_to_wrap, which transformers 5 reads only from fsdp_config."""
+    import json
+
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if str(n).strip()]
+    fsdp_config = kwargs.get("fsdp_config") or {}
+    if isinstance(fsdp_config, str):
+        fsdp_config = json.loads(Path(fsdp_config).read_text(encoding="utf-8"))
+    fsdp_config = dict(fsdp_config)
+    fsdp_config.setdefault("transformer_layer_cls_to_wrap", names)
+    kwargs["fsdp_config"] = fsdp_config
+
+
 def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
-    """LLaMA-Factory's default: checkpoint activations unless disable_gradient_checkpointing.
+    """Checkpoint activations as the config says, or, when it says nothing, as the planner chooses (auto_gc.py).
 
     The Hugging Face names (gradient_checkpointing, deprecated in transformers 5, and
     activation_checkpointing) win when set; use_reentrant_gc picks torch's checkpoint flavour.
+
+    Under several processes DDP and reentrant checkpointing clash: a model that is not a bare
+    PreTrainedModel (a PEFT wrapper: LoRA, QLoRA; a value head) gets ``find_unused_parameters=True``
+    from the Trainer, and the reentrant recomputation then fires each parameter's ready hook twice
+    ("marked as ready twice" at the first backward). The non-reentrant flavour (our default, and
+    transformers 5's) has no such clash. When the user asks for the reentrant one, we do what
+    LLaMA-Factory does for LoRA: ``ddp_find_unused_parameters: false`` unless set (every trainable
+    parameter must then get a gradient each step, which holds for the causal-LM methods).
     """
     config = ctx.config
     for old, new in (("gradient_checkpointing", "activation_checkpointing"),
@@ -71,9 +106,24 @@ def _gradient_checkpointing(ctx: RunContext, kwargs: dict) -> None:
         supported = getattr(ctx.model, "supports_gradient_checkpointing", None)
         if supported is None:  # a PEFT wrapper: ask the model inside
             supported = getattr(getattr(ctx.model, "get_base_model", lambda: None)(), "supports_gradient_checkpointing", False)
-        kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+        if auto_gc.user_chose(config):
+            kwargs["activation_checkpointing"] = bool(ctx.training and supported and not config.disable_gradient_checkpointing)
+        else:  # the planner decides: off when the run fits without it (auto_gc.py)
+            kwargs["activation_checkpointing"] = auto_gc.decide(ctx, bool(supported))
     if kwargs["activation_checkpointing"]:
         kwargs.setdefault("activation_checkpointing_kwargs", {"use_reentrant": bool(config.use_reentrant_gc)})
+        gc_kwargs = kwargs["activation_checkpointing_kwargs"]
+        if isinstance(gc_kwargs, str):  # a JSON string on the command line, as transformers accepts it
+            try:
+                gc_kwargs = json.loads(gc_kwargs)
+            except ValueError:
+                gc_kwargs = {}
+        # transformers turns empty kwargs into use_reentrant=False; torch's checkpoint() defaults to the
+        # reentrant flavour when other kwargs come without use_reentrant
+        passed = {k: v for k, v in gc_kwargs.items() if k not in ("every_n_layers", "offload")} if isinstance(gc_kwargs, dict) else {}
+        reentrant = bool(passed.get("use_reentrant", True)) if passed else False
+        if reentrant and world_size() > 1 and kwargs.get("ddp_find_unused_parameters") is None:
+            kwargs["ddp_find_unused_parameters"] = False
 
 
 def _has_accelerator() -> bool:
@@ -97,6 +147,25 @@ def method_trainer_class(base: type) -> type:
 
         class MethodTrainer(base):
             tuneforge_ctx: RunContext | None = None
+            _tuneforge_staging = False
+
+            def _get_output_dir(self, trial):
+                run_dir = super()._get_output_dir(trial)
+                return os.path.join(run_dir, CHECKPOINT_STAGING) if self._tuneforge_staging else run_dir
+
+            def _save_checkpoint(self, model, trial):
+                save_checkpoint_atomically(self, trial, lambda: super(MethodTrainer, self)._save_checkpoint(model, trial))
+
+            tuneforge_train_collator = None  # padding_free.py: training batches only; evaluation stays padded
+
+            def get_train_dataloader(self):
+                if self.tuneforge_train_collator is None:
+                    return super().get_train_dataloader()
+                padded, self.data_collator = self.data_collator, self.tuneforge_train_collator
+                try:
+                    return super().get_train_dataloader()
+                finally:
+                    self.data_collator = padded
 
             def create_optimizer(self, model=None):
                 ctx = self.tuneforge_ctx
@@ -118,6 +187,11 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
         from transformers import Trainer as base
     kwargs.setdefault("args", training_arguments(ctx))
     model = kwargs.pop("model", ctx.model)  # a stage may train a wrapper of ctx.model (rm's value head)
+    if ctx.config.early_stopping_steps is not None:
+        from transformers import EarlyStoppingCallback
+
+        patience = int(ctx.config.early_stopping_steps)
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), EarlyStoppingCallback(early_stopping_patience=patience)]
     try:
         trainer = method_trainer_class(base)(
             model=model,
@@ -130,6 +204,10 @@ def build_trainer(ctx: RunContext, data, base: type | None = None, **kwargs):
     except ValueError as exc:  # transformers' own checks of the arguments against the data
         raise TuneforgeError(f"the trainer refused this setup: {exc}") from None
     trainer.tuneforge_ctx = ctx
+    if ctx.training:
+        padding_free.apply(ctx, trainer, model, data.collator)
+        fused_loss.apply(ctx, trainer, model, data.collator)
+        speedups.apply(ctx, trainer)
     _say_when_fsdp_is_not_engaged(trainer)
     return trainer
 
@@ -155,15 +233,85 @@ def _checkpoints(output_dir: Path) -> list[Path]:
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be resumed from (a save cut short by a kill), or None when it is complete."""
+    """Why ``path`` cannot be resumed from, or None when it looks whole.
+
+    Checked before resuming, because a damaged file otherwise fails deep inside safetensors or torch
+    after the model has loaded: trainer_state.json parses, weights are there, every safetensors file is
+    as long as its header says, every torch.save archive has its directory, every JSON parses, every
+    shard an index lists exists. Headers only: milliseconds, whatever the checkpoint's size.
+    """
     state = path / CHECKPOINT_STATE
     if not state.is_file():
         return f"{CHECKPOINT_STATE} is missing (the save was interrupted)"
     try:
         json.loads(state.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         return f"{CHECKPOINT_STATE} is cut short (the save was interrupted)"
-    return None
+    if not any(p.name != "training_args.bin" for pattern in _WEIGHT_PATTERNS for p in path.glob(pattern)):
+        return "holds no model weights (no *.safetensors or *.bin file)"
+    return folder_problem(path)
+
+
+def save_checkpoint_atomically(trainer, trial, save) -> None:
+    """Run the Trainer's checkpoint save (``save``) into a staging folder, then rename it into place.
+
+    A kill during the save leaves OUTPUT_DIR/.checkpoint-in-progress/checkpoint-N, which resume never
+    looks at, instead of a checkpoint-N that looks complete. Every rank writes its own files (its RNG
+    state, its DeepSpeed/FSDP shards) into the staging folder; the process that saves renames it once
+    all have written (os.replace of a folder is atomic on one filesystem), then applies
+    save_total_limit, which the Trainer applied to the staging folder.
+    """
+    from transformers.trainer_utils import rotate_checkpoints
+
+    run_dir = Path(trainer._get_output_dir(trial=trial))
+    name = f"checkpoint-{trainer.state.global_step}"
+    staged, final = run_dir / CHECKPOINT_STAGING / name, run_dir / name
+    saver = trainer.args.should_save
+    if saver and staged.exists():
+        shutil.rmtree(staged)  # left by a save that was killed
+    trainer.accelerator.wait_for_everyone()
+    trainer._tuneforge_staging = True
+    try:
+        save()
+    finally:
+        trainer._tuneforge_staging = False
+    if trainer.state.best_model_checkpoint == str(staged):  # the Trainer saw the best one in the staging folder
+        trainer.state.best_model_checkpoint = str(final)
+        if saver:
+            trainer.state.save_to_json(str(staged / CHECKPOINT_STATE))
+    trainer.accelerator.wait_for_everyone()  # every rank's files are in staged
+    if not saver or not staged.is_dir():  # save_on_each_node on a shared disk: another node renamed it
+        return
+    _fsync_tree(staged)
+    if final.exists():  # the same step saved before: a damaged checkpoint skipped at resume, or an older run's
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    _fsync_tree(run_dir, files=False)
+    try:
+        staged.parent.rmdir()
+    except OSError:
+        pass
+    rotate_checkpoints(output_dir=str(run_dir), save_total_limit=trainer.args.save_total_limit,
+                       best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
+
+
+def _fsync_tree(folder: Path, files: bool = True) -> None:
+    """Flush the folder's files (and the folder) to disk, so a rename never points at unwritten data
+    after a power loss; a filesystem that cannot fsync a folder is left alone."""
+    paths = [p for p in folder.rglob("*") if p.is_file()] if files else []
+    for path in paths:
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resume_checkpoint(ctx: RunContext) -> str | None:
@@ -180,14 +328,20 @@ def resume_checkpoint(ctx: RunContext) -> str | None:
     output_dir = ctx.output_dir
     if config.overwrite_output_dir or not output_dir.is_dir():
         return None
+    damaged = []
     for checkpoint in reversed(_checkpoints(output_dir)):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
             if is_main_process():
                 print(f"resuming from {checkpoint} (set overwrite_output_dir: true to start afresh)")
             return str(checkpoint)
+        damaged.append(checkpoint.name)
         if is_main_process():
             print(f"warning: skipping {checkpoint}: {problem}")
+    if damaged:  # starting afresh beside them would silently throw away the run they came from
+        raise TuneforgeError(
+            f"no checkpoint in {output_dir} can be resumed from ({', '.join(damaged)}: see the warnings above); "
+            "set overwrite_output_dir: true to start afresh, or resume_from_checkpoint: a good checkpoint")
     return None
 
 
@@ -364,6 +518,7 @@ def train_and_save(ctx: RunContext, trainer) -> dict:
         if trainer.is_world_process_zero():
             if checkpoint is None and ctx.config.overwrite_output_dir:
                 _remove_old_checkpoints(ctx.output_dir)
+            shutil.rmtree(ctx.output_dir / CHECKPOINT_STAGING, ignore_errors=True)  # a save killed last time
             write_run_files(ctx)
         stopper = _graceful_stop_callback()
         trainer.add_callback(stopper)

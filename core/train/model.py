@@ -6,6 +6,7 @@ import dataclasses
 
 from ..errors import TuneforgeError
 from .context import RunContext
+from .vocab import add_to_tokenizer, embedding_module_names, grows_vocab, resize_embeddings
 
 
 def resolve_template(ctx: RunContext, tokenizer):
@@ -51,6 +52,7 @@ def resolve_template(ctx: RunContext, tokenizer):
 def load_tokenizer(ctx: RunContext):
     loader = ctx.plan.loader.spec
     tokenizer = loader.load_tokenizer(ctx) if loader.load_tokenizer else loader.load(ctx)[1]
+    add_to_tokenizer(ctx.config, tokenizer)
     ctx.tokenizer = tokenizer
     ctx.template = resolve_template(ctx, tokenizer)
     return tokenizer
@@ -61,9 +63,14 @@ def load_model(ctx: RunContext):
     model, tokenizer = ctx.plan.loader.spec.load(ctx)
     ctx.tokenizer = tokenizer
     ctx.template = resolve_template(ctx, tokenizer)
+    if grows_vocab(ctx.config):
+        _grow_vocab(ctx, model, tokenizer)
     quantizer = ctx.plan.quantizer
     if quantizer is not None and quantizer.spec.after_load is not None:
         model = quantizer.spec.after_load(ctx, model)
+    if ctx.training:
+        _upcast(ctx, model)
+    _check_adapters(ctx.config)
     model = ctx.plan.method.spec.apply(ctx, model)
     if ctx.training:
         freeze_multimodal_parts(ctx.config, model)
@@ -101,15 +108,67 @@ def freeze_multimodal_parts(config, model) -> None:
             param.requires_grad_(False)
 
 
+def _grow_vocab(ctx: RunContext, model, tokenizer) -> None:
+    """New tokens get embedding rows; adapter methods also train and save the embedding layers."""
+    add_to_tokenizer(ctx.config, tokenizer)
+    resize_embeddings(ctx.config, model, tokenizer, training=ctx.training)
+    owners = [e.name for e in ctx.manager.owned_keys().get("additional_target", [])]
+    if ctx.training and ctx.plan.method.name in owners and not ctx.config.get("additional_target"):
+        layers = embedding_module_names(model)
+        ctx.config = ctx.config.with_values(additional_target=",".join(layers))
+        print(f"new tokens: training and saving {', '.join(layers)} with the adapter (additional_target)")
+
+
+def _check_adapters(config) -> None:
+    """A local adapter folder that is not there is said plainly (PEFT's own error reads as a hub lookup).
+
+    A value like ``org/name`` may be a hub adapter and is left to PEFT; a path (``saves/x/lora``,
+    ``./out``, ``/abs``) must be a folder with adapter_config.json.
+    """
+    from pathlib import Path
+
+    value = config.get("adapter_name_or_path")
+    items = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        local = item.startswith((".", "/", "~")) or item.count("/") >= 2 or Path(item).exists()
+        path = Path(item).expanduser()
+        if local and not (path / "adapter_config.json").is_file():
+            what = "does not exist" if not path.exists() else "has no adapter_config.json"
+            raise TuneforgeError(f"adapter_name_or_path: {item} {what}; point it at the output_dir of a LoRA/OFT "
+                                 "training run (train that config first)")
+
+
+def _upcast(ctx: RunContext, model) -> None:
+    """LLaMA-Factory's upcast_layernorm (norm weights in fp32) and upcast_lmhead_output (fp32 logits),
+    for runs that compute in bf16/fp16: small tensors whose precision matters most."""
+    import torch
+
+    if ctx.config.upcast_layernorm:
+        count = 0
+        for name, param in model.named_parameters():
+            if param.ndim == 1 and "norm" in name.lower() and param.dtype != torch.float32:
+                param.data = param.data.to(torch.float32)
+                count += 1
+        if count:
+            print(f"upcast_layernorm: {count} norm weight(s) in float32")
+    if ctx.config.upcast_lmhead_output:
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_hook(lambda module, args, output: output.to(torch.float32))
+            print("upcast_lmhead_output: logits in float32")
+
+
 def upcast_trainable_params(ctx: RunContext, model) -> None:
     """Trainable parameters in fp32 when the model computes in bf16/fp16, as LLaMA-Factory does.
 
     Mixed precision then autocasts the computation while the optimizer updates fp32 weights. A method
-    that keeps its own fp32 copies (BAdam) sets ``ctx.extras["keep_trainable_dtype"]``.
+    that keeps its own fp32 copies (BAdam) says ``keeps_trainable_dtype`` on its spec.
     """
     import torch
 
-    if ctx.extras.get("keep_trainable_dtype") or ctx.config.pure_bf16:
+    if ctx.plan.method.spec.keeps_trainable_dtype or ctx.config.pure_bf16:
         return
     for param in model.parameters():
         if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):

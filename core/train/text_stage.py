@@ -7,6 +7,7 @@ from .context import RunContext
 from .hf_trainer import build_trainer, train_and_save
 
 
-def run_text_stage(ctx: RunContext, kind: str) -> dict:
+def run_text_stage(ctx: RunContext, kind: str, **trainer_kwargs) -> dict:
+    """``trainer_kwargs`` go to build_trainer (``base``, ``compute_loss_func``: a stage's own loss)."""
     data = build_datasets(ctx, kind)
-    return train_and_save(ctx, build_trainer(ctx, data))
+    return train_and_save(ctx, build_trainer(ctx, data, **trainer_kwargs))

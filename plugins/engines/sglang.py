@@ -16,6 +16,8 @@ KEYS = (
     ConfigKey("sglang_mem_fraction", float, 0.7, "SGLang: static memory fraction."),
     ConfigKey("sglang_tp_size", int, -1, "SGLang: tensor parallel size (-1: SGLang's default)."),
     ConfigKey("sglang_config", (str, dict), None, "SGLang: extra sglang.Engine arguments (a dict or a JSON string)."),
+    ConfigKey("sglang_lora_backend", str, "triton", "SGLang: kernels of the LoRA layers (triton or flashinfer).",
+              choices=("triton", "flashinfer")),
 )
 
 
@@ -41,6 +43,7 @@ class SglangEngine(WholeReplyEngine):
             kwargs["tp_size"] = config.sglang_tp_size
         if self.adapter is not None:
             kwargs["lora_paths"] = [self.adapter]
+            kwargs.setdefault("lora_backend", config.sglang_lora_backend)
         self.llm = sglang.Engine(**kwargs)
 
     def _complete(self, prompts, settings):

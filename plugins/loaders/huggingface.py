@@ -50,17 +50,22 @@ def load(ctx):
     kwargs = _common(config)
     dtype = ctx.compute_dtype
     kwargs["dtype"] = dtype if dtype is not None else "auto"
-    if config.flash_attn == "sdpa":
-        kwargs["attn_implementation"] = "sdpa"
-    elif config.flash_attn == "disabled":
-        kwargs["attn_implementation"] = "eager"
-    elif config.flash_attn in ("fa2", "fa3"):
-        kwargs["attn_implementation"] = "flash_attention_2" if config.flash_attn == "fa2" else "flash_attention_3"
+    from tuneforge.train.model_config import apply_moe_aux_loss, apply_rope_scaling, attention_implementation
+
+    attention = attention_implementation(config.flash_attn)
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     if config.device_map is not None:
         kwargs["device_map"] = config.device_map
     kwargs.update(ctx.quantizer_load_kwargs())
-    if config.train_from_scratch:
+    model_config = None
+    if config.train_from_scratch or config.rope_scaling or config.moe_aux_loss_coef is not None:
         model_config = AutoConfig.from_pretrained(config.model_name_or_path, **_common(config))
+        changed = apply_rope_scaling(config, model_config, training=ctx.training)
+        changed = apply_moe_aux_loss(config, model_config, training=ctx.training) or changed
+        if changed:
+            kwargs["config"] = model_config
+    if config.train_from_scratch:
         model = AutoModelForCausalLM.from_config(model_config, dtype=dtype or torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, low_cpu_mem_usage=config.low_cpu_mem_usage, **kwargs)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
 
-from . import freeze
-from ._common import base_tuning, projection_problems
+from ._common import FREEZE_KEYS, base_tuning, projected_state, projection_problems
 
 KEYS = (
     ConfigKey("use_apollo", bool, False, "Select APOLLO (LLaMA-Factory's flag; same as finetuning_type: apollo)."),
     ConfigKey("apollo_target", (str, list), "all",
               "Linear layers APOLLO scales: 'all' (every linear but the output head) or a comma list."),
     ConfigKey("apollo_rank", int, 16, "Rank of the auxiliary low-rank space."),
-    ConfigKey("apollo_update_interval", int, 200, "Steps between renewing the projection."),
+    ConfigKey("apollo_update_interval", int, 200, "Steps between renewing the projection.", min=1),
     ConfigKey("apollo_scale", float, 32.0, "Scale of the update."),
     ConfigKey("apollo_proj", str, "random", "Projection: random or svd.", choices=("random", "svd")),
     ConfigKey("apollo_proj_type", str, "std", "Projection side.", choices=("std", "right", "left")),
@@ -25,7 +24,7 @@ KEYS = (
     ConfigKey("apollo_layerwise", bool, False,
               "Step each layer during backward to save memory (no gradient accumulation, one process)."),
     ConfigKey("apollo_scale_front", bool, False, "Apply the norm-growth limiter before gradient scaling."),
-) + freeze.KEYS
+) + FREEZE_KEYS
 
 OPTIMS = ("adamw_torch", "adamw_torch_fused")
 
@@ -58,8 +57,15 @@ def create_optimizer(ctx, model, args):
     return projected_optimizer(model, args, config, "apollo", label, optimizer_cls, kwargs, settings, "")
 
 
-def validate(config) -> list[str]:
-    return projection_problems(config, "apollo", "APOLLO", OPTIMS)
+def plan_optimizer_state(shape, config, trainable, per_param: int, optimizer: str):
+    rank = int(config.get("apollo_rank") or 16)
+    if config.get("apollo_proj") == "random" and config.get("apollo_scale_type") == "tensor":
+        rank = 1
+    return projected_state(shape, config, "apollo", "APOLLO", trainable, per_param, optimizer, rank)
+
+
+def validate(config, plan) -> list[str]:
+    return projection_problems(config, plan, "apollo", "APOLLO", OPTIMS)
 
 
 @hookimpl
@@ -73,6 +79,9 @@ def tuneforge_methods():
             apply=apply,
             create_optimizer=create_optimizer,
             validate=validate,
+            base_method=base_tuning,
+            plan_optimizer_state=plan_optimizer_state,
+            display_name="APOLLO",
             flag="use_apollo",
         )
     ]

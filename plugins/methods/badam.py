@@ -12,9 +12,10 @@ the block are saved with the optimizer (the badam package alone saves only the A
 
 from __future__ import annotations
 
-from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
+from tuneforge import ConfigKey, MethodSpec, Requirement, TrainablePlan, hookimpl
+from tuneforge.plugin_helpers import deepspeed_stage, world_size
 
-from ._common import deepspeed_stage, optimizer_method_problems, world_size
+from ._common import optimizer_method_problems
 
 KEYS = (
     ConfigKey("use_badam", bool, False, "Select BAdam (LLaMA-Factory's flag; same as finetuning_type: badam)."),
@@ -31,11 +32,31 @@ KEYS = (
 
 
 def apply(ctx, model):
+    # BAdam keeps its own fp32 copies of the active block; the model stays in the compute dtype
+    # (keeps_trainable_dtype on the spec)
     for param in model.parameters():
         param.requires_grad_(True)
-    # BAdam keeps its own fp32 copies of the active block; the model stays in the compute dtype
-    ctx.extras["keep_trainable_dtype"] = True
     return model
+
+
+def plan_trainable(shape, config) -> TrainablePlan:
+    """Layer mode: gradients and Adam state for one decoder layer at a time (the largest); ratio mode:
+    gradients of every weight, state for a fraction of them (plan_optimizer_state)."""
+    total = shape.total_params
+    if config.get("badam_mode") == "ratio":
+        return TrainablePlan(total, total, shape.head_params(), notes=(
+            "BAdam ratio mode: gradients of every weight; optimizer state for badam_update_ratio of them",))
+    layer = shape.largest_layer_params()
+    return TrainablePlan(total, layer, 0, layer, notes=(
+        "BAdam layer mode: gradients and Adam state for one decoder layer at a time (the largest)",))
+
+
+def plan_optimizer_state(shape, config, trainable, per_param: int, optimizer: str):
+    if config.get("badam_mode") != "ratio":
+        return None
+    ratio = float(config.get("badam_update_ratio") or 0.05)
+    params = trainable.with_grads if trainable.with_grads is not None else trainable.params
+    return int(params * ratio * per_param), f"{optimizer} for badam_update_ratio {ratio:g} of {params:,}"
 
 
 def _resumable_block_optimizer():
@@ -145,8 +166,8 @@ def tuneforge_trainer_created(ctx, trainer):
     trainer.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, trainer.accelerator)
 
 
-def validate(config) -> list[str]:
-    problems = optimizer_method_problems(config, "badam")
+def validate(config, plan) -> list[str]:
+    problems = optimizer_method_problems(config, plan, "badam")
     if config.is_set("finetuning_type") and config.finetuning_type == "freeze":
         problems.append("BAdam chooses the trainable block itself and cannot be combined with finetuning_type: freeze; "
                         "use finetuning_type: full")
@@ -174,6 +195,11 @@ def tuneforge_methods():
             apply=apply,
             create_optimizer=create_optimizer,
             validate=validate,
+            keeps_trainable_dtype=True,
+            trains_added_modules=False,
+            plan_trainable=plan_trainable,
+            plan_optimizer_state=plan_optimizer_state,
+            display_name="BAdam",
             flag="use_badam",
         )
     ]

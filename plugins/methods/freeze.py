@@ -8,40 +8,19 @@ unknown one is an error that lists the names the model has.
 
 from __future__ import annotations
 
-import re
+from tuneforge import MethodSpec, hookimpl
 
-from tuneforge import ConfigKey, MethodSpec, hookimpl
+from ._common import (FREEZE_KEYS, LAYER, freeze_problems, freeze_selector, llama_pro_layer_ids, lora_only_problems, names,
+                      plan_freeze)
 
-from ._common import lora_only_problems, names
-
-KEYS = (
-    ConfigKey("freeze_trainable_layers", int, 2,
-              "Number of trainable decoder layers: positive = the last n, negative = the first n."),
-    ConfigKey("freeze_trainable_modules", (str, list), "all",
-              "Module names inside the trainable layers that train (comma list), or 'all'."),
-    ConfigKey("freeze_extra_modules", (str, list), None,
-              "Modules outside the decoder layers that also train (e.g. embed_tokens,lm_head)."),
-)
-
-_LAYER = re.compile(r"^(.*?\.layers\.(\d+))\.(.+)$")
-
-
-def trainable_layer_ids(num_layers: int, n: int) -> list[int]:
-    if n > 0:
-        return list(range(max(num_layers - n, 0), num_layers))
-    return list(range(min(-n, num_layers)))
-
-
-def _contains(path: str, name: str) -> bool:
-    """Whether dotted ``name`` is a run of whole components of dotted ``path``."""
-    return f".{name}." in f".{path}."
+KEYS = FREEZE_KEYS
 
 
 def _module_names(model) -> tuple[set[str], set[str]]:
     """(names usable inside a decoder layer, names of modules outside the layers)."""
     inner, outer = set(), set()
     for full_name, _ in model.named_modules():
-        found = _LAYER.match(full_name)
+        found = LAYER.match(full_name)
         if found:
             parts = found.group(3).split(".")
             inner.update(parts)
@@ -58,7 +37,9 @@ def apply(ctx, model):
 
     config = ctx.config
     num_layers = model.config.num_hidden_layers
-    layers = set(trainable_layer_ids(num_layers, config.freeze_trainable_layers))
+    if config.use_llama_pro:
+        print(f"use_llama_pro: training the expanded blocks {llama_pro_layer_ids(num_layers, config.freeze_trainable_layers)} "
+              f"of {num_layers} layers")
     modules = names(config.freeze_trainable_modules) or ["all"]
     extra = names(config.freeze_extra_modules)
     inner, outer = _module_names(model)
@@ -70,13 +51,10 @@ def apply(ctx, model):
         choices_outer = ", ".join(sorted(outer - {"model"}))
         raise TuneforgeError("; ".join(problems) + f" (decoder-layer modules: {choices_inner}; other modules: {choices_outer})")
 
+    trains = freeze_selector(config, num_layers)
     trained = 0
     for name, param in model.named_parameters():
-        found = _LAYER.match(name)
-        if found:
-            train = int(found.group(2)) in layers and (modules == ["all"] or any(_contains(found.group(3), m) for m in modules))
-        else:
-            train = any(_contains(name, m) for m in extra)
+        train = trains(name)
         param.requires_grad_(train)
         trained += train
     if not trained:
@@ -87,13 +65,7 @@ def apply(ctx, model):
     return model
 
 
-def freeze_problems(config) -> list[str]:
-    if config.freeze_trainable_layers == 0:
-        return ["freeze_trainable_layers must not be 0 (positive = last n layers, negative = first n)"]
-    return []
-
-
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     return lora_only_problems(config, "freeze") + freeze_problems(config)
 
 
@@ -106,5 +78,6 @@ def tuneforge_methods():
             keys=KEYS,
             apply=apply,
             validate=validate,
+            plan_trainable=plan_freeze,
         )
     ]

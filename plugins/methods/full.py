@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, hookimpl
 
-from ._common import lora_only_problems
+from ._common import lora_only_problems, plan_full
 
 
 def apply(ctx, model):
@@ -13,10 +13,11 @@ def apply(ctx, model):
     return model
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     return lora_only_problems(config, "full")
 
 
 @hookimpl
 def tuneforge_methods():
-    return [MethodSpec(name="full", description="Train every parameter of the model.", apply=apply, validate=validate)]
+    return [MethodSpec(name="full", description="Train every parameter of the model.", apply=apply, validate=validate,
+                       plan_trainable=plan_full)]

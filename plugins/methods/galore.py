@@ -11,20 +11,19 @@ from __future__ import annotations
 
 from tuneforge import ConfigKey, MethodSpec, Requirement, hookimpl
 
-from . import freeze
-from ._common import base_tuning, projection_problems
+from ._common import FREEZE_KEYS, base_tuning, projected_state, projection_problems
 
 KEYS = (
     ConfigKey("use_galore", bool, False, "Select GaLore (LLaMA-Factory's flag; same as finetuning_type: galore)."),
     ConfigKey("galore_target", (str, list), "all",
               "Linear layers whose gradients are projected: 'all' (every linear but the output head) or a comma list."),
     ConfigKey("galore_rank", int, 16, "Rank of the gradient projection."),
-    ConfigKey("galore_update_interval", int, 200, "Steps between recomputing the projection (SVD)."),
+    ConfigKey("galore_update_interval", int, 200, "Steps between recomputing the projection (SVD).", min=1),
     ConfigKey("galore_scale", float, 2.0, "Scale of the projected-back update."),
     ConfigKey("galore_proj_type", str, "std", "Projection side.", choices=("std", "reverse_std", "right", "left", "full")),
     ConfigKey("galore_layerwise", bool, False,
               "Step each layer during backward to save memory (no gradient accumulation, one process)."),
-) + freeze.KEYS  # use_galore composes with finetuning_type: freeze
+) + FREEZE_KEYS  # use_galore composes with finetuning_type: freeze
 
 #: Hugging Face `optim` -> galore-torch class name.
 OPTIMIZERS = {
@@ -66,8 +65,13 @@ def create_optimizer(ctx, model, args):
     return projected_optimizer(model, args, config, "galore", f"GaLore ({optimizer_cls.__name__})", optimizer_cls, kwargs, settings, detail)
 
 
-def validate(config) -> list[str]:
-    return projection_problems(config, "galore", "GaLore", OPTIMIZERS)
+def plan_optimizer_state(shape, config, trainable, per_param: int, optimizer: str):
+    rank = int(config.get("galore_rank") or 16)
+    return projected_state(shape, config, "galore", "GaLore", trainable, per_param, optimizer, rank)
+
+
+def validate(config, plan) -> list[str]:
+    return projection_problems(config, plan, "galore", "GaLore", OPTIMIZERS)
 
 
 @hookimpl
@@ -81,6 +85,9 @@ def tuneforge_methods():
             apply=apply,
             create_optimizer=create_optimizer,
             validate=validate,
+            base_method=base_tuning,
+            plan_optimizer_state=plan_optimizer_state,
+            display_name="GaLore",
             flag="use_galore",
         )
     ]

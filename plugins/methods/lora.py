@@ -7,16 +7,20 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
-from tuneforge import ConfigKey, MethodSpec, hookimpl
+from tuneforge import AdapterSpec, ConfigKey, MethodSpec, TrainablePlan, hookimpl
+from tuneforge.plugin_helpers import quantized_by
 
-from ._common import names
+from ._common import linear_module_names, matches_target, names
 
 KEYS = (
     ConfigKey("lora_rank", int, 8, "Rank of the LoRA matrices."),
-    ConfigKey("lora_alpha", (int, float), None, "LoRA scaling numerator; default 2 x lora_rank."),
-    ConfigKey("lora_dropout", float, 0.0, "Dropout on the LoRA input."),
+    ConfigKey("lora_alpha", (int, float), None, "LoRA scaling numerator; default 2 x lora_rank.", min=0, min_open=True),
+    ConfigKey("lora_dropout", float, 0.0, "Dropout on the LoRA input.", min=0, max=1, max_open=True),
     ConfigKey("lora_target", (str, list), "all",
               "Modules to adapt: 'all' (every linear layer but the output head) or a comma list of names."),
     ConfigKey("additional_target", (str, list), None,
@@ -44,24 +48,6 @@ VARIANTS = {
 
 def effective(config, implied: dict):
     return config.with_values(**implied) if implied else config
-
-
-def linear_module_names(model) -> list[str]:
-    """Leaf names of every linear layer except the output head: what lora_target: all means.
-
-    Quantized layers (HQQLinear, GPTQ's QuantLinear) are not nn.Linear subclasses, so a class
-    name containing "Linear" (and not "Embedding") counts too.
-    """
-    import torch
-
-    output = model.get_output_embeddings()
-    found = set()
-    for full_name, module in model.named_modules():
-        kind = type(module).__name__
-        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
-        if linear and module is not output and full_name:
-            found.add(full_name.split(".")[-1])
-    return sorted(found)
 
 
 #: Module-path parts of a vision-language model's vision side (tower and projector), as in
@@ -99,11 +85,6 @@ def _language_only(targets: list[str]) -> str:
     return rf"^(?!(?:.*\.)?(?:{sides})\.).*\.(?:{leaves})$"
 
 
-def _matches(module_names: list[str], target: str) -> bool:
-    """PEFT's rule for a list of targets: the module name is the target or ends with '.target'."""
-    return any(n == target or n.endswith(f".{target}") for n in module_names)
-
-
 def lora_config(config, model):
     from peft import LoraConfig, TaskType
 
@@ -115,13 +96,13 @@ def lora_config(config, model):
     if targets == ["all"]:
         targets = language if language is not None else linear_module_names(model)
     else:
-        unknown = [t for t in targets if not _matches(module_names, t)]
+        unknown = [t for t in targets if not matches_target(module_names, t)]
         if unknown:
             raise TuneforgeError(f"lora_target: no module named {', '.join(unknown)} in this model; "
                                  f"its linear layers are: {', '.join(linear_module_names(model))} (or use 'all')")
     to_save = names(config.additional_target) or None
     if to_save:
-        unknown = [t for t in to_save if not _matches(module_names, t)]
+        unknown = [t for t in to_save if not matches_target(module_names, t)]
         if unknown:
             outside = sorted({n.split(".")[-1] for n in module_names if ".layers." not in f"{n}."})
             raise TuneforgeError(f"additional_target: no module named {', '.join(unknown)} in this model "
@@ -206,8 +187,8 @@ def create_optimizer(ctx, model, args, implied: dict):
     return optimizer_cls(param_groups, lr=lr, **optimizer_kwargs)
 
 
-def validate(config, implied: dict, name: str) -> list[str]:
-    problems = []
+def validate(config, plan, implied: dict, name: str) -> list[str]:
+    problems = quantized_weight_problems(config, plan)
     for key, value in implied.items():
         if config.is_set(key) and config.get(key) != value:
             problems.append(f"finetuning_type: {name} means {key}: {str(value).lower()}; remove {key}: {config.get(key)}")
@@ -225,12 +206,151 @@ def validate(config, implied: dict, name: str) -> list[str]:
     return problems
 
 
+def quantized_weight_problems(config, plan) -> list[str]:
+    """What LoRA's own initialisations cannot do on quantized base weights (PiSSA, LoftQ)."""
+    source = quantized_by(config, plan)
+    if source is None:
+        return []
+    unquantize = ("set model_name_or_path to the original full-precision model" if plan.prequantized
+                  else "remove quantization_bit")
+    out = []
+    if config.get("pissa_init") or plan.method.name == "pissa":
+        out.append(
+            f"PiSSA (pissa_init) initialises the adapter from an SVD of the full-precision weights and writes the "
+            f"residual back into them, which cannot be done on quantized weights ({source}); use plain LoRA, or "
+            f"{unquantize}"
+        )
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith("loftq"):
+        out.append(
+            f"LoftQ (init_lora_weights: {init}) quantizes the full-precision weights itself while it initialises the "
+            f"adapter, so it needs the unquantized model ({source}); {unquantize}"
+        )
+    return out
+
+
+# --- the adapter on disk (AdapterSpec): what export, reference and reward models use ----------------------------
+
+_A_B = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
+
+
+def _adapter_config(path) -> dict | None:
+    file = Path(str(path)) / "adapter_config.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_adapter_dir(path) -> bool:
+    config = _adapter_config(path)
+    return config is not None and str(config.get("peft_type", "")).upper() == "LORA"
+
+
+def load_adapter(model, path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+def merge(model):
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def disabled(model):
+    return model.disable_adapter()
+
+
+def check_trained(path) -> str | None:
+    """An adapter whose every lora_B (and lora_embedding_B) is zero, and that saves no other trained
+    module, changes nothing: LoRA's B starts at zero, so it was never trained."""
+    from safetensors import safe_open
+
+    folder = Path(str(path))
+    if not is_adapter_dir(folder):
+        return None
+    files = sorted(folder.glob("adapter_model*.safetensors"))
+    if not files:
+        return None
+    b_count = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            names_in_file = list(f.keys())
+            if any(not any(k in n for k in _A_B) for n in names_in_file):
+                return None  # a trained module saved beside the adapter (modules_to_save)
+            for n in names_in_file:
+                if "lora_B" in n or "lora_embedding_B" in n:
+                    if f.get_tensor(n).count_nonzero().item() > 0:
+                        return None
+                    b_count += 1
+    return f"all {b_count} lora_B matrices are zero" if b_count else None
+
+
+ADAPTER = AdapterSpec(is_adapter_dir=is_adapter_dir, load=load_adapter, merge=merge, disabled=disabled,
+                      check_trained=check_trained)
+
+
+# --- the planner's rule (tuneforge plan) -----------------------------------------------------------------------
+
+
+def _peft_match(name: str, target: str) -> bool:
+    return name == target or name.endswith(f".{target}")
+
+
+def planned_targets(shape, config) -> list:
+    """The modules PEFT adapts: lora_target 'all' is every linear but the head (linear_module_names)."""
+    targets = names(config.get("lora_target")) or ["all"]
+    if targets == ["all"]:
+        leaves = {m.leaf for m in shape.decoder_linears()}
+        return [m for m in shape.linears if not m.embedding and m.name != shape.output_head and m.leaf in leaves]
+    return [m for m in shape.linears if any(_peft_match(m.name, t) for t in targets)]
+
+
+def plan_trainable(shape, config, implied: dict) -> TrainablePlan:
+    """r x (in + out) per targeted linear (DoRA adds a magnitude vector of ``out``); additional_target
+    modules train as full copies beside the frozen originals. Each layer also keeps the rank-r
+    intermediate of every adapter it holds (and, with lora_dropout, the dropped input and its mask)."""
+    config = effective(config, implied)
+    rank = int(config.get("lora_rank") or 8)
+    dora = bool(config.get("use_dora"))
+    targets = planned_targets(shape, config)
+    adapters = sum(rank * (m.in_features + m.out_features) + (m.out_features if dora and not m.embedding else 0)
+                   for m in targets)
+    to_save = names(config.get("additional_target"))
+
+    def saved(param: str) -> bool:
+        """Inside a module PEFT copies for modules_to_save: its rule is a plain suffix match of the module's
+        name, so "norm" also takes every input_layernorm and post_attention_layernorm."""
+        parts = param.split(".")[:-1]
+        return any(".".join(parts[:end]).endswith(t) for end in range(1, len(parts) + 1) for t in to_save)
+
+    copies = sum(numel for name, numel in shape.param_numels.items() if saved(name)) if to_save else 0
+    params = adapters + copies
+    largest = max((rank * max(m.in_features, m.out_features) for m in targets), default=0)
+    per_layer = [m for m in targets if ".layers." in f".{m.name}."]
+    layers = max(shape.num_layers, 1)
+    values = rank * len(per_layer) / layers
+    masks = 0.0
+    if float(config.get("lora_dropout") or 0) > 0:
+        dropped = sum(m.in_features for m in per_layer) / layers
+        values += dropped
+        masks = dropped
+    return TrainablePlan(params, params, 0, largest, activation_values=values, activation_bytes=masks)
+
+
 DESCRIPTIONS = {
     "lora": "Low-rank adapters (PEFT): train small A/B matrices beside frozen weights.",
     "dora": "DoRA: LoRA with a trainable magnitude vector per layer (use_dora on lora).",
     "rslora": "rsLoRA: LoRA scaled by alpha/sqrt(rank) (use_rslora on lora).",
     "pissa": "PiSSA: LoRA initialised from the principal singular vectors (pissa_init on lora).",
 }
+
+
+DISPLAY = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA", "pissa": "PiSSA"}
 
 
 @hookimpl
@@ -243,6 +363,12 @@ def tuneforge_methods():
             apply=partial(apply, implied=implied),
             create_optimizer=partial(create_optimizer, implied=implied),
             validate=partial(validate, implied=implied, name=name),
+            trains_base_weights=False,
+            # PiSSA writes the residual into the base weights: switched off, the adapter leaves the residual,
+            # not the original model, so there is no "base alone" to compute with
+            adapter=ADAPTER if name != "pissa" else replace(ADAPTER, disabled=None),
+            plan_trainable=partial(plan_trainable, implied=implied),
+            display_name=DISPLAY[name],
         )
         for name, implied in VARIANTS.items()
     ]

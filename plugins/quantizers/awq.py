@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from tuneforge import QuantizerSpec, Requirement, hookimpl
 
-from ._common import recognizer, checkpoint_quantization, device_map, quantized_weight_problems
-from .gptq import INSTALL, set_cpu_workers, unavailable_reason
+from ._common import checkpoint_quantization, device_map, group_bytes_per_weight, recognizer
+from ._gptqmodel import INSTALL, set_cpu_workers, unavailable_reason
 
 
 def load_kwargs(ctx) -> dict:
@@ -27,8 +27,8 @@ def after_load(ctx, model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def validate(config) -> list[str]:
-    problems = quantized_weight_problems(config)
+def validate(config, plan) -> list[str]:
+    problems = []
     if config.get("quantization_bit") is not None and checkpoint_quantization(config.get("model_name_or_path")) is None:
         problems.append("AWQ needs calibration data and does not quantize on load: load an AWQ checkpoint without "
                         "quantization_bit, or quantize on load with quantization_method: bitsandbytes or hqq")
@@ -47,6 +47,7 @@ def tuneforge_quantizers():
             load_kwargs=load_kwargs,
             after_load=after_load,
             recognizes=recognizer("awq"),
+            bytes_per_weight=group_bytes_per_weight("awq", default_group=128),
             validate=validate,
         )
     ]

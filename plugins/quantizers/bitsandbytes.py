@@ -18,11 +18,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tuneforge import QuantizerSpec, Requirement, hookimpl
+from tuneforge import ConfigKey, QuantizerSpec, Requirement, hookimpl
 
-from ._common import recognizer, device_map, log_once, quantized_weight_problems
+from ._common import device_map, log_once, recognizer
 
 BITS = (4, 8)
+
+KEYS = (
+    ConfigKey("quantization_type", str, "nf4", "4-bit data type (nf4 or fp4).", choices=("nf4", "fp4")),
+    ConfigKey("double_quantization", bool, True, "4-bit: quantize the quantization constants too."),
+)
 
 
 def load_kwargs(ctx) -> dict:
@@ -76,16 +81,29 @@ def after_load(ctx, model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def bytes_per_weight(bits: int, config) -> tuple[float, str]:
+    """4-bit: a 4-bit code plus an absmax per block of 64 (itself 8-bit with double quantization);
+    8-bit: an int8 code plus an fp32 scale per output row (counted as 1 byte)."""
+    if bits == 4:
+        if config.get("double_quantization", True):
+            # absmax per 64 weights quantized to 8 bits, plus an fp32 absmax per 256 of those blocks
+            return 0.5 + 1 / 64 + 4 / (64 * 256), "4-bit + 8-bit absmax per 64 (double quantization)"
+        return 0.5 + 4 / 64, "4-bit + fp32 absmax per 64"
+    return 1.0, "int8 + an fp32 scale per output row"
+
+
 SPEC = QuantizerSpec(
     name="bitsandbytes",
     description=("bitsandbytes 4-bit (nf4/fp4, quantization_type; double_quantization) or 8-bit (LLM.int8) "
                  "weights, quantized on load; QLoRA with a LoRA-family method. Runs on CPU (bitsandbytes >= 0.50)."),
+    keys=KEYS,
     requires=(Requirement("bitsandbytes", "pip install 'tuneforge[quant]'", "0.50.2"),),
     bits=BITS,
     load_kwargs=load_kwargs,
     after_load=after_load,
-    recognizes=recognizer("bitsandbytes"),
-    validate=quantized_weight_problems,
+    recognizes=recognizer("bitsandbytes", legacy_keys=("load_in_4bit", "load_in_8bit")),
+    bytes_per_weight=bytes_per_weight,
+    upcasts_unquantized=True,
 )
 
 #: LLaMA-Factory's name for the same quantizer (quantization_method: bnb). It does not claim already

@@ -14,7 +14,7 @@ import shutil
 
 from tuneforge import QuantizerSpec, hookimpl
 
-from ._common import recognizer, device_map, freeze, quantized_weight_problems
+from ._common import recognizer, device_map, freeze
 
 
 def _has_cuda_driver() -> bool:
@@ -54,6 +54,5 @@ def tuneforge_quantizers():
             load_kwargs=load_kwargs,
             after_load=after_load,
             recognizes=recognizer("eetq"),
-            validate=quantized_weight_problems,
         )
     ]

@@ -25,16 +25,14 @@ from __future__ import annotations
 import json
 import os
 import random
-from importlib import metadata
 from pathlib import Path
 
 from tuneforge import ConfigKey, QuantizerSpec, Requirement, hookimpl
 
-from ._common import recognizer, checkpoint_quantization, device_map, quant_method, quantized_weight_problems
+from ._common import checkpoint_quantization, device_map, group_bytes_per_weight, quant_method, recognizer
+from ._gptqmodel import INSTALL, VERSIONS, set_cpu_workers, unavailable_reason  # noqa: F401
 
 BITS = (2, 3, 4, 8)
-VERSIONS = {"gptqmodel": ("7.6", "8"), "optimum": ("2.3", "3")}
-INSTALL = "pip install 'tuneforge[gptq]'"
 
 KEYS = (
     ConfigKey("gptq_group_size", int, 128, "GPTQ export: weights per quantization group (-1: one group per row)."),
@@ -42,40 +40,6 @@ KEYS = (
     ConfigKey("gptq_cpu_workers", int, None,
               "gptqmodel's CPU worker threads (GPTQMODEL_CPU_WORKERS); default: the usable cores, at least 2."),
 )
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split(".")[:3]:
-        digits = "".join(c for c in part if c.isdigit())
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)
-
-
-def unavailable_reason() -> str | None:
-    """A gptqmodel/optimum outside the tested range (both present: `requires` reports a missing one)."""
-    for dist, (low, high) in VERSIONS.items():
-        try:
-            have = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        if not _version_tuple(low) <= _version_tuple(have) < _version_tuple(high):
-            return f"{dist} {have} is installed; this plugin needs {dist} >={low},<{high} ({INSTALL})"
-    return None
-
-
-def set_cpu_workers(config=None) -> None:
-    """GPTQMODEL_CPU_WORKERS for gptqmodel's thread pool, before gptqmodel is first imported."""
-    workers = config.get("gptq_cpu_workers") if config is not None else None
-    if workers is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cores = os.cpu_count() or 1
-        workers = max(2, cores)
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, int(workers))))
 
 
 # --- loading a GPTQ checkpoint --------------------------------------------------------------------------------
@@ -98,8 +62,8 @@ def after_load(ctx, model):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def validate(config) -> list[str]:
-    problems = quantized_weight_problems(config)
+def validate(config, plan) -> list[str]:
+    problems = []
     if config.get("quantization_bit") is not None and checkpoint_quantization(config.get("model_name_or_path")) is None:
         problems.append(
             "GPTQ needs calibration data and does not quantize on load: quantize the model with `tuneforge export` "
@@ -237,6 +201,7 @@ def tuneforge_quantizers():
             load_kwargs=load_kwargs,
             after_load=after_load,
             recognizes=recognizer("gptq"),
+            bytes_per_weight=group_bytes_per_weight("gptq", default_group=128),
             export_quantize=export_quantize,
             validate=validate,
         )

@@ -20,7 +20,7 @@ import os
 
 from tuneforge import ConfigKey, QuantizerSpec, Requirement, hookimpl
 
-from ._common import recognizer, freeze, quantized_weight_problems
+from ._common import checkpoint_quantization, freeze, group_bytes_per_weight, recognizer
 
 BITS = (1, 2, 3, 4, 5, 6, 8)
 
@@ -74,10 +74,8 @@ def after_load(ctx, model):
     return model
 
 
-def validate(config) -> list[str]:
-    problems = quantized_weight_problems(config)
-    from ._common import checkpoint_quantization
-
+def validate(config, plan) -> list[str]:
+    problems = []
     if checkpoint_quantization(config.get("model_name_or_path")) is not None:
         problems.append("a checkpoint saved with HQQ weights cannot be loaded: transformers 5 does not restore HQQ "
                         "layers (HqqConfig is not available yet); load the full-precision model with quantization_bit "
@@ -100,6 +98,7 @@ def tuneforge_quantizers():
             bits=BITS,
             after_load=after_load,
             recognizes=recognizer("hqq"),
+            bytes_per_weight=group_bytes_per_weight("hqq", "hqq_group_size", 64),
             validate=validate,
         )
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tuneforge import QuantizerSpec, Requirement, hookimpl
 
-from ._common import recognizer, device_map, freeze, quantized_weight_problems
+from ._common import recognizer, device_map, freeze
 
 WEIGHTS = {8: "int8", 4: "int4", 2: "int2"}
 
@@ -45,6 +45,5 @@ def tuneforge_quantizers():
             load_kwargs=load_kwargs,
             after_load=after_load,
             recognizes=recognizer("quanto"),
-            validate=quantized_weight_problems,
         )
     ]

@@ -33,7 +33,7 @@ def score_contains(ctx, prompts, completions, **columns) -> list[float]:
     return [1.0 if text in completion else 0.0 for completion in completions]
 
 
-def validate_contains(config) -> list[str]:
+def validate_contains(config, plan) -> list[str]:
     if not config.reward_contains_text:
         return ["reward_contains_text is not set: name the text a completion must contain to score 1.0"]
     return []
@@ -48,7 +48,7 @@ def score_length(ctx, prompts, completions, **columns) -> list[float]:
     return [max(0.0, 1.0 - abs(count - target) / target) for count in counts]
 
 
-def validate_length(config) -> list[str]:
+def validate_length(config, plan) -> list[str]:
     target = config.reward_target_length
     if target is None or target <= 0:
         return [f"reward_target_length must be a positive number of tokens, not {target}"]

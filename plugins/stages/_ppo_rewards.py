@@ -60,7 +60,7 @@ class ScoringBatch:
 
 def reward_model_score(reward_model, batch: ScoringBatch) -> torch.Tensor:
     """A :class:`CausalLMWithValueHead`'s value at each row's last real token (the rm stage's scoring)."""
-    from .reward_model import score
+    from ._value_head import score
 
     device = next(reward_model.parameters()).device
     with torch.no_grad():

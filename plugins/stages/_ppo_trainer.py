@@ -169,11 +169,12 @@ class AdapterDisabledReference:
     """The policy's own LoRA model with its adapters switched off: the base model it started from,
     without holding a second copy of it."""
 
-    def __init__(self, peft_model):
+    def __init__(self, peft_model, disabled):
         self.peft_model = peft_model
+        self.disabled = disabled  # the method's AdapterSpec.disabled
 
     def logits(self, **inputs) -> torch.Tensor:
-        with self.peft_model.disable_adapter():
+        with self.disabled(self.peft_model):
             return self.peft_model(**inputs).logits
 
 
@@ -189,8 +190,9 @@ class FrozenReference:
 
 def build_reference(ctx, device):
     lm = ctx.model
-    if hasattr(lm, "disable_adapter") and hasattr(lm, "peft_config"):
-        return AdapterDisabledReference(lm)
+    adapter = ctx.plan.method.spec.adapter
+    if adapter is not None and adapter.disabled is not None:
+        return AdapterDisabledReference(lm, adapter.disabled)
     from ._models import load_frozen_model
 
     config = ctx.config

@@ -47,10 +47,10 @@ SHARED_KEYS = (
     PREF_BETA,
     ConfigKey("pref_ftx", float, 0.0,
               "Weight of an SFT loss (mean per-token NLL of the chosen / desirable reply) added to the preference loss."),
-    ConfigKey("ref_model", str, None,
+    ConfigKey("ref_model", str, None, path="model", doc=
               "Reference model path. Unset: the policy with its LoRA adapter disabled, or a frozen copy of "
               "model_name_or_path for freeze/full tuning."),
-    ConfigKey("ref_model_adapters", (str, list), None, "Adapter(s) to load onto ref_model (comma list to stack)."),
+    ConfigKey("ref_model_adapters", (str, list), None, "Adapter(s) to load onto ref_model (comma list to stack).", path="adapter"),
     ConfigKey("ref_model_quantization_bit", int, None,
               "Quantize ref_model on load to this many bits (with quantization_method)."),
 )
@@ -75,7 +75,8 @@ def stage_settings(config, keys: tuple[ConfigKey, ...]) -> dict[str, Any]:
     return values
 
 
-def shared_problems(config, values: dict, stage: str, needs_reference: bool, reason_no_reference: str = "") -> list[str]:
+def shared_problems(config, plan, values: dict, stage: str, needs_reference: bool,
+                    reason_no_reference: str = "") -> list[str]:
     """What dpo and kto cannot run with, found before anything loads (``values``: :func:`stage_settings`)."""
     from tuneforge.train.checks import evaluation_problems
 
@@ -102,7 +103,8 @@ def shared_problems(config, values: dict, stage: str, needs_reference: bool, rea
             if values[key] is not None:
                 problems.append(f"{key} applies to ref_model, which is not set: set ref_model (e.g. to "
                                 "model_name_or_path) or remove it")
-        if config.get("pissa_init") or config.get("finetuning_type") == "pissa":
+        adapter = plan.method.spec.adapter
+        if config.get("pissa_init") or (adapter is not None and adapter.disabled is None):
             problems.append("pissa_init: PiSSA moves the principal components of the base weights into the adapter, "
                             "so the model with its adapter disabled (the default reference) is not the original model; "
                             f"set ref_model: {config.get('model_name_or_path') or '<the base model>'} to use a frozen "
@@ -164,6 +166,8 @@ class Reference:
     kind: str
     model: Any = None
     description: str = ""
+    #: For "adapter-disabled": the method's ``AdapterSpec.disabled`` (a context manager over the policy).
+    disabled: Any = None
 
 
 def build_reference(ctx, needs_reference: bool) -> Reference:
@@ -178,8 +182,10 @@ def build_reference(ctx, needs_reference: bool) -> Reference:
                                   quantization_bit=config.ref_model_quantization_bit)
         extra = f" + adapter(s) {config.ref_model_adapters}" if config.ref_model_adapters else ""
         return Reference("frozen-model", model, f"{config.ref_model}{extra} (ref_model, frozen)")
-    if hasattr(ctx.model, "disable_adapter"):
-        return Reference("adapter-disabled", description="the policy with its adapter disabled (no second copy)")
+    adapter = ctx.plan.method.spec.adapter
+    if adapter is not None and adapter.disabled is not None:
+        return Reference("adapter-disabled", description="the policy with its adapter disabled (no second copy)",
+                         disabled=adapter.disabled)
     model = load_frozen_model(ctx, config.model_name_or_path, adapters=config.adapter_name_or_path,
                               quantization_bit=config.quantization_bit)
     return Reference("frozen-model", model, f"a frozen copy of {config.model_name_or_path} "
@@ -269,7 +275,7 @@ class PreferenceTraining:
             was_training = policy.training
             policy.eval()  # no dropout: the reference scores the same rows the same way every time
             try:
-                with policy.disable_adapter():
+                with self.reference.disabled(policy):
                     return forward_logps(policy, input_ids, attention_mask, labels)
             finally:
                 policy.train(was_training)

@@ -187,3 +187,28 @@ class ValueHeadCheckpoints:
             raise TuneforgeError(f"{resume_from_checkpoint} has no {VALUE_HEAD_FILE}: it was not written by the "
                                  f"{self.value_head_stage} stage, so {self.value_head_stage} cannot resume from it "
                                  "(set overwrite_output_dir: true to start afresh)")
+
+
+def score(reward_model, input_ids, attention_mask):
+    """Each row's reward (float32, shape [B]): the value at its last real token.
+
+    Positions count real tokens only, so a row scores the same whether it is padded on the right
+    (training), on the left, or around a generated reply (ppo). Gradients flow when the caller
+    allows them (training); wrap the call in ``torch.no_grad()`` to only score.
+    """
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    _, values = reward_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             **_last_logits_only(reward_model))
+    return last_token_values(values, attention_mask).float()
+
+
+def _last_logits_only(reward_model) -> dict:
+    """``logits_to_keep=1`` where the LM takes it: a score needs no logits, and all of them cost
+    batch x length x vocabulary floats."""
+    import inspect
+
+    while hasattr(reward_model, "module"):  # DDP and other training wrappers
+        reward_model = reward_model.module
+    lm = reward_model.pretrained_model
+    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}

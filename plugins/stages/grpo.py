@@ -64,7 +64,7 @@ def _processes() -> int:
         return 1
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     """What trl would refuse, or what cannot work, said before a model is loaded."""
     from tuneforge.plugin_manager import split_names
     from tuneforge.train.checks import evaluation_problems
@@ -295,6 +295,7 @@ def tuneforge_stages():
             run=run,
             validate=validate,
             data_kind="prompt",
+            unplanned="its generation and extra models",
             uses_rewards=True,
         )
     ]

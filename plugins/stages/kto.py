@@ -27,9 +27,9 @@ KEYS = SHARED_KEYS + (
 )
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     values = stage_settings(config, KEYS)
-    problems = shared_problems(config, values, "kto", needs_reference=True)
+    problems = shared_problems(config, plan, values, "kto", needs_reference=True)
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
         value = values[key]
         if value <= 0:
@@ -111,4 +111,6 @@ def tuneforge_stages():
         run=run,
         validate=validate,
         data_kind="kto",
+        pairs_rows=True,
+        needs_reference=lambda config: True,
     )]

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from tuneforge import ConfigKey, StageSpec, hookimpl
 
+from tuneforge.plugin_helpers import split_names, world_size
+
+#: reward_model_type's values (LLaMA-Factory's): an rm adapter, a whole rm model, or a scoring server.
 REWARD_MODEL_TYPES = ("lora", "full", "api")
-LORA_FAMILY = ("lora", "dora", "rslora", "pissa")
-#: Methods selected by a boolean key instead of finetuning_type (LLaMA-Factory's use_galore, ...).
-METHOD_FLAGS = {"use_galore": "galore", "use_apollo": "apollo", "use_badam": "badam"}
 
 KEYS = (
     ConfigKey("reward_model", str, None,
@@ -55,24 +55,10 @@ KEYS = (
 )
 
 
-def policy_method(config) -> str:
-    """The method the plan will pick: a flag (use_galore, ...) wins over finetuning_type (default lora)."""
-    for flag, method in METHOD_FLAGS.items():
-        if config.get(flag):
-            return method
-    return config.get("finetuning_type") or "lora"
-
-
-def _names(value) -> list[str]:
-    from tuneforge.plugin_manager import split_names
-
-    return split_names(value)
-
-
-def reward_problems(config) -> list[str]:
+def reward_problems(config, plan) -> list[str]:
     out = []
     reward_model, kind = config.get("reward_model"), config.get("reward_model_type")
-    if not reward_model and not _names(config.get("reward_funcs")):
+    if not reward_model and not split_names(config.get("reward_funcs")):
         out.append("ppo needs a reward: set reward_model (a model trained with stage rm, or a scoring server with "
                    "reward_model_type: api) or reward_funcs (reward function plugins, e.g. contains)")
     if not reward_model:
@@ -82,9 +68,10 @@ def reward_problems(config) -> list[str]:
         out.append(f"reward_model_type: api needs reward_model to be the server's URL (http://...), not {reward_model}")
     if kind != "api" and is_url:
         out.append(f"reward_model {reward_model} is a URL: set reward_model_type: api")
-    if kind == "lora" and policy_method(config) not in LORA_FAMILY:
+    if kind == "lora" and plan.method.spec.adapter is None:
         out.append(f"reward_model_type: lora loads the reward adapter into the policy's LoRA model, but the policy is "
-                   f"trained with {policy_method(config)}: use finetuning_type lora, or a reward model of type full")
+                   f"trained with {plan.method.name}, which has no adapters: use finetuning_type lora, or a reward "
+                   "model of type full")
     if kind != "full":
         for key in ("reward_model_adapters", "reward_model_quantization_bit"):
             if config.get(key) is not None:
@@ -92,15 +79,15 @@ def reward_problems(config) -> list[str]:
     return out
 
 
-def training_problems(config) -> list[str]:
+def training_problems(config, plan) -> list[str]:
     out = []
-    method = policy_method(config)
-    if method == "pissa" or config.get("pissa_init"):
+    method = plan.method.spec
+    if (method.adapter is not None and method.adapter.disabled is None) or config.get("pissa_init"):
         out.append("pissa_init: PiSSA moves the principal weights into the adapter, so switching the adapter off no "
                    "longer gives the starting model that ppo uses as its KL reference; use finetuning_type lora")
-    if method == "badam":
-        out.append("use_badam: BAdam updates one block of decoder layers at a time and never the value head, which "
-                   "starts random: use finetuning_type lora, freeze or full (GaLore and APOLLO work)")
+    if not method.trains_added_modules:
+        out.append(f"{method.label} picks the parameters it trains among the model's own and never trains the value "
+                   "head ppo adds, which starts random: use finetuning_type lora, freeze or full (GaLore and APOLLO work)")
     evaluating = [k for k in ("do_eval", "val_size", "eval_dataset") if config.get(k)]
     strategy = config.get("eval_strategy")
     if strategy not in (None, "no"):
@@ -143,8 +130,6 @@ def setting_problems(config) -> list[str]:
 
 
 def process_problems(config) -> list[str]:
-    from tuneforge.plugins.methods._common import world_size
-
     processes = world_size()
     out = []
     if processes > 1:
@@ -156,8 +141,9 @@ def process_problems(config) -> list[str]:
     return out
 
 
-def validate(config) -> list[str]:
-    return reward_problems(config) + training_problems(config) + setting_problems(config) + process_problems(config)
+def validate(config, plan) -> list[str]:
+    return (reward_problems(config, plan) + training_problems(config, plan) + setting_problems(config)
+            + process_problems(config))
 
 
 def run(ctx):
@@ -198,4 +184,5 @@ def tuneforge_stages():
         name="ppo",
         description="PPO: the policy learns from a reward model or reward functions, with a KL penalty to its start.",
         keys=KEYS, run=run, validate=validate, data_kind="prompt", uses_rewards=True,
+        unplanned="its generation and extra models",
     )]

@@ -38,10 +38,10 @@ KEYS = SHARED_KEYS + (
 )
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     values = stage_settings(config, KEYS)
     loss = values["pref_loss"]
-    problems = shared_problems(config, values, "dpo", needs_reference=loss not in REFERENCE_FREE,
+    problems = shared_problems(config, plan, values, "dpo", needs_reference=loss not in REFERENCE_FREE,
                                reason_no_reference=f"pref_loss: {loss}")
     smoothing = values["dpo_label_smoothing"]
     if smoothing and loss != "sigmoid":
@@ -161,4 +161,6 @@ def tuneforge_stages():
         run=run,
         validate=validate,
         data_kind="pairwise",
+        pairs_rows=True,
+        needs_reference=lambda config: str(config.get("pref_loss") or "sigmoid") not in REFERENCE_FREE,
     )]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tuneforge import StageSpec, hookimpl
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     from tuneforge.train.checks import evaluation_problems
 
     return evaluation_problems(config)

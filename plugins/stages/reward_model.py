@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from tuneforge import StageSpec, hookimpl
+from tuneforge.plugin_helpers import split_names
 from tuneforge.ranks import is_main_process
 
 #: Where ``do_predict`` writes each eval pair's scores (LLaMA-Factory's file name for it).
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 # --- check ----------------------------------------------------------------------------------------------------
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     from tuneforge.train.checks import evaluation_problems
 
     problems = evaluation_problems(config)
@@ -43,9 +44,10 @@ def validate(config) -> list[str]:
     if config.get("do_predict") and not has_eval_data:
         problems.append("do_predict scores the evaluation pairs, but there are none: set val_size (a fraction or a "
                         "count of pairs to hold out) or eval_dataset")
-    if config.get("use_badam") or config.get("finetuning_type") == "badam":
-        problems.append("BAdam updates blocks of decoder layers and never the value head, which starts random: "
-                        "use finetuning_type lora, freeze or full (GaLore and APOLLO work)")
+    if not plan.method.spec.trains_added_modules:
+        problems.append(f"{plan.method.spec.label} picks the parameters it trains among the model's own and never "
+                        "trains the value head rm adds, which starts random: use finetuning_type lora, freeze or full "
+                        "(GaLore and APOLLO work)")
     return problems
 
 
@@ -175,8 +177,7 @@ def wrap_with_value_head(ctx):
     from tuneforge.plugins.stages._value_head import CausalLMWithValueHead
 
     reward_model = CausalLMWithValueHead(ctx.model)
-    value = ctx.config.get("adapter_name_or_path") or ""
-    adapters = [str(a).strip() for a in (value if isinstance(value, (list, tuple)) else value.split(",")) if str(a).strip()]
+    adapters = split_names(ctx.config.get("adapter_name_or_path"))
     source = adapters[-1] if adapters else str(ctx.config.model_name_or_path)
     if reward_model.load_value_head(source) and is_main_process():
         print(f"value head loaded from {source}")
@@ -246,30 +247,11 @@ def load_reward_model(ctx, path, reward_model_type: str = "full"):
 
 
 def score(reward_model, input_ids, attention_mask):
-    """Each row's reward (float32, shape [B]): the value at its last real token.
+    """Each row's reward: the value at its last real token (``_value_head.score``, shared with ppo;
+    imported here only when called, since it needs torch)."""
+    from ._value_head import score as value_at_last_token
 
-    Positions count real tokens only, so a row scores the same whether it is padded on the right
-    (training), on the left, or around a generated reply (ppo). Gradients flow when the caller
-    allows them (training); wrap the call in ``torch.no_grad()`` to only score.
-    """
-    from tuneforge.plugins.stages._value_head import last_token_values
-
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    _, values = reward_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             **_last_logits_only(reward_model))
-    return last_token_values(values, attention_mask).float()
-
-
-def _last_logits_only(reward_model) -> dict:
-    """``logits_to_keep=1`` where the LM takes it: a score needs no logits, and all of them cost
-    batch x length x vocabulary floats."""
-    import inspect
-
-    while hasattr(reward_model, "module"):  # DDP and other training wrappers
-        reward_model = reward_model.module
-    lm = reward_model.pretrained_model
-    lm = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.forward).parameters else {}
+    return value_at_last_token(reward_model, input_ids, attention_mask)
 
 
 @hookimpl
@@ -277,5 +259,5 @@ def tuneforge_stages():
     return [StageSpec(
         name="rm",
         description="Reward modelling: a value head learns to score chosen replies above rejected ones.",
-        run=run, validate=validate, data_kind="pairwise",
+        run=run, validate=validate, data_kind="pairwise", pairs_rows=True, lm_loss=False,
     )]

@@ -63,6 +63,10 @@ _PROBE = [
 ]
 
 
+def _auto_validate(config, plan) -> list[str]:
+    return _auto_problems(config)
+
+
 def _auto_problems(config) -> list[str]:
     """A local model without a chat template cannot use ``auto``: said at `check`, not at training."""
     from pathlib import Path
@@ -112,7 +116,7 @@ AUTO = ChatTemplateSpec(
     description="The tokenizer's own Jinja chat template (tokenizer_config.json / chat_template.jinja), "
                 "with exact reply masks; see docs/templates.md",
     build=_build_auto,
-    validate=_auto_problems,
+    validate=_auto_validate,
     notes=_auto_notes,
 )
 

@@ -8,8 +8,8 @@ template written into it, and an Ollama ``Modelfile``.
 
 Verification, printed and saved to ``export_verification.json``:
 
-1. every adapter really changes something (an all-zero LoRA B, i.e. an untrained adapter, is
-   refused before anything is written);
+1. every adapter really changes something (the method's ``AdapterSpec.check_trained``: e.g. an
+   all-zero LoRA B, i.e. an untrained adapter, is refused before anything is written);
 2. the merged weights differ from the base (max |diff| over the saved tensors vs the base files,
    compared in the export dtype) and the merged model's logits differ from the base model's;
 3. the export, reloaded with plain ``AutoModelForCausalLM`` / ``AutoTokenizer``, gives the logits of
@@ -69,12 +69,20 @@ def problems_before_loading(prepared) -> list[str]:
             f"{config.model_name_or_path} is already quantized ({plan.prequantized}), and an adapter cannot be merged exactly "
             "into quantized weights. Fix: set model_name_or_path to the original unquantized model the adapter was trained "
             "on (the adapter applies to it unchanged); for a quantized export add export_quantization_bit")
-    for adapter in adapters:
+    spec = plan.method.spec.adapter
+    if adapters and spec is None:
+        out.append(f"adapter_name_or_path is set, but finetuning_type: {plan.method.name} has no adapters to merge; "
+                   "set finetuning_type to the method the adapter was trained with")
+    for adapter in adapters if spec is not None else ():
         if Path(adapter).is_dir():
-            empty, why = weights.adapter_is_empty(adapter)
-            if empty:
+            if not spec.is_adapter_dir(adapter):
+                out.append(f"adapter {adapter} is not an adapter of method '{plan.method.name}' (finetuning_type); set "
+                           "finetuning_type to the method it was trained with")
+                continue
+            why = spec.check_trained(adapter) if spec.check_trained is not None else None
+            if why:
                 out.append(
-                    f"adapter {adapter} is empty: {why}, so merging it would change nothing (an untrained LoRA: "
+                    f"adapter {adapter} is empty: {why}, so merging it would change nothing (an untrained adapter: "
                     "0 steps, learning_rate 0, or the initial adapter of a run). Train it, or point adapter_name_or_path "
                     "at the trained adapter")
     if config.export_quantization_bit is not None:
@@ -207,12 +215,14 @@ def run_export(prepared) -> dict:
 
     # base + adapter (unmerged) and base alone, before the merge changes the weights in place
     reference = _logits(model, probes)
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        with model.disable_adapter():
-            base_logits = _logits(model, probes)
-        model = model.merge_and_unload()
+    spec = prepared.plan.method.spec.adapter
+    attached = bool(adapters) and spec is not None and not config.create_new_adapter
+    if attached:
+        base_logits = None
+        if spec.disabled is not None:
+            with spec.disabled(model):
+                base_logits = _logits(model, probes)
+        model = spec.merge(model)
         say(f"merged adapter {adapters[-1]} into the base model")
     else:  # no adapter, or every adapter was merged at load (create_new_adapter)
         base_logits = None

@@ -107,31 +107,3 @@ def save_legacy(model, folder: Path, max_shard_size: str) -> list[str]:
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
     return sorted(split.filename_to_tensors)
-
-
-def adapter_is_empty(adapter_dir: str | Path) -> tuple[bool, str]:
-    """Whether a saved LoRA adapter can change nothing: every ``lora_B`` (and ``lora_embedding_B``)
-    is zero and it saves no other trained module. Returns ``(empty, why)``; non-LoRA adapters are
-    never called empty here (the merge check still catches a no-op)."""
-    folder = Path(adapter_dir)
-    config_path = folder / "adapter_config.json"
-    if not config_path.is_file():
-        return False, ""
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        return False, ""
-    files = sorted(folder.glob("adapter_model*.safetensors")) or sorted(folder.glob("adapter_model*.bin"))
-    if not files:
-        return False, ""
-    mapping: dict[str, Path] = {}
-    for path in files:
-        mapping.update({name: path for name in _names(path)})
-    reader = TensorReader(mapping)
-    b_names = [n for n in mapping if "lora_B" in n or "lora_embedding_B" in n]
-    other = [n for n in mapping if not any(k in n for k in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"))]
-    if not b_names or other:
-        return False, ""
-    nonzero = [n for n in b_names if reader[n].count_nonzero().item() > 0]
-    if nonzero:
-        return False, ""
-    return True, f"all {len(b_names)} lora_B matrices are zero"

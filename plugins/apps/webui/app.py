@@ -69,7 +69,7 @@ class WebUI:
             path = Path(folder) / "config.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
             try:
-                prepare(path, manager=self.manager, require=require)
+                prepare(path, manager=self.manager, require=require, confine_data=True)  # no data outside dataset_dir
             except TuneforgeError as exc:
                 return str(exc).replace(str(path), "config")
         return ""

@@ -238,7 +238,9 @@ class Context:
 
     def train_config(self, values: Values) -> dict[str, Any]:
         """The `tuneforge train` config of the Train tab."""
-        stage = values.get("train.stage") or "sft"
+        from tuneforge.plugins import DEFAULT_SELECTIONS
+
+        stage = values.get("train.stage") or DEFAULT_SELECTIONS["stage"]
         config: dict[str, Any] = {"stage": stage, "do_train": True}
         config.update(self.model_config(values, for_training=True))
         config.update(self.plugin_keys(values, "method", values.get("top.finetuning_type")))

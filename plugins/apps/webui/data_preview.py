@@ -38,9 +38,10 @@ def dataset_names(dataset_dir: str | Path) -> list[str]:
 def preview_rows(dataset_dir: str | Path, name: str, limit: int = 10) -> tuple[list[str], list[list[str]], int | None]:
     """Column names, the first ``limit`` rows as text, and the row count when the file tells it cheaply.
 
-    Raises ValueError with the reason when the dataset cannot be previewed from a local file.
+    Raises ValueError with the reason when the dataset cannot be previewed from a local file, or when
+    its dataset_info.json entry points outside ``dataset_dir`` (the page reads nothing outside it).
     """
-    attrs, problems = resolve_datasets([name], dataset_dir or "data")
+    attrs, problems = resolve_datasets([name], dataset_dir or "data", confine=True)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems))
     attr = attrs[0]
@@ -87,7 +88,10 @@ def _cell(value: Any) -> str:
 
 def run_doctor(config: dict, timeout: float = 600) -> tuple[int, str, list[tuple[str, str | None]]]:
     """Run `tuneforge data` on ``config``; return its exit status, its report and the marked example
-    as ``(text, "trained" | None)`` spans."""
+    as ``(text, "trained" | None)`` spans. Data outside ``dataset_dir`` is refused before anything runs."""
+    refused = escaping_data(config)
+    if refused:
+        return 2, refused, []
     with tempfile.TemporaryDirectory(prefix="tuneforge-webui-data-") as folder:
         path = Path(folder) / "data_check.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
@@ -97,6 +101,21 @@ def run_doctor(config: dict, timeout: float = 600) -> tuple[int, str, list[tuple
     if result.returncode != 0 and result.stderr.strip():
         report = (report + "\n" + _ANSI.sub("", result.stderr)).strip()
     return result.returncode, report, example
+
+
+def escaping_data(config: dict) -> str:
+    """The reasons, one per line, why datasets of ``config`` are refused: a file outside its dataset_dir."""
+    from tuneforge.plugin_manager import split_names
+
+    dataset_dir = config.get("dataset_dir") or "data"
+    lines = []
+    for key in ("dataset", "eval_dataset"):
+        names = split_names(config.get(key))
+        if not names or str(dataset_dir) == "ONLINE":
+            continue
+        _, problems = resolve_datasets(names, dataset_dir, key, confine=True)
+        lines += [str(p) for p in problems if "outside dataset_dir" in p.message]
+    return "\n".join(lines)
 
 
 def split_report(stdout: str) -> tuple[str, list[tuple[str, str | None]]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from tuneforge import ConfigKey, MethodSpec, hookimpl
+from tuneforge import ConfigKey, MethodSpec, TrainablePlan, hookimpl
 
 KEYS = (
     ConfigKey("normtune_include_embeddings", bool, False,
@@ -20,17 +20,25 @@ KEYS = (
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
-def apply(ctx, model):
-    config = ctx.config
-    num_layers = model.config.num_hidden_layers
-    n = config.normtune_layers
+def selector(config, num_layers: int):
+    """The rule, once: what trains, by parameter name (used by apply and by the planner's count)."""
+    n = config.get("normtune_layers")
     first = 0 if n is None else max(num_layers - n, 0)
+
+    def trains(name: str) -> bool:
+        layer = _LAYER.search(name)
+        if config.get("normtune_include_embeddings") and "embed_tokens" in name:
+            return True
+        return "norm" in name and (layer is None or int(layer.group(1)) >= first)
+
+    return trains
+
+
+def apply(ctx, model):
+    trains = selector(ctx.config, model.config.num_hidden_layers)
     trained = 0
     for name, param in model.named_parameters():
-        layer = _LAYER.search(name)
-        train = "norm" in name and (layer is None or int(layer.group(1)) >= first)
-        if config.normtune_include_embeddings and "embed_tokens" in name:
-            train = True
+        train = trains(name)
         param.requires_grad_(train)
         trained += train
     if not trained:
@@ -40,12 +48,17 @@ def apply(ctx, model):
     return model
 
 
-def validate(config) -> list[str]:
+def plan_trainable(shape, config) -> TrainablePlan:
+    """For `tuneforge plan`: the same rule over the parameter names of the model's shape."""
+    trains = selector(config, shape.num_layers)
+    return TrainablePlan(sum(numel for name, numel in shape.param_numels.items() if trains(name)))
+
+
+def validate(config, plan) -> list[str]:
+    # Quantized weights are refused by tuneforge itself: the spec says trains_base_weights (the default).
     problems = []
     if config.normtune_layers is not None and config.normtune_layers <= 0:
         problems.append(f"normtune_layers must be a positive number of layers, not {config.normtune_layers}")
-    if config.quantization_bit is not None:
-        problems.append("normtune trains full-precision weights and cannot be used with quantization_bit")
     return problems
 
 
@@ -58,5 +71,7 @@ def tuneforge_methods():
             keys=KEYS,
             apply=apply,
             validate=validate,
+            trains_base_weights=True,
+            plan_trainable=plan_trainable,
         )
     ]

@@ -8,7 +8,7 @@ def apply(ctx, model):
     return model
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     if config.raisingvalidate_limit > 4:  # TypeError when unset: None > 4
         return ["raisingvalidate_limit must be 4 or less"]
     return []

@@ -24,7 +24,7 @@ def score(ctx, prompts, completions, **columns) -> list[float]:
     return scores
 
 
-def validate(config) -> list[str]:
+def validate(config, plan) -> list[str]:
     if not (config.char_share_characters or "").strip():
         return ["char_share_characters must name at least one character that is not a space"]
     return []

@@ -1,0 +1,216 @@
+"""One training config, run by tuneforge (one or more variants) and optionally by LLaMA-Factory, interleaved.
+
+    python bench/compare.py CONFIG [key=value ...] [--variant NAME:key=value,...] [--against PATH/llamafactory-cli]
+                            [--repeats N] [--threads T] [--warmup-steps N] [--json PATH]
+
+Every run is a fresh process with the same thread count (OMP/MKL threads and torch.set_num_threads)
+and the same overrides (a temporary output_dir, no checkpoint within the run, no tracker, no plot). Runs are
+interleaved (A B C A B C ...) so a machine shared with others slows every framework alike; the
+figures reported are medians over the repeats.
+
+Both frameworks are measured by the same code: the child process patches transformers' Trainer
+before the framework imports it, wraps ``training_step`` to count what each micro-batch carries, and
+times optimizer steps, leaving out the first --warmup-steps. Non-pad tokens are the attention mask's
+ones (all ids in a padding-free batch, which has no pad); target tokens are labels other than -100.
+Peak memory is the child's peak RSS (os.wait4) on CPU, torch.cuda.max_memory_allocated() on a GPU.
+Final loss is the last logged training loss (set logging_steps: 1 to compare step by step).
+
+With --against, LLaMA-Factory's runs use the interpreter of that llamafactory-cli (its venv) and its
+own ``run_exp``; ratios are then tuneforge variant / LLaMA-Factory, otherwise variant / first variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+RUN_DEFAULTS = {"save_steps": "1000000", "report_to": "none", "plot_loss": "false", "overwrite_output_dir": "true"}
+
+
+# --- the child: runs one framework once, measuring ------------------------------------------------------------
+
+
+def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    marks: list[tuple] = []  # (step, time, samples, tokens, targets)
+    counts = {"samples": 0, "tokens": 0, "targets": 0}
+    seen: dict = {}
+
+    class Clock(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            marks.append((state.global_step, time.perf_counter(), 0, 0, 0))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            marks.append((state.global_step, time.perf_counter(), counts["samples"], counts["tokens"], counts["targets"]))
+
+    train = transformers.Trainer.train
+
+    def measured_train(self, *args, **kwargs):
+        step = self.training_step
+
+        def counted(model, inputs, *a, **k):
+            ids, mask, positions = inputs["input_ids"], inputs.get("attention_mask"), inputs.get("position_ids")
+            if mask is None and positions is not None:  # padding-free: one row per restart at 0
+                counts["samples"] += int((positions == 0).sum())
+            else:
+                counts["samples"] += ids.shape[0]
+            counts["tokens"] += int(mask.sum()) if mask is not None and mask.dim() == 2 else ids.numel()
+            if "labels" in inputs:
+                counts["targets"] += int((inputs["labels"] != -100).sum())
+            return step(model, inputs, *a, **k)
+
+        self.training_step = counted
+        self.add_callback(Clock())
+        seen["trainer"] = self
+        return train(self, *args, **kwargs)
+
+    transformers.Trainer.train = measured_train
+    sys.argv = [framework, *argv]
+    if framework == "llamafactory":
+        from llamafactory.train.tuner import run_exp
+
+        run_exp()
+    else:
+        from tuneforge.cli.main import main
+
+        code = main(["train", *argv])
+        if code:
+            sys.exit(code)
+    trainer = seen["trainer"]
+    history = trainer.state.log_history
+    losses = [r["loss"] for r in history if "loss" in r]
+    train_loss = next((r["train_loss"] for r in reversed(history) if "train_loss" in r), None)
+    result = {
+        "marks": marks, "warmup": warmup, "final_loss": losses[-1] if losses else None, "train_loss": train_loss,
+        # what the model does, not what the arguments say (LLaMA-Factory enables it on the model itself)
+        "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
+        "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+    }
+    Path(out).write_text(json.dumps(result))
+
+
+# --- the parent: interleaves the runs and reports -------------------------------------------------------------
+
+
+def run_once(python: str, framework: str, config: str, overrides: list[str], threads: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
+        given = {o.split("=", 1)[0] for o in overrides}
+        extra = [f"{k}={v}" for k, v in RUN_DEFAULTS.items() if k not in given]
+        if "output_dir" not in given:
+            extra.append(f"output_dir={tmp}/out")
+        out = f"{tmp}/result.json"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": "1"}
+        cmd = [python, str(HERE), "--child", framework, "--child-out", out, "--warmup-steps", str(warmup),
+               "--threads", str(threads), config, *overrides, *extra]
+        log = open(f"{tmp}/log.txt", "w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        log.close()
+        if status != 0 or not Path(out).is_file():
+            tail = Path(f"{tmp}/log.txt").read_text()[-3000:]
+            raise SystemExit(f"{framework} run failed ({' '.join(cmd)}):\n{tail}")
+        result = json.loads(Path(out).read_text())
+    marks, warmup = result.pop("marks"), result["warmup"]
+    if len(marks) < warmup + 2:
+        raise SystemExit(f"{framework}: only {len(marks) - 1} steps; set max_steps above --warmup-steps {warmup}")
+    first, last = marks[warmup], marks[-1]
+    seconds = last[1] - first[1]
+    samples, tokens, targets = (last[i] - first[i] for i in (2, 3, 4))
+    peak = result["cuda_peak"] if result["cuda_peak"] is not None else usage.ru_maxrss * 1024
+    return {**result, "seconds": seconds, "samples": samples, "tokens": tokens, "targets": targets,
+            "tokens_per_second": tokens / seconds, "target_tokens_per_second": targets / seconds,
+            "samples_per_second": samples / seconds, "peak_memory_bytes": peak}
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, settings = text.partition(":")
+    return name, [s for s in settings.split(",") if s]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key=value, for every run")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:key=value,... a tuneforge run with these extra settings (repeatable)")
+    parser.add_argument("--against", help="PATH/llamafactory-cli: also run LLaMA-Factory with its venv's python")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.child_out, args.warmup_steps, args.threads, [args.config, *args.overrides])
+        return 0
+
+    runs: list[tuple[str, str, str, list[str]]] = []  # (label, python, framework, overrides)
+    for text in args.variant or ["tuneforge:"]:
+        name, settings = parse_variant(text)
+        runs.append((name, sys.executable, "tuneforge", [*args.overrides, *settings]))
+    if args.against:
+        cli = Path(args.against)
+        python = cli.parent / "python"
+        if not python.exists():
+            raise SystemExit(f"--against {cli}: no python beside it ({python}); give the llamafactory-cli of a venv")
+        runs.append(("llamafactory", str(python), "llamafactory", list(args.overrides)))
+    results: dict[str, list[dict]] = {label: [] for label, *_ in runs}
+    for repeat in range(args.repeats):
+        for label, python, framework, overrides in runs:
+            print(f"[{repeat + 1}/{args.repeats}] {label} ...", flush=True)
+            results[label].append(run_once(python, framework, args.config, overrides, args.threads, args.warmup_steps))
+
+    def median(label, key):
+        values = [r[key] for r in results[label] if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    base = "llamafactory" if args.against else runs[0][0]
+    keys = ("tokens_per_second", "target_tokens_per_second", "samples_per_second", "peak_memory_bytes", "final_loss")
+    summary = {label: {k: median(label, k) for k in keys} for label in results}
+    for label in results:
+        summary[label]["gradient_checkpointing"] = results[label][0]["gradient_checkpointing"]
+    first = results[runs[0][0]][0]
+    print(f"\nconfig {args.config} {' '.join(args.overrides)}")
+    print(f"device {first['device']}, {args.threads} thread(s), {args.repeats} interleaved repeat(s), medians; "
+          f"first {args.warmup_steps} step(s) left out; ratios against {base}")
+    header = f"{'run':<18}{'tokens/s':>11}{'target tok/s':>14}{'samples/s':>11}{'peak MiB':>10}{'final loss':>12}{'GC':>4}" \
+             f"{'tok/s x':>9}{'mem x':>7}"
+    print(header)
+    for label, s in summary.items():
+        ratio = s["tokens_per_second"] / summary[base]["tokens_per_second"]
+        mem = s["peak_memory_bytes"] / summary[base]["peak_memory_bytes"]
+        s["tokens_per_second_ratio"], s["peak_memory_ratio"] = ratio, mem
+        loss = f"{s['final_loss']:.6f}" if s["final_loss"] is not None else "-"
+        print(f"{label:<18}{s['tokens_per_second']:>11.1f}{s['target_tokens_per_second']:>14.1f}{s['samples_per_second']:>11.3f}"
+              f"{s['peak_memory_bytes'] / 2**20:>10.0f}{loss:>12}{'on' if s['gradient_checkpointing'] else 'off':>4}"
+              f"{ratio:>9.2f}{mem:>7.2f}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``adapter_name_or_path`` checked at `check`: every adapter the config names must be loadable.
+
+Without this a missing folder, a full model given as an adapter, or a truncated adapter file passes
+`check` and stops `chat`, `export` or `train` later, after the base model has loaded, with a PEFT or
+safetensors traceback. Only files are read (adapter_config.json and the weights' headers), never
+tensors, so `check` stays instant. A name that is not a local path but looks like a Hub repo id
+("org/name") is left to the Hub, unless HF_HUB_OFFLINE is set and it is not in the local cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import Problem
+from ..integrity import file_problem
+from ..plugin_manager import split_names
+
+KEY = "adapter_name_or_path"
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HINT = "point adapter_name_or_path at the output_dir of a LoRA run (or one of its checkpoint-N folders)"
+
+
+def adapter_problems(config) -> list[Problem]:
+    where = config.where(KEY)
+    out = []
+    for name in split_names(config.get(KEY)):
+        message = adapter_problem(name)
+        if message is not None:
+            out.append(Problem(KEY, message, where))
+    return out
+
+
+def adapter_problem(name: str) -> str | None:
+    """Why the adapter NAME cannot be loaded, with the fix, or None."""
+    path = Path(os.path.expanduser(name))
+    if not path.exists():
+        if _HUB_ID.match(name) and not path.parent.is_dir():
+            return _hub_problem(name)
+        return f"{name} does not exist (relative paths are read from {Path.cwd()}); {_HINT}"
+    if not path.is_dir():
+        return f"{name} is a file; {_HINT} (the folder that holds adapter_config.json)"
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        if (path / "config.json").is_file():
+            return (f"{name} has no adapter_config.json: it holds a full model, not an adapter; "
+                    "set model_name_or_path to it and remove adapter_name_or_path")
+        return f"{name} has no adapter_config.json, so it is not an adapter folder; {_HINT}"
+    problem = file_problem(config_file)
+    if problem is not None:
+        return f"{name}: adapter_config.json {problem}; copy the adapter again or {_HINT}"
+    weights = [path / w for w in _ADAPTER_WEIGHTS if (path / w).is_file()]
+    if not weights:
+        return (f"{name} has adapter_config.json but no adapter weights ({' or '.join(_ADAPTER_WEIGHTS)}): the save did "
+                f"not finish or the copy is partial; copy it again or {_HINT}")
+    for weight in weights:
+        problem = file_problem(weight)
+        if problem is not None:
+            return f"{name}: {weight.name} {problem}; copy the adapter again or {_HINT}"
+    return None
+
+
+def _hub_problem(name: str) -> str | None:
+    """A Hub repo id: fine online (`check` loads nothing); offline it must be in the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(name, "adapter_config.json")
+    except Exception:  # an id huggingface_hub refuses: say what we know
+        cached = None
+    if isinstance(cached, str):
+        return None
+    return (f"{name} is not a local folder, and HF_HUB_OFFLINE=1 keeps it from being downloaded (it is not in the "
+            f"Hugging Face cache); {_HINT}, or unset HF_HUB_OFFLINE to download it")

@@ -16,7 +16,7 @@ from .config.adapters import adapter_problems
 from .config.model import Config
 from .config.model_checks import model_file_checks
 from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
-from .data.registry import DatasetAttr, data_problems, media_problems, resolve_datasets
+from .data.registry import DatasetAttr, data_problems, resolve_datasets
 from .config.refusals import refusal_problems
 from .errors import ConfigError, PluginError, Problem
 from .plugin_helpers import checkpoint_quantization, quant_method, quantized_by
@@ -122,10 +122,7 @@ def prepare(
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
     if plan is not None:
-        # a media column needs a template that handles its media; without one, the text-only refusal
-        handled = getattr(plan.template.spec, "media", None) if plan.template is not None else None
-        problems += _media_problems(plan) if handled is not None else media_problems(
-            [d.attr for d in plan.datasets + plan.eval_datasets], config)
+        problems += _media_problems(plan, config)
     model_problems, model_warnings = model_file_checks(config, manager)
     problems += model_problems
     if plan is not None:
@@ -144,7 +141,7 @@ def prepare(
     return Prepared(config, plan, manager, warnings)
 
 
-def _media_problems(plan) -> list[Problem]:
+def _media_problems(plan, config) -> list[Problem]:
     """A media column needs a template with a media handler: never dropped silently (issue 17)."""
     from .data.media import media_columns, text_only_message
 
@@ -154,7 +151,7 @@ def _media_problems(plan) -> list[Problem]:
     for dataset in plan.datasets + plan.eval_datasets:
         for column in media_columns(dataset.attr):
             if media is None or column not in media.modalities:
-                problems.append(Problem("dataset", text_only_message(dataset.attr, column, template.name if template else None)))
+                problems.append(Problem("dataset", text_only_message(dataset.attr, column, template.name if template else None, config)))
             elif plan.stage.spec.data_kind != "supervised":
                 problems.append(Problem("dataset", f"dataset '{dataset.attr.name}' has {column}, but stage "
                                         f"'{plan.stage.name}' does not train on media yet (this version: stage sft); "

@@ -394,7 +394,7 @@ def test_cutoff_len_never_splits_an_images_tokens(vl_model):
     from tuneforge.data.dataset import featurizer
     from tuneforge.data.loading import load_examples
     from tuneforge.data.tokenize import Settings
-    from tuneforge.plugins.templates.media import Qwen2VLMedia
+    from tuneforge.plugins.templates._media import Qwen2VLMedia
 
     ctx = make_ctx(vl_model, ANCHOR, cutoff_len=40)
     [result] = load_examples(ctx, ctx.plan.datasets)

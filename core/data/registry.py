@@ -262,17 +262,6 @@ def media_message(dataset: str, column: str, where: str, config) -> str:
             f"(the <{kind}> placeholders then stay in the text as plain words)")
 
 
-def media_problems(attrs: list[DatasetAttr], config) -> list[Problem]:
-    """Media columns (images/videos/audios in dataset_info.json) named at check: never dropped silently."""
-    problems = []
-    for attr in attrs:
-        for column in MEDIA_COLUMNS:
-            if attr.column(column):
-                where = f"dataset_info.json [{attr.name}] columns.{column} = '{attr.column(column)}'"
-                problems.append(Problem("dataset", media_message(attr.name, column, where, config)))
-    return problems
-
-
 def _names(value) -> list[str]:
     from ..plugin_manager import split_names
 

@@ -36,7 +36,7 @@ def _media(name: str):
     key = dict(_load()).get(name, {}).get("media")
     if not key:
         return None
-    from .media import HANDLERS
+    from ._media import HANDLERS
 
     return HANDLERS[key]()
 

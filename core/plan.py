@@ -94,10 +94,12 @@ def prepare(
     require: tuple[str, ...] = ("model_name_or_path",),
     inference: bool = False,
     confine_data: bool = False,
+    reads_data: bool = True,
 ) -> Prepared:
     """Read, validate and resolve a config. ``inference=True`` (chat, api, predict) also plans the
     inference engine selected by ``infer_backend``. ``confine_data=True`` (the web UI) refuses data
-    files outside ``dataset_dir``."""
+    files outside ``dataset_dir``. ``reads_data=False`` (plan, export: verbs that read no rows) does not
+    ask a training config for its data."""
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path is not None:
@@ -117,7 +119,7 @@ def prepare(
         if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already
             problems.append(Problem(key, "is required"))
 
-    problems += relation_problems(config)
+    problems += relation_problems(config, needs_data=reads_data and not inference)
     plan, plan_problems = resolve_plan(config, manager, inference=inference, confine_data=confine_data)
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
@@ -128,7 +130,9 @@ def prepare(
     if plan is not None:
         problems += _data_kind_problems(config, plan.stage)
     problems += [Problem("deepspeed", msg, config.where("deepspeed")) for msg in distributed_problems(config)]
-    problems += adapter_problems(config)
+    problems += adapter_problems(config, recognised=lambda path: any(
+        e.spec.adapter is not None and e.status == "active" and e.spec.adapter.is_adapter_dir(path)
+        for e in manager.entries("method")))
     if plan is not None:
         problems += _quantized_weight_problems(config, plan, manager)
         for entry in plan.entries():

@@ -63,7 +63,6 @@ KEYS = {
     "model_name_or_path": (st.just("TINY"), st.sampled_from(["/no/such/model", "./no/such/model", str(A_FILE), str(WORK)])),
     "output_dir": (st.just(str(WORK / "out")), st.sampled_from([str(A_FILE), str(A_FILE / "run")])),
     "dataset_dir": (st.just(str(ANCHOR)), st.sampled_from(["/no/such/data", str(A_FILE)])),
-    "adapter_name_or_path": (st.just("someone/adapter"), st.sampled_from(["/no/such/adapter", "./x/y/z"])),
     "template": (st.just("llama3"), _words().map(lambda w: "zz_" + w)),
     "bf16": (st.booleans(), st.integers(2, 9)),
     "do_sample": (st.booleans(), _words().filter(lambda w: w not in ("true", "false"))),

@@ -252,7 +252,7 @@ def test_plugin_verb_runs_and_shows_in_help(installed):
     result = cli("hello", "tuneforge", "--methods", plugins=site)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "hello, tuneforge"
-    assert result.stdout.splitlines()[1].startswith("methods: apollo, badam, dora, freeze, full")
+    assert result.stdout.splitlines()[1].startswith("methods: adam_mini, apollo, badam, dora, freeze, full")
     result = cli("hello", " ", plugins=site)
     assert (result.returncode, result.stderr) == (2, "error: hello: NAME must not be empty\n")
     result = cli("hello", "--help", plugins=site)

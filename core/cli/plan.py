@@ -56,7 +56,7 @@ def run(args) -> int:
     from ..planner import plan_for
     from ..planner.report import human, render_text, to_json
 
-    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)
+    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin, reads_data=False)
     plan = plan_for(prepared, processes=args.processes, budget=args.memory)
     data = to_json(plan) if args.json else None
     if not args.json:

@@ -23,10 +23,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HINT = "point adapter_name_or_path at the output_dir of a LoRA run (or one of its checkpoint-N folders)"
 
 
-def adapter_problems(config) -> list[Problem]:
+def adapter_problems(config, recognised=lambda path: False) -> list[Problem]:
+    """``recognised(path)``: a method's own AdapterSpec knows the folder (a third-party adapter that is not
+    PEFT's layout); its contents are then that method's to check, as long as the folder is there."""
     where = config.where(KEY)
     out = []
     for name in split_names(config.get(KEY)):
+        path = Path(os.path.expanduser(name))
+        if path.is_dir() and recognised(path) and not (path / "adapter_config.json").is_file():
+            continue
         message = adapter_problem(name)
         if message is not None:
             out.append(Problem(KEY, message, where))

@@ -130,12 +130,13 @@ def exclusion_problems(values: dict[str, Any], sources: dict[str, str], keys: di
     return problems
 
 
-def relation_problems(config) -> list[Problem]:
-    """Values that are fine alone but not together (no file is read)."""
+def relation_problems(config, needs_data: bool = True) -> list[Problem]:
+    """Values that are fine alone but not together (no file is read). ``needs_data=False``: the verb
+    reads no training rows (plan, export, chat), so a training config without its data is no problem there."""
     problems: list[Problem] = []
     where = config.where
     trains = bool(config.get("do_train")) if config.is_set("do_train") else None
-    if trains and not config.get("dataset"):
+    if needs_data and trains and not config.get("dataset"):
         problems.append(Problem("dataset", "do_train: true needs training data: set dataset (names from dataset_info.json, "
                                 "or a data file); for predictions only, set do_train: false and eval_dataset", where("do_train")))
     epochs, steps = config.get("num_train_epochs"), config.get("max_steps")

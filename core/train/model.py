@@ -70,7 +70,6 @@ def load_model(ctx: RunContext):
         model = quantizer.spec.after_load(ctx, model)
     if ctx.training:
         _upcast(ctx, model)
-    _check_adapters(ctx.config)
     model = ctx.plan.method.spec.apply(ctx, model)
     if ctx.training:
         freeze_multimodal_parts(ctx.config, model)
@@ -117,27 +116,6 @@ def _grow_vocab(ctx: RunContext, model, tokenizer) -> None:
         layers = embedding_module_names(model)
         ctx.config = ctx.config.with_values(additional_target=",".join(layers))
         print(f"new tokens: training and saving {', '.join(layers)} with the adapter (additional_target)")
-
-
-def _check_adapters(config) -> None:
-    """A local adapter folder that is not there is said plainly (PEFT's own error reads as a hub lookup).
-
-    A value like ``org/name`` may be a hub adapter and is left to PEFT; a path (``saves/x/lora``,
-    ``./out``, ``/abs``) must be a folder with adapter_config.json.
-    """
-    from pathlib import Path
-
-    value = config.get("adapter_name_or_path")
-    items = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
-    for item in (str(i).strip() for i in items):
-        if not item:
-            continue
-        local = item.startswith((".", "/", "~")) or item.count("/") >= 2 or Path(item).exists()
-        path = Path(item).expanduser()
-        if local and not (path / "adapter_config.json").is_file():
-            what = "does not exist" if not path.exists() else "has no adapter_config.json"
-            raise TuneforgeError(f"adapter_name_or_path: {item} {what}; point it at the output_dir of a LoRA/OFT "
-                                 "training run (train that config first)")
 
 
 def _upcast(ctx: RunContext, model) -> None:

@@ -20,7 +20,7 @@ def register(parser):
 def run(args) -> int:
     from tuneforge.plan import prepare
 
-    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)
+    prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin, reads_data=False)
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     from tuneforge.plugins.apps.export.exporter import run_export

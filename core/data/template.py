@@ -186,16 +186,7 @@ class Template:
         return content
 
     def _tool_list(self, tools: Any) -> list[dict]:
-        if isinstance(tools, str):
-            try:
-                tools = json.loads(tools)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"tools is not valid JSON ({exc}): {tools[:200]!r}") from None
-        if isinstance(tools, dict):
-            tools = [tools]
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise ValueError("tools must be a JSON list of tool schemas (objects)")
-        return tools
+        return tool_list(tools)
 
     def render_tools(self, tools: Any) -> str:
         """The text offering ``tools`` (a JSON string or a list of schemas) to the model."""
@@ -543,3 +534,17 @@ def with_tool_format(definition: dict, tool_definition: dict) -> dict:
 
 #: Every key a template definition may use (the Template fields but ``name``).
 KEYS = tuple(f.name for f in fields(Template) if f.name != "name")
+
+
+def tool_list(tools: Any) -> list[dict]:
+    """A row's ``tools`` (a JSON string, one schema or a list of them) as a list of tool schemas."""
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tools is not valid JSON ({exc}): {tools[:200]!r}") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError("tools must be a JSON list of tool schemas (objects)")
+    return tools

@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .template import Template
+from .template import Template, tool_list
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _PROBE_USER, _PROBE_REPLY = "tuneforge-probe-question", "tuneforge-probe-answer"
@@ -98,15 +98,7 @@ class TokenizerTemplate(Template):
     def _tools(tools: Any) -> list[dict] | None:
         if not tools:
             return None
-        if isinstance(tools, str):
-            try:
-                tools = json.loads(tools)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"tools is not valid JSON ({exc}): {tools[:200]!r}") from None
-        if isinstance(tools, dict):
-            tools = [tools]
-        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise ValueError("tools must be a JSON list of tool schemas (objects)")
+        tools = tool_list(tools)
         return [t if t.get("type") == "function" and isinstance(t.get("function"), dict) else {"type": "function", "function": t}
                 for t in tools] or None
 

@@ -113,7 +113,8 @@ _LinearCrossEntropy = _Lazy()
 # --- plugging into a transformers causal LM --------------------------------------------------------------------
 
 
-def _base_model(model):
+def base_model(model):
+    """The transformers model inside an adapter wrapper (PEFT's get_base_model), or the model itself."""
     get = getattr(model, "get_base_model", None)
     return get() if callable(get) else model
 
@@ -122,7 +123,7 @@ def model_problem(model) -> str | None:
     """Why the fused loss cannot replace ``model``'s plain loss exactly, or None."""
     import torch
 
-    base = _base_model(model)
+    base = base_model(model)
     config = getattr(base, "config", None)
     head = getattr(base, "lm_head", None)
     if config is None or head is None or not hasattr(base, "loss_function"):
@@ -148,7 +149,7 @@ def install(model) -> None:
 
     import torch
 
-    base = _base_model(model)
+    base = base_model(model)
     head = base.lm_head
     state = {"active": False}
     linear_forward = head.forward
@@ -202,7 +203,7 @@ def decide(ctx, model, collator, args) -> tuple[bool, str]:
         return False, "fused_loss: false"
     if type(collator) is not PadCollator:
         return False, "this stage computes its own loss"
-    vocab = getattr(getattr(_base_model(model), "config", None), "vocab_size", 0) or 0
+    vocab = getattr(getattr(base_model(model), "config", None), "vocab_size", 0) or 0
     why_not = model_problem(model)
     if why_not is None and args.label_smoothing_factor:
         why_not = "label smoothing needs the logits"
@@ -219,7 +220,7 @@ def decide(ctx, model, collator, args) -> tuple[bool, str]:
 
 
 def apply(ctx, trainer, model, collator) -> None:
-    if getattr(_base_model(model), "_tuneforge_fused_loss", False):
+    if getattr(base_model(model), "_tuneforge_fused_loss", False):
         return
     on, why = decide(ctx, model, collator, trainer.args)
     if on:

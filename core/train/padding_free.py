@@ -28,6 +28,7 @@ import sys
 
 from ..errors import ConfigError, Problem
 from ..ranks import is_main_process
+from .fused_loss import base_model
 
 IGNORE_INDEX = -100
 
@@ -64,14 +65,9 @@ class FlatteningCollator:
         }
 
 
-def _base_model(model):
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) else model
-
-
 def model_problem(model) -> str | None:
     """Why ``model`` cannot take flattened rows exactly, or None when it can."""
-    base = _base_model(model)
+    base = base_model(model)
     config = getattr(base, "config", None)
     if config is None:
         return f"{type(base).__name__} has no transformers config"

@@ -140,6 +140,15 @@ def optimizer_method_problems(config, plan, method: str) -> list[str]:
     return out
 
 
+def full_or_freeze_optimizer_problems(config, plan, method: str) -> list[str]:
+    """An optimizer method over full or freeze tuning (Muon, Adam-mini): how it composes with
+    finetuning_type, and freeze tuning's own rules when it trains freeze tuning's layers."""
+    problems = optimizer_method_problems(config, plan, method)
+    if base_tuning(config) == "freeze":
+        problems += freeze_problems(config)
+    return problems
+
+
 def layerwise_problems(config, method: str, key: str) -> list[str]:
     """Layer-wise optimizers step inside backward: no accumulation, one process."""
     if not config.get(key):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, Requirement, hookimpl
 
-from ._common import FREEZE_KEYS, base_tuning, freeze_problems, optimizer_method_problems
+from ._common import FREEZE_KEYS, base_tuning, full_or_freeze_optimizer_problems
 
 
 def apply(ctx, model):
@@ -39,9 +39,7 @@ def create_optimizer(ctx, model, args):
 
 
 def validate(config, plan) -> list[str]:
-    problems = optimizer_method_problems(config, plan, "adam_mini")
-    if base_tuning(config) == "freeze":
-        problems += freeze_problems(config)
+    problems = full_or_freeze_optimizer_problems(config, plan, "adam_mini")
     return problems
 
 

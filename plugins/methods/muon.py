@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tuneforge import MethodSpec, hookimpl
 
-from ._common import FREEZE_KEYS, base_tuning, freeze_problems, optimizer_method_problems
+from ._common import FREEZE_KEYS, base_tuning, full_or_freeze_optimizer_problems
 
 
 def apply(ctx, model):
@@ -47,11 +47,9 @@ def create_optimizer(ctx, model, args):
 
 
 def validate(config, plan) -> list[str]:
-    problems = optimizer_method_problems(config, plan, "muon")
+    problems = full_or_freeze_optimizer_problems(config, plan, "muon")
     if config.get("use_adam_mini"):
         problems.append("use_muon and use_adam_mini are two optimizers: choose one")
-    if base_tuning(config) == "freeze":
-        problems += freeze_problems(config)
     return problems
 
 

@@ -98,8 +98,7 @@ def test_refused_engine_keys_fail_check_with_the_reason(tmp_path, tiny_model, mo
 TRAINED = (
     "train_lora/qwen3_lora_sft.yaml",
     "train_lora/qwen3_lora_dpo.yaml",
-    "train_lora/qwen3_lora_pretrain.yaml",
-    "extras/galore/llama3_full_sft.yaml",
+    # (pt and GaLore train in tests/test_train_pipeline.py and tests/test_methods.py; kept out for CI time)
     "extras/oft/llama3_oft_sft.yaml",
 )
 

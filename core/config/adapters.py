@@ -20,7 +20,7 @@ from ..plugin_manager import split_names
 KEY = "adapter_name_or_path"
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HINT = "point adapter_name_or_path at the output_dir of a LoRA run (or one of its checkpoint-N folders)"
+_HINT = "point adapter_name_or_path at the output_dir of an adapter training run (or one of its checkpoint-N folders)"
 
 
 def adapter_problems(config, recognised=lambda path: False) -> list[Problem]:

@@ -216,13 +216,7 @@ class Template:
             cut = content.rindex(close) + len(close)
             rest = content[cut:].lstrip("\n")
             thought, content = content[: len(content) - len(rest)], rest
-        try:
-            calls = json.loads(content)
-        except json.JSONDecodeError:
-            raise ValueError(f"a function turn must be JSON {{\"name\": ..., \"arguments\": ...}} (or a list), got {content[:200]!r}") from None
-        calls = calls if isinstance(calls, list) else [calls]
-        if not calls or not all(isinstance(c, dict) and "name" in c for c in calls):
-            raise ValueError(f"a function turn must name each call: {content[:200]!r}")
+        calls = function_calls(content)
         if len(calls) > 1 and not self.parallel_tool_calls:
             raise ValueError(f"template {self.name!r} writes one tool call per turn; got {len(calls)}")
         parts = []
@@ -548,3 +542,15 @@ def tool_list(tools: Any) -> list[dict]:
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise ValueError("tools must be a JSON list of tool schemas (objects)")
     return tools
+
+
+def function_calls(content: str) -> list[dict]:
+    """A function turn's text (one JSON call or a list of them) as the list of calls, each with a name."""
+    try:
+        calls = json.loads(content)
+    except json.JSONDecodeError:
+        raise ValueError(f"a function turn must be JSON {{\"name\": ..., \"arguments\": ...}} (or a list), got {content[:200]!r}") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    if not calls or not all(isinstance(c, dict) and "name" in c for c in calls):
+        raise ValueError(f"a function turn must name each call: {content[:200]!r}")
+    return calls

@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .template import Template, tool_list
+from .template import Template, function_calls, tool_list
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _PROBE_USER, _PROBE_REPLY = "tuneforge-probe-question", "tuneforge-probe-answer"
@@ -104,13 +104,7 @@ class TokenizerTemplate(Template):
 
     @staticmethod
     def _tool_calls(content: str) -> list[dict]:
-        try:
-            calls = json.loads(content)
-        except json.JSONDecodeError:
-            raise ValueError(f"a function turn must be JSON {{\"name\": ..., \"arguments\": ...}} (or a list), got {content[:200]!r}") from None
-        calls = calls if isinstance(calls, list) else [calls]
-        if not calls or not all(isinstance(c, dict) and "name" in c for c in calls):
-            raise ValueError(f"a function turn must name each call: {content[:200]!r}")
+        calls = function_calls(content)
         out = []
         for call in calls:
             arguments = call.get("arguments", call.get("parameters", {}))

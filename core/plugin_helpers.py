@@ -99,3 +99,10 @@ def deepspeed_stage(config: Any) -> int | None:
         return int(value.get("zero_optimization", {}).get("stage", 0))
     except (AttributeError, TypeError, ValueError):
         return None
+
+
+#: Module-path parts of a vision/audio-language model's encoders (vision or audio tower) and of its
+#: projector (merger): what freeze_vision_tower / freeze_multi_modal_projector freeze, and where LoRA's
+#: `lora_target: all` does not go.
+ENCODER_PARTS = ("visual", "vision_tower", "vision_model", "audio_tower")
+PROJECTOR_PARTS = ("merger", "multi_modal_projector")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import TuneforgeError
+from ..plugin_helpers import ENCODER_PARTS as VISION_TOWER, PROJECTOR_PARTS as PROJECTOR
 from .context import RunContext
 from .vocab import add_to_tokenizer, embedding_module_names, grows_vocab, resize_embeddings
 
@@ -81,9 +82,6 @@ def load_model(ctx: RunContext):
     return model, tokenizer
 
 
-#: Module-path parts of a vision-language model's vision tower and of its projector (merger).
-VISION_TOWER = ("visual", "vision_tower", "vision_model", "audio_tower")
-PROJECTOR = ("merger", "multi_modal_projector")
 
 
 def freeze_multimodal_parts(config, model) -> None:

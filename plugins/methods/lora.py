@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from tuneforge import AdapterSpec, ConfigKey, MethodSpec, TrainablePlan, hookimpl
-from tuneforge.plugin_helpers import quantized_by
+from tuneforge.plugin_helpers import ENCODER_PARTS, PROJECTOR_PARTS, quantized_by
 
 from ._common import linear_module_names, matches_target, names
 
@@ -52,7 +52,7 @@ def effective(config, implied: dict):
 
 #: Module-path parts of a vision-language model's vision side (tower and projector), as in
 #: LLaMA-Factory: LoRA never goes there unless asked (a lora_target naming such a module).
-VISION_PARTS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "merger")
+VISION_PARTS = ENCODER_PARTS + PROJECTOR_PARTS
 
 
 def _vision_side(name: str) -> bool:

@@ -47,7 +47,8 @@ def _words(alphabet="abcdefghijklmnopqrstuvwxyz_"):
 #: key -> (strategy of valid values, strategy of broken values). Broken: wrong type, out of range,
 #: unknown choice, missing or wrong-kind path.
 KEYS = {
-    "learning_rate": (st.floats(1e-6, 1.0), st.one_of(st.floats(max_value=0.0, allow_nan=False), _words())),
+    # (a learning rate of 0 is allowed, as in LLaMA-Factory: it freezes the run for a dry pass)
+    "learning_rate": (st.floats(0.0, 1.0), st.one_of(st.floats(max_value=-1e-9, allow_nan=False), _words())),
     "per_device_train_batch_size": (st.integers(1, 4), st.one_of(st.integers(max_value=0), st.just(1.5), _words())),
     "num_train_epochs": (st.floats(0.5, 3.0), st.floats(max_value=-0.01, allow_nan=False, allow_infinity=False)),
     # (cutoff_len far beyond the model's context is in test_bad_inputs.py: it needs a valid model to compare with)

@@ -123,10 +123,10 @@ MODEL_KEYS = (
     _k("block_diag_attn", bool, False, "Internal: block-diagonal attention for neat packing.", effective=False),
     _k("image_max_pixels", int, 768 * 768, "Multimodal: maximum image pixels.", effective=False, min=1),
     _k("image_min_pixels", int, 32 * 32, "Multimodal: minimum image pixels.", effective=False, min=1),
-    _k("video_max_pixels", int, 256 * 256, "Multimodal: maximum video frame pixels.", effective=False, min=1),
-    _k("video_min_pixels", int, 16 * 16, "Multimodal: minimum video frame pixels.", effective=False, min=1),
-    _k("video_fps", float, 2.0, "Multimodal: frames per second sampled.", effective=False, min=0, min_open=True),
-    _k("video_maxlen", int, 128, "Multimodal: maximum frames.", effective=False, min=1),
+    _k("video_max_pixels", int, 256 * 256, "Multimodal: maximum video frame pixels.", min=1),
+    _k("video_min_pixels", int, 16 * 16, "Multimodal: minimum video frame pixels.", min=1),
+    _k("video_fps", float, 2.0, "Multimodal: frames per second sampled.", min=0, min_open=True),
+    _k("video_maxlen", int, 128, "Multimodal: maximum frames.", min=1),
     # vllm_* and sglang_* keys belong to the vllm and sglang engine plugins (tuneforge.plugins.engines).
 )
 

@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -129,7 +130,9 @@ def media_fingerprint(ctx) -> dict | None:
 
     folder = Path(str(ctx.config.model_name_or_path))
     processor = folder / "preprocessor_config.json"
-    source = inspect.getsource(type(media))
+    # the handler's code and that of the modules it builds on (a subclass in another module)
+    modules = dict.fromkeys(c.__module__ for c in type(media).__mro__ if c.__module__ not in ("builtins", __package__ + ".media"))
+    source = "".join(inspect.getsource(sys.modules[m]) for m in modules)
     files = hashlib.sha256()
     for plan in list(ctx.plan.datasets) + list(ctx.plan.eval_datasets):
         columns = [plan.attr.column(c) for c in media_columns(plan.attr)]
@@ -151,6 +154,7 @@ def media_fingerprint(ctx) -> dict | None:
         "code": hashlib.sha256(source.encode("utf-8")).hexdigest()[:16],
         "processor": hashlib.sha256(processor.read_bytes()).hexdigest()[:16] if processor.is_file() else str(folder),
         "files": files.hexdigest()[:32],
+        "settings": media.describe() if hasattr(media, "describe") else {},
     }
 
 

@@ -35,6 +35,15 @@ class MediaHandler:
 
     modalities: tuple[str, ...] = ("images",)
 
+    def configure(self, config) -> "MediaHandler":
+        """The handler for one run's config (a handler whose output depends on keys such as
+        ``video_fps`` returns a copy that knows them); the default ignores the config."""
+        return self
+
+    def describe(self) -> dict:
+        """The settings that decide the features (part of the tokenised-data cache key)."""
+        return {}
+
     def expand(self, messages: list[dict], media: dict[str, list[str]], model_path: str, tokenizer) -> list[dict]:
         raise NotImplementedError
 
@@ -73,6 +82,27 @@ def _unreadable(path: str, column: str) -> str | None:
             return f"is not a readable image ({type(exc).__name__}: {exc})"
     elif not file.stat().st_size:
         return "is empty"
+    elif column in ("videos", "audios"):
+        return _undecodable(file, column[:-1])
+    return None
+
+
+def _undecodable(file: Path, kind: str) -> str | None:
+    """Why PyAV cannot read a video (or audio) stream from the file; None when it decodes."""
+    try:
+        import av
+    except ImportError:
+        return f"cannot be checked: {kind}s are decoded with PyAV, which is not installed (pip install 'tuneforge[vision]')"
+    try:
+        with av.open(str(file)) as container:
+            streams = container.streams.video if kind == "video" else container.streams.audio
+            if not streams:
+                return f"has no {kind} stream"
+            next(container.decode(streams[0]))
+    except StopIteration:
+        return f"has no decodable {kind} frames"
+    except Exception as exc:  # PyAV raises many kinds (FFmpegError subclasses, ValueError...)
+        return f"is not a readable {kind} ({type(exc).__name__}: {exc})"
     return None
 
 

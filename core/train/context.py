@@ -27,7 +27,8 @@ class RunContext:
     def media(self):
         """The template's media handler (tuneforge.data.media.MediaHandler), None when text-only."""
         entry = self.plan.template if self.plan is not None else None
-        return getattr(entry.spec, "media", None) if entry is not None else None
+        media = getattr(entry.spec, "media", None) if entry is not None else None
+        return media.configure(self.config) if media is not None and hasattr(media, "configure") else media
 
     @property
     def output_dir(self) -> Path:

@@ -37,8 +37,9 @@ def _media(name: str):
     if not key:
         return None
     from ._media import HANDLERS
+    from ._video import HANDLERS as VIDEO
 
-    return HANDLERS[key]()
+    return {**HANDLERS, **VIDEO}[key]()
 
 
 def _known_models(name: str) -> tuple[tuple[str, str], ...]:

@@ -112,6 +112,8 @@ def meta_model(model_config, trust_remote_code: bool = False):
 
     if getattr(model_config, "vision_config", None) is not None:
         AutoModelForCausalLM = AutoModelForImageTextToText  # noqa: N806 (the vision tower counts too)
+    elif getattr(model_config, "audio_config", None) is not None:
+        from transformers import AutoModelForMultimodalLM as AutoModelForCausalLM  # noqa: N806 (and the audio tower)
 
     model_config = model_config.__class__.from_dict(model_config.to_dict())  # ours to edit
     if getattr(model_config, "quantization_config", None) is not None:

@@ -28,8 +28,8 @@ def load_tokenizer(ctx):
 
 def _auto_class(config):
     """AutoModelForImageTextToText for a vision-language checkpoint (its config has a vision part),
-    AutoModelForCausalLM otherwise."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    AutoModelForMultimodalLM for an audio-language one (an audio part), AutoModelForCausalLM otherwise."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM
 
     try:
         model_config = AutoConfig.from_pretrained(config.model_name_or_path, **_common(config))
@@ -37,6 +37,8 @@ def _auto_class(config):
         return AutoModelForCausalLM
     if getattr(model_config, "vision_config", None) is not None:
         return AutoModelForImageTextToText
+    if getattr(model_config, "audio_config", None) is not None:
+        return AutoModelForMultimodalLM
     return AutoModelForCausalLM
 
 

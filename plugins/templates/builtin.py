@@ -37,9 +37,10 @@ def _media(name: str):
     if not key:
         return None
     from ._media import HANDLERS
+    from ._audio import HANDLERS as AUDIO
     from ._video import HANDLERS as VIDEO
 
-    return {**HANDLERS, **VIDEO}[key]()
+    return {**HANDLERS, **VIDEO, **AUDIO}[key]()
 
 
 def _known_models(name: str) -> tuple[tuple[str, str], ...]:

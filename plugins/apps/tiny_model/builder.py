@@ -56,6 +56,8 @@ from tuneforge.plugins.templates.reference import reference_jinja
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
 VISION_FAMILIES = ("qwen2_vl",)
+#: Audio-language families: a feature extractor and processor beside the model (tiny_model/audio.py).
+AUDIO_FAMILIES = ("qwen2_audio",)
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -262,6 +264,17 @@ _FAMILIES["qwen2_vl"] = {
     },
 }
 
+# Qwen2-Audio: Qwen2's tokenizer plus the audio markers, a tiny audio encoder (see audio.py).
+from .audio import TEMPLATE as _QWEN2_AUDIO_TEMPLATE  # noqa: E402 (beside the family it is for)
+
+_FAMILIES["qwen2_audio"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "Qwen2AudioConfig",
+    "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"],
+    "template": _QWEN2_AUDIO_TEMPLATE,
+    "audio": True,
+}
+
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
 # --------------------------------------------------------------------------------------------------
@@ -401,7 +414,7 @@ def _corpus(bpe_vocab: int) -> list[str]:
 
 def _check(family: str, size: str) -> None:
     if family not in _FAMILIES:
-        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES + VISION_FAMILIES)}")
+        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES + VISION_FAMILIES + AUDIO_FAMILIES)}")
     if size not in _SIZE_SPECS:
         raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(SIZES)}")
 
@@ -485,6 +498,10 @@ def _build_model(family: str, size: str, tokenizer, seed: int):
         config_kwargs["head_dim"] = spec["head_dim"]
     if "vision" in fam:
         return _build_vision_model(fam, config_cls, config_kwargs, tokenizer, seed)
+    if fam.get("audio"):
+        from .audio import build_audio_model
+
+        return build_audio_model(fam, config_cls, config_kwargs, tokenizer, seed)
     config = config_cls(**config_kwargs)
     config.dtype = torch.float32
 
@@ -578,6 +595,10 @@ def build_tiny_model(
     processor = _build_image_processor(family)
     if processor is not None:
         processor.save_pretrained(out)
+    if _FAMILIES[family].get("audio"):
+        from .audio import save_processor
+
+        save_processor(out, tokenizer)
     return out
 
 

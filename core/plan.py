@@ -155,7 +155,9 @@ def _media_problems(plan, config) -> list[Problem]:
     for dataset in plan.datasets + plan.eval_datasets:
         for column in media_columns(dataset.attr):
             if media is None or column not in media.modalities:
-                problems.append(Problem("dataset", text_only_message(dataset.attr, column, template.name if template else None, config)))
+                message = text_only_message(dataset.attr, column, template.name if template else None, config,
+                                            takes=getattr(media, "modalities", ()))
+                problems.append(Problem("dataset", message))
             elif plan.stage.spec.data_kind != "supervised":
                 problems.append(Problem("dataset", f"dataset '{dataset.attr.name}' has {column}, but stage "
                                         f"'{plan.stage.name}' does not train on media yet (this version: stage sft); "

@@ -352,7 +352,7 @@ def _media_dir(ctx, attr: DatasetAttr):
     template = ctx.plan.template.name if getattr(ctx.plan, "template", None) is not None else None
     for column in columns:
         if media is None or column not in media.modalities:
-            raise DataError(text_only_message(attr, column, template))
+            raise DataError(text_only_message(attr, column, template, takes=getattr(media, "modalities", ())))
     return ctx.config.get("media_dir") or ctx.config.dataset_dir
 
 

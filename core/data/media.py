@@ -134,13 +134,15 @@ def attach_media(row: dict, attr, example: dict, media_dir: str | Path) -> dict:
     return example
 
 
-def text_only_message(attr, column: str, template: str | None, config=None) -> str:
+def text_only_message(attr, column: str, template: str | None, config=None, takes: tuple[str, ...] = ()) -> str:
     """The error for media data and a template that has no media handler."""
     from .registry import model_is_multimodal
 
     kind = column[:-1]
     which = f"template '{template}' is text-only" if template else "no multimodal template is selected"
-    if config is not None and model_is_multimodal(config) is False:
+    if takes:  # a multimodal template, for other media
+        which = f"template '{template}' takes only {' and '.join(takes)}, not {column}"
+    elif config is not None and model_is_multimodal(config) is False:
         which = f"{config.get('model_name_or_path')} is a text-only model ({which})"
     return (f"dataset '{attr.name}' has the media column '{column}' (dataset_info.json columns.{column}), but {which}: "
             f"its {column} would be dropped and <{kind}> trained as plain text. Use a vision/audio-language model "

@@ -234,7 +234,7 @@ def test_data_verb_shows_the_media_of_each_row_and_the_image_tokens(vl_model, tm
 
 def test_the_qwen2_vl_template_is_no_longer_listed_as_waiting_for_vision(manager):
     spec = manager.template("qwen2_vl")
-    assert spec.media is not None and spec.media.modalities == ("images",)
+    assert spec.media is not None and spec.media.modalities == ("images", "videos")
     assert manager.template("qwen").media is None
 
 

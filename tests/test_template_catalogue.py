@@ -57,7 +57,7 @@ LLAMA_FACTORY_MULTIMODAL = {
     "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "video_llava", "yi_vl",
 }
 #: Multimodal names that are real templates now (with a media handler: tests/test_vision.py).
-VISION_DONE = {"qwen2_vl", "qwen2_audio"}
+VISION_DONE = {"qwen2_vl", "qwen2_audio", "qwen2_omni"}
 
 SYSTEM = "Be brief."
 ONE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]

@@ -232,7 +232,7 @@ CONFORMANCE_KEYS = (
        choices=("noise_init", "desc_init", "desc_init_w_noise")),
     _k("image_do_pan_and_scan", bool, False, "Multimodal (gemma3): pan and scan images.", effective=False),
     _k("crop_to_patches", bool, False, "Multimodal (internvl): crop images to patches.", effective=False),
-    _k("use_audio_in_video", bool, False, "Multimodal: use the audio track of videos.", effective=False),
+    _k("use_audio_in_video", bool, False, "Multimodal: use the audio track of videos."),
     _k("audio_sampling_rate", int, 16000, "Multimodal: audio sampling rate.", min=1),
     _k("preserve_thinking", bool, False, "Keep the reasoning of earlier assistant turns in the prompt.",
        effective=False),

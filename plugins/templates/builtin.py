@@ -38,9 +38,10 @@ def _media(name: str):
         return None
     from ._media import HANDLERS
     from ._audio import HANDLERS as AUDIO
+    from ._omni import HANDLERS as OMNI
     from ._video import HANDLERS as VIDEO
 
-    return {**HANDLERS, **VIDEO, **AUDIO}[key]()
+    return {**HANDLERS, **VIDEO, **AUDIO, **OMNI}[key]()
 
 
 def _known_models(name: str) -> tuple[tuple[str, str], ...]:

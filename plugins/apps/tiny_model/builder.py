@@ -57,7 +57,7 @@ FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
 VISION_FAMILIES = ("qwen2_vl",)
 #: Audio-language families: a feature extractor and processor beside the model (tiny_model/audio.py).
-AUDIO_FAMILIES = ("qwen2_audio",)
+AUDIO_FAMILIES = ("qwen2_audio", "qwen2_omni")
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -273,6 +273,17 @@ _FAMILIES["qwen2_audio"] = {
     "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"],
     "template": _QWEN2_AUDIO_TEMPLATE,
     "audio": True,
+}
+
+# Qwen2.5-Omni (the thinker): images, videos and audios (see omni.py).
+from .omni import MARKERS as _OMNI_MARKERS, TEMPLATE as _QWEN2_OMNI_TEMPLATE  # noqa: E402
+
+_FAMILIES["qwen2_omni"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "Qwen2_5OmniThinkerConfig",
+    "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *_OMNI_MARKERS],
+    "template": _QWEN2_OMNI_TEMPLATE,
+    "omni": True,
 }
 
 # --------------------------------------------------------------------------------------------------
@@ -498,6 +509,10 @@ def _build_model(family: str, size: str, tokenizer, seed: int):
         config_kwargs["head_dim"] = spec["head_dim"]
     if "vision" in fam:
         return _build_vision_model(fam, config_cls, config_kwargs, tokenizer, seed)
+    if fam.get("omni"):
+        from .omni import build_omni_model
+
+        return build_omni_model(fam, config_cls, config_kwargs, tokenizer, seed)
     if fam.get("audio"):
         from .audio import build_audio_model
 
@@ -599,6 +614,10 @@ def build_tiny_model(
         from .audio import save_processor
 
         save_processor(out, tokenizer)
+    if _FAMILIES[family].get("omni"):
+        from .omni import save_processors
+
+        save_processors(out)
     return out
 
 

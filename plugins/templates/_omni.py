@@ -53,6 +53,21 @@ def chunk_sizes(positions: list[float], per_chunk: int) -> list[int]:
     return sizes
 
 
+@lru_cache(maxsize=256)
+def _own_sound(video: str) -> str:
+    """A video file as its own sound (use_audio_in_video, and the row has no audio for it)."""
+    from ._video import _av
+
+    with _av().open(video) as container:
+        if container.streams.audio:
+            return video
+    from tuneforge.errors import TuneforgeError
+
+    raise TuneforgeError(f"use_audio_in_video: the video '{video}' has no audio track and its row no audio for it; "
+                         "give each video its sound in the row's audios (the n-th video takes the n-th audio), "
+                         "or set use_audio_in_video: false")
+
+
 class Qwen2OmniMedia(MediaHandler):
     modalities = ("images", "videos", "audios")
     vision_bos, vision_eos, audio_bos, audio_eos = "<|vision_bos|>", "<|vision_eos|>", "<|audio_bos|>", "<|audio_eos|>"
@@ -84,7 +99,7 @@ class Qwen2OmniMedia(MediaHandler):
         audios, videos = list(media.get("audios") or []), list(media.get("videos") or [])
         if not self.audio_in_video:
             return audios, [None] * len(videos)
-        paired = [audios[i] if i < len(audios) else v for i, v in enumerate(videos)]
+        paired = [audios[i] if i < len(audios) else _own_sound(v) for i, v in enumerate(videos)]
         return audios[len(videos):], paired
 
     def _audio_features(self, paths: list[str], model_path: str) -> dict:

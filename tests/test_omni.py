@@ -101,8 +101,18 @@ def test_the_collator_feeds_video_and_sound_and_both_change_the_loss(omni_model,
 
 
 def test_images_and_audios_alone_use_omnis_markers(omni_model):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.dataset import make_collator
+
     ctx, _, features = omni_features(omni_model, "mllm_demo")
     assert "<|vision_bos|><|IMAGE|>" in ctx.tokenizer.decode(features["input_ids"][0])
+    batch = make_collator(ctx, "supervised")([{k: features[k][i] for k in features} for i in range(2)])
+    assert int((batch["mm_token_type_ids"] == 1).sum()) == int(batch["image_grid_thw"].prod(dim=1).sum()) // 4
+    model = AutoModelForImageTextToText.from_pretrained(omni_model).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
     ctx, _, features = omni_features(omni_model, "mllm_audio_demo")
     assert "<|audio_bos|><|AUDIO|>" in ctx.tokenizer.decode(features["input_ids"][0])
 

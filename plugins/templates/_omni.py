@@ -169,7 +169,8 @@ class Qwen2OmniMedia(MediaHandler):
         out: dict[str, Any] = {}
         images = [p for row in media_rows for p in (row.get("images") or [])]
         if images:
-            out.update(dict(image_processor(model_path)(images=[_open(p) for p in images], return_tensors="pt")))
+            pixels = image_processor(model_path)(images=[_open(p) for p in images], return_tensors="np")
+            out.update({k: torch.from_numpy(np.asarray(v)) for k, v in pixels.items()})
         videos = [p for row in media_rows for p in (row.get("videos") or [])]
         if videos:
             done = [video_patches(read_frames(p, self.video_settings), model_path) for p in videos]

@@ -76,6 +76,24 @@ def test_frames_are_sampled_as_llama_factory_samples_them():
     assert sample_indices(0, 1.0, default) == []
 
 
+def test_a_still_video_is_patched_exactly_as_the_image_processor_patches_its_frame(vl_model):
+    """The patch layout check that runs without torchvision: two identical frames (one temporal group)
+    must give the same patches, in the same order, as transformers' Qwen2-VL image processor gives for
+    the frame (it repeats an image over the temporal patch); 56x84 needs no resize on either side."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from tuneforge.plugins.templates._video import video_patches
+
+    rng = np.random.default_rng(0)
+    frame = Image.fromarray(rng.integers(0, 256, size=(56, 84, 3), dtype=np.uint8))
+    patches, grid = video_patches((frame, frame), str(vl_model))
+    reference = AutoImageProcessor.from_pretrained(vl_model)(images=[frame], return_tensors="np")
+    assert grid == tuple(reference["image_grid_thw"][0]) == (1, 4, 6)
+    np.testing.assert_allclose(patches, reference["pixel_values"], atol=1e-5)
+
+
 # --- mllm_video_demo ------------------------------------------------------------------------------
 
 

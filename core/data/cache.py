@@ -118,6 +118,20 @@ def dataset_fingerprint(plan, manager) -> dict | None:
     return {"entry": entry, "files": [(p.name, file_digest(p)) for p in files], "formats": formats}
 
 
+def _handler_modules(media) -> list[str]:
+    """The modules whose code decides a media handler's output: those of its classes, and the modules
+    of the same package they take functions and classes from (a handler built from shared helpers)."""
+    own = [c.__module__ for c in type(media).__mro__ if c.__module__ not in ("builtins", __package__ + ".media")]
+    found = dict.fromkeys(own)
+    for name in own:
+        package = name.rpartition(".")[0]
+        for value in vars(sys.modules[name]).values():
+            module = getattr(value, "__module__", None)
+            if (inspect.isfunction(value) or inspect.isclass(value)) and module and module.rpartition(".")[0] == package:
+                found.setdefault(module)
+    return sorted(found)
+
+
 def media_fingerprint(ctx) -> dict | None:
     """What decides the media part of the features: the handler (and its code), the model's image
     processor settings (preprocessor_config.json), and every media file the datasets name: where it
@@ -131,8 +145,7 @@ def media_fingerprint(ctx) -> dict | None:
     folder = Path(str(ctx.config.model_name_or_path))
     processor = folder / "preprocessor_config.json"
     # the handler's code and that of the modules it builds on (a subclass in another module)
-    modules = dict.fromkeys(c.__module__ for c in type(media).__mro__ if c.__module__ not in ("builtins", __package__ + ".media"))
-    source = "".join(inspect.getsource(sys.modules[m]) for m in modules)
+    source = "".join(inspect.getsource(sys.modules[m]) for m in _handler_modules(media))
     files = hashlib.sha256()
     for plan in list(ctx.plan.datasets) + list(ctx.plan.eval_datasets):
         columns = [plan.attr.column(c) for c in media_columns(plan.attr)]

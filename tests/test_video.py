@@ -269,3 +269,49 @@ report_to: none
     losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert len(losses) >= 4 and losses[-1] < losses[0] - 0.5, losses
+
+
+# --- a third party's handler ----------------------------------------------------------------------
+
+
+def test_a_third_party_media_handler_is_configured_per_run_and_its_settings_key_the_cache(vl_model, tmp_path):
+    from tuneforge import ChatTemplateSpec, hookimpl
+    from tuneforge.data.cache import cache_key
+    from tuneforge.data.media import MediaHandler
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_tokenizer
+
+    class Clips(MediaHandler):
+        modalities = ("videos",)
+        frames = None
+
+        def configure(self, config):
+            configured = Clips()
+            configured.frames = config.get("video_maxlen")
+            return configured
+
+        def describe(self):
+            return {"frames": self.frames}
+
+    definition = PluginManager(autoload=False).template("qwen2_vl").definition
+
+    class Plugin:
+        @hookimpl
+        def tuneforge_chat_templates(self):
+            return [ChatTemplateSpec(name="my_clips", description="clips", definition=dict(definition), media=Clips())]
+
+    video_dir(tmp_path, [video_row()])
+    make_video(tmp_path / "vid" / "a.mp4")
+    keys = []
+    for frames in (6, 6, 8):
+        manager = PluginManager(autoload=False, extra_plugins=[("my-clips", Plugin())])
+        prepared = prepare(None, [f"model_name_or_path={vl_model}", "template=my_clips", f"dataset_dir={tmp_path}",
+                                  "dataset=clips", f"video_maxlen={frames}"], manager=manager)
+        ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+        load_tokenizer(ctx)
+        assert ctx.media.frames == frames and ctx.plan.template.spec.media.frames is None
+        keys.append(cache_key(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))[0])
+    assert keys[0] == keys[1] != keys[2]

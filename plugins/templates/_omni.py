@@ -26,7 +26,7 @@ from typing import Any
 
 from tuneforge.data.media import MediaHandler
 
-from ._audio import AudioSettings, Qwen2AudioMedia, audio_tokens, read_audio
+from ._audio import AudioSettings, Qwen2AudioMedia, audio_tokens
 from ._media import _open, image_processor
 from ._video import VideoSettings, read_frames, video_patches
 

@@ -162,6 +162,12 @@ def _media_problems(plan, config) -> list[Problem]:
                 problems.append(Problem("dataset", f"dataset '{dataset.attr.name}' has {column}, but stage "
                                         f"'{plan.stage.name}' does not train on media yet (this version: stage sft); "
                                         f"its {column} would be dropped"))
+    videos = any("videos" in media_columns(d.attr) for d in plan.datasets + plan.eval_datasets)
+    if config.get("use_audio_in_video") and videos and media is not None and "audios" not in media.modalities:
+        problems.append(Problem("use_audio_in_video", f"template '{template.name}' takes {' and '.join(media.modalities)}, "
+                                "not audios: the videos' sound would be dropped. Use a template that takes videos with "
+                                "their sound (e.g. template: qwen2_omni), or set use_audio_in_video: false",
+                                config.where("use_audio_in_video")))
     return problems
 
 

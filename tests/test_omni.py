@@ -136,6 +136,19 @@ def test_a_video_without_a_sound_under_use_audio_in_video_is_named(omni_model, t
     assert "a.mp4" in str(err.value) and "use_audio_in_video" in str(err.value)
 
 
+def test_use_audio_in_video_with_a_template_without_audio_is_a_check_error():
+    from tuneforge.errors import ConfigError
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    with pytest.raises(ConfigError) as err:
+        prepare(None, [f"model_name_or_path={cached_tiny_model('qwen2_vl', 'tiny')}", "template=qwen2_vl",
+                       f"dataset_dir={ANCHOR}", "dataset=mllm_video_demo", "use_audio_in_video=true"],
+                manager=PluginManager(autoload=False))
+    assert "use_audio_in_video" in str(err.value) and "qwen2_vl' takes images and videos, not audios" in str(err.value)
+
+
 @pytest.mark.slow
 def test_sft_lora_on_mllm_video_audio_demo_with_audio_in_video_loss_falls(omni_model, tmp_path):
     config = tmp_path / "sft.yaml"

@@ -508,3 +508,39 @@ def test_reasoning_templates_keep_train_and_drop_thoughts_as_llamafactory(name, 
     # the generation prompt: nothing added with enable_thinking, the empty block without
     assert template.render_prompt(tokenizer, two[:1], enable_thinking=False).endswith(empty)
     assert not template.render_prompt(tokenizer, two[:1]).endswith(empty)
+
+
+NOTHINK = sorted(name for name in _definitions() if name.endswith("_nothink"))
+
+
+@pytest.mark.parametrize("name", NOTHINK)
+def test_nothink_templates_never_add_or_remove_a_thought_block(name, templates, tokenizer):
+    """As LLaMA-Factory's *_nothink templates: no reasoning, whatever enable_thinking says; a reply is trained as written."""
+    template = templates[name]
+    assert not template.reasoning
+    two = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+           {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+    for thinking in (True, False):
+        (_, r1), (p2, r2) = template.render_turns(tokenizer, two, enable_thinking=thinking)
+        assert r1.startswith("Hello!") and r2.startswith("Bye!") and "<think>" not in p2
+        assert "<think>" not in template.render_prompt(tokenizer, two[:3], enable_thinking=thinking)
+
+
+def test_preserve_thinking_config_key_keeps_history_thoughts_for_the_new_reasoning_templates(rows_dir):
+    """preserve_thinking (config key, as in LLaMA-Factory) reaches the template: history replies keep their thoughts."""
+    from tuneforge.plan import prepare
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import resolve_template
+
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen3"))
+    two = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nThink.\n</think>\n\nHello!"},
+           {"role": "user", "content": "Bye"}]
+    for name in ("qwen3_6", "glm4_7", "hy3"):
+        for keep in (False, True):
+            prepared = prepare(None, [f"model_name_or_path={cached_tiny_model('qwen3')}", f"template={name}", "dataset=rows",
+                                      f"dataset_dir={rows_dir}", f"output_dir={rows_dir / 'out'}", f"preserve_thinking={keep}"],
+                               manager=_MANAGER)
+            template = resolve_template(RunContext(prepared.config, prepared.plan, prepared.manager), tokenizer)
+            open_tag, close_tag = template.thought_words
+            messages = [two[0], {"role": "assistant", "content": f"{open_tag}Think.{close_tag}Hello!"}, two[2]]
+            assert ("Think." in template.render_prompt(tokenizer, messages)) is keep, (name, keep)

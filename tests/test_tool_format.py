@@ -172,3 +172,31 @@ def test_a_string_argument_is_written_as_is_and_a_list_as_json(tokenizer):
     bad = [MESSAGES[0], {"role": "function", "content": json.dumps({"name": "f", "arguments": [1]})}]
     with pytest.raises(ValueError, match="writes each argument of a call; the arguments of 'f' must be an object"):
         template_for(tool_format="qwen3_5").render_turns(tokenizer, bad)
+
+
+def test_glm4_7_renders_tools_a_call_and_a_result_as_its_chat_template():
+    """GLM-4.7's published template, as rendered by an independent implementation (Ollama's glm47 renderer test):
+    tools, a call and a result. Two differences are LLaMA-Factory's policy, not the format: a history reply here has no
+    thought marker (the template writes a bare ``</think>``), and the prompt stops before ``<think>``."""
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("llama3"))
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get weather", "parameters": {
+        "type": "object", "required": ["location"], "properties": {"location": {"type": "string"}}}}}]
+    published = (
+        "[gMASK]<sop><|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+        "provided with function signatures within <tools></tools> XML tags:\n<tools>\n" + json.dumps(tools[0]) + "\n</tools>\n\n"
+        "For each function call, output the function name and arguments within the following XML format:\n<tool_call>"
+        "{function-name}<arg_key>{arg-key-1}</arg_key><arg_value>{arg-value-1}</arg_value><arg_key>{arg-key-2}</arg_key>"
+        "<arg_value>{arg-value-2}</arg_value>...</tool_call><|user|>Weather?<|assistant|></think><tool_call>get_weather"
+        "<arg_key>location</arg_key><arg_value>Tokyo</arg_value><arg_key>unit</arg_key><arg_value>celsius</arg_value>"
+        '</tool_call><|observation|><tool_response>{"temperature":22}</tool_response><|assistant|><think>')
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "function", "content": json.dumps({"name": "get_weather", "arguments": {"location": "Tokyo", "unit": "celsius"}})},
+                {"role": "observation", "content": '{"temperature":22}'}]
+    template = template_for(template="glm4_7")
+    expected = published.replace("<|assistant|></think>", "<|assistant|>").removesuffix("<think>")
+    assert template.render_prompt(tokenizer, messages, None, tools=json.dumps(tools)) == expected
+    from tuneforge.chat.tools import parse_tool_calls
+
+    call = "<tool_call>get_weather<arg_key>location</arg_key><arg_value>Tokyo</arg_value></tool_call><tool_call>f</tool_call>"
+    assert parse_tool_calls(template, call, tokenizer)[1] == [{"name": "get_weather", "arguments": {"location": "Tokyo"}},
+                                                              {"name": "f", "arguments": {}}]

@@ -51,6 +51,9 @@ def _parse_calls(template, text: str) -> list[dict] | None:
                 end = text.find(following, pos) if following else -1
                 if end < 0 and following.strip(_WS):
                     end = text.find(following.strip(_WS), pos)
+                head = _argument_head(template) if index + 1 < len(parts) and _SLOT.fullmatch(parts[index + 1]) else ""
+                if head and 0 <= text.find(head, pos) and (end < 0 or text.find(head, pos) < end):
+                    end = text.find(head, pos)  # NAME<arg_key>...: the name ends where the first argument starts
                 if end < 0:
                     return None
                 call["name"] = text[pos:end].strip(_WS)
@@ -78,6 +81,14 @@ def _parse_calls(template, text: str) -> list[dict] | None:
             pos += len(separator)
         if len(calls) > 64:
             return None
+
+
+def _argument_head(template) -> str:
+    """The literal text an argument of an XML-style call starts with ("" when none, or no such format)."""
+    if template.format_tool_argument is None:
+        return ""
+    first = [p for p in re.split(r"(\{\{\s*(?:key|value)\s*\}\})", template.format_tool_argument) if p][:1]
+    return first[0].strip(_WS) if first and not _SLOT.fullmatch(first[0]) else ""
 
 
 def _parse_arguments(template, text: str, pos: int, stop: str) -> tuple[dict, int] | None:

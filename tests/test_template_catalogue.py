@@ -475,7 +475,9 @@ def test_known_models_of_the_new_families():
     manager = PluginManager(autoload=False)
     expected = {"gemma-2-9b-it": "gemma2", "Llama-4-Scout-17B-16E-Instruct": "llama4", "DeepSeek-R1-Distill-Qwen-7B": "deepseekr1",
                 "gpt-oss-20b": "gpt_oss", "GLM-4.5-Air": "glm4_moe", "Mistral-Small-3.1-24B-Instruct-2503": "mistral_small",
-                "Phi-4-mini-instruct": "phi4_mini", "granite-3.1-8b-instruct": "granite3", "SmolLM2-1.7B-Instruct": "smollm2"}
+                "Phi-4-mini-instruct": "phi4_mini", "granite-3.1-8b-instruct": "granite3", "SmolLM2-1.7B-Instruct": "smollm2",
+                "Llama-3.2-11B-Vision-Instruct": "mllama", "GLM-4.7": "glm4_7", "LFM2-1.2B": "lfm2", "Qwen2-Audio-7B-Instruct": "qwen2_audio",
+                "llava-v1.6-mistral-7b-hf": "llava_next_mistral", "Kimi-VL-A3B-Instruct": "kimi_vl"}
     for name, template in expected.items():
         model = registry.known_model(manager, name)
         assert model is not None and model.template == template, name

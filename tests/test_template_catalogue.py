@@ -244,9 +244,9 @@ FIRST_EXCHANGE = {
         '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
     'kimi_vl': ('none', '<|im_system|>system<|im_middle|>Be brief.<|im_end|><|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>assistant<|im_middle|>',
         '◁think▷◁/think▷Hello!<|im_end|>'),
-    'lfm2': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+    'lfm2': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
         'Hello!<|im_end|>\n'),
-    'lfm2_vl': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+    'lfm2_vl': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
         'Hello!<|im_end|>\n'),
     'llava_next_llama3': ('none', '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
         'Hello!<|eot_id|>'),
@@ -409,6 +409,36 @@ def test_two_turns_with_tools_render_and_train_only_the_replies(name, templates,
 
 # template -> (whether the model's published Jinja renders the system prompt (Orion's ignores it), the EOS
 # token of the model when the published Jinja writes it literally instead of eos_token)
+PUBLISHED_WITH_TOOLS = {"qwen3_5": "qwen3", "lfm2": "qwen2"}  # template -> the tiny tokenizer rendering it
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_WITH_TOOLS))
+def test_a_tool_conversation_equals_the_models_published_jinja(name, templates):
+    """System prompt, tools, a tool call, its result and the answer: our training rendering is exactly what the
+    model's published chat template (templates/reference/NAME.jinja) renders for the same conversation, and the
+    saved tokenizer's Jinja renders the generation prompt as we do."""
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model(PUBLISHED_WITH_TOOLS[name]))
+    template = templates[name]
+    turns = template.render_turns(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    call = turns[0][1]
+    if name == "lfm2":  # LFM2's template has no tool_calls field: the assistant writes the call as text
+        tool_call = {"content": call.removesuffix("<|im_end|>\n")}
+    else:
+        call = call.removeprefix("<think>\n\n</think>\n\n")
+        tool_call = {"content": "", "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]}
+    hf = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 1+2?"}, {"role": "assistant", **tool_call},
+          {"role": "tool", "content": "3"}, {"role": "assistant", "content": "It is 3."}]
+    tools = [{"type": "function", "function": tool} for tool in json.loads(TOOLS)]
+    tokenizer.chat_template = reference_jinja(name)
+    published = tokenizer.apply_chat_template(hf, tools=tools, tokenize=False)
+    assert "".join(prompt + response for prompt, response in turns) == published
+    ids, _ = template.encode_supervised(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    assert ids == tokenizer.encode(published, add_special_tokens=False)
+    template.apply_to_tokenizer(tokenizer)
+    ours = tokenizer.apply_chat_template(hf[:4], tools=tools, tokenize=False, add_generation_prompt=True)
+    assert ours == template.render_prompt(tokenizer, WITH_TOOLS[:3], SYSTEM, tools=TOOLS)
+
+
 PUBLISHED = {"deepseekcoder": (True, None), "orion": (False, None), "granite3": (True, None), "phi_small": (True, None),
              "deepseek": (True, None), "cohere": (True, "<|END_OF_TURN_TOKEN|>")}
 

@@ -127,7 +127,7 @@ XML_CALLS = {
     "minimax2": ("<tools>\n<tool>" + json.dumps(json.loads(TOOLS)[0]) + "</tool>\n</tools>",
                  '<minimax:tool_call>\n<invoke name="add">\n<parameter name="a">1</parameter>\n<parameter name="b">2</parameter>\n'
                  "</invoke>\n</minimax:tool_call>"),
-    "lfm2": ("List of tools: <|tool_list_start|>[" + json.dumps(json.loads(TOOLS)[0]) + "]<|tool_list_end|>",
+    "lfm2": ("List of tools: <|tool_list_start|>[" + json.dumps({"type": "function", "function": json.loads(TOOLS)[0]}) + "]<|tool_list_end|>",
              "<|tool_call_start|>[add(a=1, b=2)]<|tool_call_end|>"),
 }
 

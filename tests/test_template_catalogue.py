@@ -576,3 +576,20 @@ def test_preserve_thinking_config_key_keeps_history_thoughts_for_the_new_reasoni
             open_tag, close_tag = template.thought_words
             messages = [two[0], {"role": "assistant", "content": f"{open_tag}Think.{close_tag}Hello!"}, two[2]]
             assert ("Think." in template.render_prompt(tokenizer, messages)) is keep, (name, keep)
+
+
+def test_a_converted_multimodal_template_refuses_media_rows_at_check(tmp_path):
+    """Until the generic media handler reads media_placeholders, a dataset with images and such a template stops at
+    `check` with the text-only error (never trains <image> as plain text)."""
+    rows = [{"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}],
+             "images": ["cat.png"]}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"rows": {
+        "file_name": "rows.json", "formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {cached_tiny_model('llama3')}\ntemplate: mllama\ndataset: rows\n"
+                      f"dataset_dir: {tmp_path}\noutput_dir: {tmp_path / 'out'}\n")
+    result = run_cli("check", str(config))
+    assert result.returncode != 0
+    assert "has the media column 'images'" in result.stderr and "template 'mllama' is text-only" in result.stderr

@@ -439,6 +439,26 @@ def test_a_tool_conversation_equals_the_models_published_jinja(name, templates):
     assert ours == template.render_prompt(tokenizer, WITH_TOOLS[:3], SYSTEM, tools=TOOLS)
 
 
+def test_minimax2_tool_conversation_with_reasoning_equals_its_published_jinja(templates):
+    """MiniMax-M2's published template (templates/reference/minimax2.jinja): system prompt, tools, a call and an
+    answer each after a thought block, and the tool result, token for token."""
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen2"))
+    call = {"name": "add", "arguments": {"a": 1, "b": 2}}
+    ours = [WITH_TOOLS[0], {"role": "function", "content": "<think>\nAdd them.\n</think>\n\n" + json.dumps(call)}, WITH_TOOLS[2],
+            {"role": "assistant", "content": "<think>\nDone.\n</think>\n\nIt is 3."}]
+    hf = [{"role": "system", "content": SYSTEM}, WITH_TOOLS[0],
+          {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n", "tool_calls": [{"type": "function", "function": call}]},
+          {"role": "tool", "content": "3"}, ours[3]]
+    tokenizer.chat_template = reference_jinja("minimax2")
+    published = tokenizer.apply_chat_template(hf, tools=[{"type": "function", "function": t} for t in json.loads(TOOLS)], tokenize=False)
+    template = templates["minimax2"]
+    assert "".join(p + r for p, r in template.render_turns(tokenizer, ours, SYSTEM, tools=TOOLS)) == published
+    ids, labels = template.encode_supervised(tokenizer, ours, SYSTEM, tools=TOOLS)
+    assert ids == tokenizer.encode(published, add_special_tokens=False)
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert trained.startswith("<think>\nAdd them.") and "What is 1+2?" not in trained
+
+
 PUBLISHED = {"deepseekcoder": (True, None), "orion": (False, None), "granite3": (True, None), "phi_small": (True, None),
              "deepseek": (True, None), "cohere": (True, "<|END_OF_TURN_TOKEN|>")}
 

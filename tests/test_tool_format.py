@@ -125,7 +125,7 @@ XML_CALLS = {
     "minimax1": ("<tools>\n" + json.dumps(json.loads(TOOLS)[0]) + "\n</tools>",
                  '<tool_calls>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_calls>'),
     "minimax2": ("<tools>\n<tool>" + json.dumps(json.loads(TOOLS)[0]) + "</tool>\n</tools>",
-                 '<minimax:tool_call>\n<invoke name="add">\n<parameter name="a">1</parameter>\n<parameter name="b">2</parameter>\n'
+                 '\n<minimax:tool_call>\n<invoke name="add">\n<parameter name="a">1</parameter>\n<parameter name="b">2</parameter>\n'
                  "</invoke>\n</minimax:tool_call>"),
     "lfm2": ("List of tools: <|tool_list_start|>[" + json.dumps({"type": "function", "function": json.loads(TOOLS)[0]}) + "]<|tool_list_end|>",
              "<|tool_call_start|>[add(a=1, b=2)]<|tool_call_end|>"),

@@ -1,7 +1,8 @@
 """Tool calls between the OpenAI format and a chat template's own format.
 
 A template writes a function turn with ``format_function`` around ``format_tool_calls`` (or
-``format_tool_calls_many``) around calls written with ``format_tool_call`` and joined by
+``format_tool_calls_many``) around calls written with ``format_tool_call`` (its ``{{arguments}}`` JSON, or
+each argument written with ``format_tool_argument`` for XML-style formats) and joined by
 ``tool_call_separator`` (see :meth:`tuneforge.data.template.Template.render_tool_calls`).
 :func:`parse_tool_calls` reads a generated reply back through the same slots, so every template that
 can render tool calls can also have them parsed; nothing here knows a template by name.
@@ -104,7 +105,7 @@ def _parse_arguments(template, text: str, pos: int, stop: str) -> tuple[dict, in
             if not text.startswith(separator, pos):
                 return None
             pos = _skip_ws(text, pos + len(separator))
-        head = next((p.strip(_WS) for p in parts if not _SLOT.fullmatch(p)), "") if parts and not _SLOT.fullmatch(parts[0]) else ""
+        head = _argument_head(template)
         if head and not text.startswith(head, pos):
             return arguments, pos
         key = None

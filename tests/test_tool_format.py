@@ -174,11 +174,10 @@ def test_a_string_argument_is_written_as_is_and_a_list_as_json(tokenizer):
         template_for(tool_format="qwen3_5").render_turns(tokenizer, bad)
 
 
-def test_glm4_7_renders_tools_a_call_and_a_result_as_its_chat_template():
+def test_glm4_7_renders_tools_a_call_and_a_result_as_its_chat_template(tokenizer):
     """GLM-4.7's published template, as rendered by an independent implementation (Ollama's glm47 renderer test):
     tools, a call and a result. Two differences are LLaMA-Factory's policy, not the format: a history reply here has no
     thought marker (the template writes a bare ``</think>``), and the prompt stops before ``<think>``."""
-    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("llama3"))
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get weather", "parameters": {
         "type": "object", "required": ["location"], "properties": {"location": {"type": "string"}}}}}]
     published = (

@@ -37,27 +37,37 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 from .conftest import run_cli
 
-#: Every template name of LLaMA-Factory's data/template.py (plus qwen3_5 and phi4_mini, named by issue 18).
-LLAMA_FACTORY_TEXT = {
-    "alpaca", "aquila", "atom", "baichuan", "baichuan2", "bailing", "bailing_v2", "belle", "bluelm", "breeze",
-    "chatglm2", "chatglm3", "chatml", "chatml_de", "codegeex2", "codegeex4", "cohere", "cpm", "cpm3", "cpm4", "dbrx",
-    "deepseek", "deepseek3", "deepseekr1", "deepseekcoder", "default", "empty", "ernie", "ernie_nothink", "exaone",
-    "falcon", "falcon_h1", "fewshot", "gemma", "gemma2", "gemma3", "gemma3n", "glm4", "glm4_moe", "glmz1", "gpt_oss",
-    "granite3", "granite4", "index", "hunyuan", "intern", "intern2", "llama2", "llama2_zh", "llama3", "llama4",
-    "moonlight", "marco", "mimo", "mimo_v2", "minimax1", "minimax2", "ministral", "mistral", "mistral_small",
-    "ministral3", "olmo", "openchat", "openchat-3.6", "opencoder", "orion", "phi", "phi_small", "phi4", "phi4_mini",
-    "qwen", "qwen3", "qwen3_nothink", "qwen3_5", "sailor", "seed_coder", "seed_oss", "skywork_o1", "smollm", "smollm2",
-    "solar", "starchat", "telechat", "telechat2", "vicuna", "xuanyuan", "xverse", "yayi", "yi", "yuan", "zephyr", "ziya",
+#: Every template name registered in LLaMA-Factory 0.9.5's data/template.py (121 names).
+LLAMA_FACTORY_NAMES = {
+    "aeva", "alpaca", "bailing", "bailing_v2", "breeze", "chatglm3", "chatml", "chatml_de", "cohere", "cpm4", "dbrx",
+    "deepseek", "deepseek3", "deepseekcoder", "deepseekr1", "default", "dots_ocr", "empty", "ernie", "ernie_nothink",
+    "ernie_vl", "exaone", "falcon", "falcon_h1", "fewshot", "gemma", "gemma2", "gemma3", "gemma3n", "gemma4",
+    "gemma4n", "glm4", "glm4_5v", "glm4_7", "glm4_moe", "glm4v", "glm_ocr", "glmz1", "gpt_oss", "granite3",
+    "granite3_vision", "granite4", "hunyuan", "hunyuan_small", "hy3", "index", "intern2", "intern_s1", "intern_vl",
+    "keye_vl", "kimi_vl", "lfm2", "lfm2_vl", "llama2", "llama2_zh", "llama3", "llama4", "llava", "llava_next",
+    "llava_next_llama3", "llava_next_mistral", "llava_next_qwen", "llava_next_video", "llava_next_video_mistral",
+    "llava_next_video_yi", "llava_next_yi", "mimo", "mimo_v2", "mimo_vl", "minicpm_o", "minicpm_v", "minicpm_v_4_6",
+    "minimax1", "minimax2", "ministral", "ministral3", "mistral", "mistral_small", "mllama", "moonlight", "olmo",
+    "openchat", "openchat-3.6", "opencoder", "paligemma", "paligemma_chat", "phi", "phi4", "phi4_mini", "phi_small",
+    "pixtral", "qwen", "qwen2_audio", "qwen2_omni", "qwen2_vl", "qwen3", "qwen3_5", "qwen3_5_nothink", "qwen3_6",
+    "qwen3_nothink", "qwen3_omni", "qwen3_omni_nothink", "qwen3_vl", "qwen3_vl_nothink", "sailor", "seed_coder",
+    "seed_oss", "smollm", "smollm2", "solar", "starchat", "telechat2", "vicuna", "video_llava", "xuanyuan", "yi",
+    "yi_vl", "youtu", "youtu_vl", "yuan", "zephyr",
 }
-LLAMA_FACTORY_MULTIMODAL = {
-    "dots_ocr", "ernie_vl", "glm4v", "glm4_5v", "granite3_vision", "intern_vl", "intern_s1", "keye_vl", "kimi_vl",
-    "llava", "llava_next", "llava_next_llama3", "llava_next_mistral", "llava_next_qwen", "llava_next_yi",
-    "llava_next_video", "llava_next_video_mistral", "llava_next_video_yi", "mimo_vl", "minicpm_v", "minicpm_o",
-    "mllama", "paligemma", "paligemma_chat", "pixtral", "qwen2_audio", "qwen2_omni", "qwen3_omni",
-    "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "video_llava", "yi_vl",
-}
+#: Multimodal names still waiting for their media handler (another engineer's issue-17 work); refused at check.
+VISION_PENDING = {"intern_vl", "llava", "llava_next", "qwen3_vl", "qwen3_vl_nothink"}
 #: Multimodal names that are real templates now (with a media handler: tests/test_vision.py).
-VISION_DONE = {"qwen2_vl", "qwen2_audio", "qwen2_omni"}
+VISION_DONE = {"qwen2_vl"}
+#: Multimodal templates whose own media handler is built in (tests/test_audio.py, tests/test_omni.py).
+WITH_MEDIA_HANDLER = {"qwen2_audio", "qwen2_omni"}
+#: Multimodal names that are text templates with ``media_placeholders`` (no media handler yet: media rows are refused).
+WITH_PLACEHOLDERS = {
+    "dots_ocr", "ernie_vl", "gemma4", "gemma4n", "glm4v", "glm4_5v", "glm_ocr", "granite3_vision", "intern_s1", "keye_vl",
+    "kimi_vl", "lfm2_vl", "llava_next_llama3", "llava_next_mistral", "llava_next_qwen", "llava_next_yi", "llava_next_video",
+    "llava_next_video_mistral", "llava_next_video_yi", "mimo_vl", "minicpm_o", "minicpm_v", "minicpm_v_4_6", "mllama",
+    "paligemma", "paligemma_chat", "pixtral", "qwen2_audio", "qwen2_omni", "qwen3_5_nothink", "qwen3_6", "qwen3_omni",
+    "qwen3_omni_nothink", "video_llava", "yi_vl", "youtu_vl",
+}
 
 SYSTEM = "Be brief."
 ONE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
@@ -206,6 +216,90 @@ FIRST_EXCHANGE = {
         'Hello!<eod>\n'),
     'ziya': ('append', 'Be brief.<human>:Hi\n<bot>:',
         'Hello!\n'),
+    'aeva': ('efficient', '[gMASK]<sop><|system|>Be brief.<|user|>Hi<|assistant|>',
+        '<think></think>Hello!'),
+    'dots_ocr': ('efficient', '<|system|>Be brief.<|endofsystem|>\n<|user|>Hi<|endofuser|><|assistant|>',
+        'Hello!<|endofassistant|>'),
+    'ernie_vl': ('none', 'Be brief.\nUser: Hi\nAssistant: ',
+        '<think>\n\n</think>\n\nHello!<|end_of_sentence|>'),
+    'gemma4': ('none', '<|begin_of_text|><|turn>system\n<|think|>\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n',
+        '<|channel>thought\n<channel|>Hello!<turn|>\n'),
+    'gemma4n': ('none', '<|begin_of_text|><|turn>system\n<|think|>\nBe brief.<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n',
+        '<|channel>thought\n<channel|>Hello!<turn|>\n'),
+    'glm4_5v': ('efficient', '[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\n',
+        '<think></think>\nHello!'),
+    'glm4_7': ('efficient', '[gMASK]<sop><|system|>Be brief.<|user|>Hi<|assistant|>',
+        '<think></think>Hello!'),
+    'glm4v': ('efficient', '[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\n',
+        '<think></think>Hello!'),
+    'glm_ocr': ('efficient', '[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>',
+        '\nHello!'),
+    'granite3_vision': ('append', '<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n',
+        'Hello!'),
+    'hunyuan_small': ('none', '<｜hy_begin▁of▁sentence｜>Be brief.<｜hy_place▁holder▁no▁3｜><｜hy_User｜>Hi<｜hy_place▁holder▁no▁8｜>',
+        'Hello!<｜hy_place▁holder▁no▁2｜>'),
+    'hy3': ('none', '<|begin_of_text|>Be brief.<｜hy_User｜>Hi<｜hy_Assistant｜>',
+        '<think></think>Hello!<｜hy_eos｜>'),
+    'intern_s1': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'keye_vl': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
+    'kimi_vl': ('none', '<|im_system|>system<|im_middle|>Be brief.<|im_end|><|im_user|>user<|im_middle|>Hi<|im_end|><|im_assistant|>assistant<|im_middle|>',
+        '◁think▷◁/think▷Hello!<|im_end|>'),
+    'lfm2': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'lfm2_vl': ('none', '<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'llava_next_llama3': ('none', '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
+        'Hello!<|eot_id|>'),
+    'llava_next_mistral': ('append', '<|begin_of_text|>[INST] Be brief.\n\nHi[/INST]',
+        ' Hello!'),
+    'llava_next_qwen': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'llava_next_video': ('append', 'Be brief. USER: Hi ASSISTANT:',
+        'Hello!'),
+    'llava_next_video_mistral': ('append', '<|begin_of_text|>[INST] Be brief.\n\nHi[/INST]',
+        ' Hello!'),
+    'llava_next_video_yi': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'llava_next_yi': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'mimo_vl': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
+    'minicpm_o': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'minicpm_v': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'minicpm_v_4_6': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'mllama': ('none', '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n',
+        'Hello!<|eot_id|>'),
+    'paligemma': ('append', '<|begin_of_text|>Be brief.Hi\n',
+        'Hello!'),
+    'paligemma_chat': ('none', '<|begin_of_text|><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n',
+        'Hello!<end_of_turn>\n'),
+    'pixtral': ('append', '<|begin_of_text|>[INST]Be brief.\n\nHi[/INST]',
+        'Hello!'),
+    'qwen2_audio': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'qwen2_omni': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'qwen3_5_nothink': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'qwen3_6': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
+    'qwen3_omni': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        '<think>\n\n</think>\n\nHello!<|im_end|>\n'),
+    'qwen3_omni_nothink': ('none', '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
+        'Hello!<|im_end|>\n'),
+    'video_llava': ('append', 'Be brief. USER: Hi ASSISTANT:',
+        'Hello!'),
+    'yi_vl': ('efficient', 'Be brief.### Human: Hi\n### Assistant:',
+        'Hello!\n'),
+    'youtu': ('none', '<|begin_of_text|>Be brief.<|User|>Hi<|Assistant|>',
+        '<think>\n\n</think>\n\nHello!<|end_of_text|>'),
+    'youtu_vl': ('none', '<|begin_of_text|>system\nBe brief.<|end_of_text|>\n<|begin_of_text|>user\nHi<|end_of_text|>\n<|begin_of_text|>assistant\n',
+        'Hello!<|end_of_text|>\n'),
 }
 
 # template -> (tiny family whose reference Jinja writes the same format, the built-in template that is
@@ -228,19 +322,63 @@ def templates():
 
 
 def test_every_llamafactory_name_is_a_template(templates):
-    assert LLAMA_FACTORY_TEXT <= set(templates), sorted(LLAMA_FACTORY_TEXT - set(templates))
-    assert set(multimodal_names()) == LLAMA_FACTORY_MULTIMODAL - VISION_DONE
-    assert VISION_DONE <= set(templates)
-    assert not (LLAMA_FACTORY_MULTIMODAL - VISION_DONE) & set(templates)
+    assert LLAMA_FACTORY_NAMES - VISION_PENDING <= set(templates), sorted(LLAMA_FACTORY_NAMES - VISION_PENDING - set(templates))
+    assert set(multimodal_names()) == VISION_PENDING
+    assert not VISION_PENDING & set(templates)
     manager = PluginManager(autoload=False)
-    for name in LLAMA_FACTORY_MULTIMODAL - VISION_DONE:
+    for name in VISION_PENDING:
         assert manager.entry("template", name).status == f"unavailable: {NEEDS_VISION}"
-    for name in LLAMA_FACTORY_TEXT:
+    for name in LLAMA_FACTORY_NAMES - VISION_PENDING:
         assert manager.entry("template", name).status == "active", name
     assert set(FIRST_EXCHANGE) == set(templates) - {
         "default", "empty", "alpaca", "vicuna", "chatml", "llama2", "llama3", "qwen", "qwen3", "qwen3_nothink", "mistral",
         "gemma", "gemma3", "glm4", "phi", "phi4", "deepseek", "deepseek3", "yi", "zephyr", "baichuan2", "intern2", "cohere",
         "falcon", "starchat", "openchat"} - VISION_DONE  # those 26: tests/test_templates.py; qwen2_vl: tests/test_vision.py
+
+
+def test_multimodal_templates_name_their_placeholders():
+    """Each converted multimodal name says what its processor expects in the text per medium, and has no
+    ``media:`` handler yet (so a row with images is refused at check, not trained as text)."""
+    from tuneforge.plugins.templates.builtin import _load, media_placeholders
+
+    files = dict(_load())
+    assert {name for name, d in files.items() if d.get("media_placeholders")} == WITH_PLACEHOLDERS
+    for name in WITH_PLACEHOLDERS:
+        found = media_placeholders(name)
+        assert found and set(found) <= {"image", "video", "audio"}, name
+        assert all(isinstance(v, str) and v for v in found.values()), name
+        assert ("media" in files[name]) == (name in WITH_MEDIA_HANDLER), name
+    assert media_placeholders("mllama") == {"image": "<|image|>"}
+    assert media_placeholders("qwen2_audio") == {"audio": "<|AUDIO|>"}
+    assert media_placeholders("llama3") == {}
+
+
+@pytest.fixture(scope="module")
+def rows_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rows")
+    (folder / "rows.json").write_text(json.dumps([{"instruction": "Hi", "input": "", "output": "Hello!"}]))
+    (folder / "dataset_info.json").write_text(json.dumps({"rows": {"file_name": "rows.json"}}))
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_FACTORY_NAMES - VISION_PENDING))
+def test_every_llamafactory_name_passes_check_and_renders_tools(name, templates, tokenizer, rows_dir):
+    """What `tuneforge check` validates (the whole config, before torch), then a two-turn conversation with
+    tools, a call and a result, for every LLaMA-Factory template name (tokenizer only)."""
+    from tuneforge.plan import prepare
+
+    prepared = prepare(None, [f"model_name_or_path={cached_tiny_model('llama3')}", f"template={name}", "dataset=rows",
+                              f"dataset_dir={rows_dir}", f"output_dir={rows_dir / 'out'}"], manager=_MANAGER)
+    assert prepared.config.template == name
+    template = templates[name]
+    turns = template.render_turns(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    assert len(turns) == 2 and "add" in turns[0][0] and "add" in turns[0][1] and "It is 3." in turns[1][1]
+    ids, labels = template.encode_supervised(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert "It is 3." in trained and "What is 1+2?" not in trained
+
+
+_MANAGER = PluginManager(autoload=False)
 
 
 @pytest.mark.parametrize("name", sorted(FIRST_EXCHANGE))
@@ -264,7 +402,7 @@ def test_two_turns_with_tools_render_and_train_only_the_replies(name, templates,
     assert len(turns) == 2
     first_prompt = turns[0][0]
     assert SYSTEM in first_prompt and "What is 1+2?" in first_prompt and "add" in first_prompt  # tools are offered
-    assert '"a": 1' in turns[0][1] and "add" in turns[0][1]  # the call is written in the reply
+    assert "a" in turns[0][1] and "1" in turns[0][1] and "add" in turns[0][1]  # the call is written in the reply
     assert "3" in turns[1][0] and "It is 3." in turns[1][1]
     ids, labels = template.encode_supervised(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
     trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
@@ -273,6 +411,56 @@ def test_two_turns_with_tools_render_and_train_only_the_replies(name, templates,
 
 # template -> (whether the model's published Jinja renders the system prompt (Orion's ignores it), the EOS
 # token of the model when the published Jinja writes it literally instead of eos_token)
+PUBLISHED_WITH_TOOLS = {"qwen3_5": "qwen3", "lfm2": "qwen2"}  # template -> the tiny tokenizer rendering it
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_WITH_TOOLS))
+def test_a_tool_conversation_equals_the_models_published_jinja(name, templates):
+    """System prompt, tools, a tool call, its result and the answer: our training rendering is exactly what the
+    model's published chat template (templates/reference/NAME.jinja) renders for the same conversation, and the
+    saved tokenizer's Jinja renders the generation prompt as we do."""
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model(PUBLISHED_WITH_TOOLS[name]))
+    template = templates[name]
+    turns = template.render_turns(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    call = turns[0][1]
+    if name == "lfm2":  # LFM2's template has no tool_calls field: the assistant writes the call as text
+        tool_call = {"content": call.removesuffix("<|im_end|>\n")}
+    else:
+        call = call.removeprefix("<think>\n\n</think>\n\n")
+        tool_call = {"content": "", "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]}
+    hf = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 1+2?"}, {"role": "assistant", **tool_call},
+          {"role": "tool", "content": "3"}, {"role": "assistant", "content": "It is 3."}]
+    tools = [{"type": "function", "function": tool} for tool in json.loads(TOOLS)]
+    tokenizer.chat_template = reference_jinja(name)
+    published = tokenizer.apply_chat_template(hf, tools=tools, tokenize=False)
+    assert "".join(prompt + response for prompt, response in turns) == published
+    ids, _ = template.encode_supervised(tokenizer, WITH_TOOLS, SYSTEM, tools=TOOLS)
+    assert ids == tokenizer.encode(published, add_special_tokens=False)
+    template.apply_to_tokenizer(tokenizer)
+    ours = tokenizer.apply_chat_template(hf[:4], tools=tools, tokenize=False, add_generation_prompt=True)
+    assert ours == template.render_prompt(tokenizer, WITH_TOOLS[:3], SYSTEM, tools=TOOLS)
+
+
+def test_minimax2_tool_conversation_with_reasoning_equals_its_published_jinja(templates):
+    """MiniMax-M2's published template (templates/reference/minimax2.jinja): system prompt, tools, a call and an
+    answer each after a thought block, and the tool result, token for token."""
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen2"))
+    call = {"name": "add", "arguments": {"a": 1, "b": 2}}
+    ours = [WITH_TOOLS[0], {"role": "function", "content": "<think>\nAdd them.\n</think>\n\n" + json.dumps(call)}, WITH_TOOLS[2],
+            {"role": "assistant", "content": "<think>\nDone.\n</think>\n\nIt is 3."}]
+    hf = [{"role": "system", "content": SYSTEM}, WITH_TOOLS[0],
+          {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n", "tool_calls": [{"type": "function", "function": call}]},
+          {"role": "tool", "content": "3"}, ours[3]]
+    tokenizer.chat_template = reference_jinja("minimax2")
+    published = tokenizer.apply_chat_template(hf, tools=[{"type": "function", "function": t} for t in json.loads(TOOLS)], tokenize=False)
+    template = templates["minimax2"]
+    assert "".join(p + r for p, r in template.render_turns(tokenizer, ours, SYSTEM, tools=TOOLS)) == published
+    ids, labels = template.encode_supervised(tokenizer, ours, SYSTEM, tools=TOOLS)
+    assert ids == tokenizer.encode(published, add_special_tokens=False)
+    trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert trained.startswith("<think>\nAdd them.") and "What is 1+2?" not in trained
+
+
 PUBLISHED = {"deepseekcoder": (True, None), "orion": (False, None), "granite3": (True, None), "phi_small": (True, None),
              "deepseek": (True, None), "cohere": (True, "<|END_OF_TURN_TOKEN|>")}
 
@@ -339,7 +527,9 @@ def test_known_models_of_the_new_families():
     manager = PluginManager(autoload=False)
     expected = {"gemma-2-9b-it": "gemma2", "Llama-4-Scout-17B-16E-Instruct": "llama4", "DeepSeek-R1-Distill-Qwen-7B": "deepseekr1",
                 "gpt-oss-20b": "gpt_oss", "GLM-4.5-Air": "glm4_moe", "Mistral-Small-3.1-24B-Instruct-2503": "mistral_small",
-                "Phi-4-mini-instruct": "phi4_mini", "granite-3.1-8b-instruct": "granite3", "SmolLM2-1.7B-Instruct": "smollm2"}
+                "Phi-4-mini-instruct": "phi4_mini", "granite-3.1-8b-instruct": "granite3", "SmolLM2-1.7B-Instruct": "smollm2",
+                "Llama-3.2-11B-Vision-Instruct": "mllama", "GLM-4.7": "glm4_7", "LFM2-1.2B": "lfm2", "Qwen2-Audio-7B-Instruct": "qwen2_audio",
+                "llava-v1.6-mistral-7b-hf": "llava_next_mistral", "Kimi-VL-A3B-Instruct": "kimi_vl"}
     for name, template in expected.items():
         model = registry.known_model(manager, name)
         assert model is not None and model.template == template, name
@@ -372,3 +562,56 @@ def test_reasoning_templates_keep_train_and_drop_thoughts_as_llamafactory(name, 
     # the generation prompt: nothing added with enable_thinking, the empty block without
     assert template.render_prompt(tokenizer, two[:1], enable_thinking=False).endswith(empty)
     assert not template.render_prompt(tokenizer, two[:1]).endswith(empty)
+
+
+NOTHINK = sorted(name for name in _definitions() if name.endswith("_nothink"))
+
+
+@pytest.mark.parametrize("name", NOTHINK)
+def test_nothink_templates_never_add_or_remove_a_thought_block(name, templates, tokenizer):
+    """As LLaMA-Factory's *_nothink templates: no reasoning, whatever enable_thinking says; a reply is trained as written."""
+    template = templates[name]
+    assert not template.reasoning
+    two = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+           {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]
+    for thinking in (True, False):
+        (_, r1), (p2, r2) = template.render_turns(tokenizer, two, enable_thinking=thinking)
+        assert r1.startswith("Hello!") and r2.startswith("Bye!") and "<think>" not in p2
+        assert "<think>" not in template.render_prompt(tokenizer, two[:3], enable_thinking=thinking)
+
+
+def test_preserve_thinking_config_key_keeps_history_thoughts_for_the_new_reasoning_templates(rows_dir):
+    """preserve_thinking (config key, as in LLaMA-Factory) reaches the template: history replies keep their thoughts."""
+    from tuneforge.plan import prepare
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import resolve_template
+
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen3"))
+    two = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nThink.\n</think>\n\nHello!"},
+           {"role": "user", "content": "Bye"}]
+    for name in ("qwen3_6", "glm4_7", "hy3"):
+        for keep in (False, True):
+            prepared = prepare(None, [f"model_name_or_path={cached_tiny_model('qwen3')}", f"template={name}", "dataset=rows",
+                                      f"dataset_dir={rows_dir}", f"output_dir={rows_dir / 'out'}", f"preserve_thinking={keep}"],
+                               manager=_MANAGER)
+            template = resolve_template(RunContext(prepared.config, prepared.plan, prepared.manager), tokenizer)
+            open_tag, close_tag = template.thought_words
+            messages = [two[0], {"role": "assistant", "content": f"{open_tag}Think.{close_tag}Hello!"}, two[2]]
+            assert ("Think." in template.render_prompt(tokenizer, messages)) is keep, (name, keep)
+
+
+def test_a_converted_multimodal_template_refuses_media_rows_at_check(tmp_path):
+    """Until the generic media handler reads media_placeholders, a dataset with images and such a template stops at
+    `check` with the text-only error (never trains <image> as plain text)."""
+    rows = [{"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}],
+             "images": ["cat.png"]}]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"rows": {
+        "file_name": "rows.json", "formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {cached_tiny_model('llama3')}\ntemplate: mllama\ndataset: rows\n"
+                      f"dataset_dir: {tmp_path}\noutput_dir: {tmp_path / 'out'}\n")
+    result = run_cli("check", str(config))
+    assert result.returncode != 0
+    assert "has the media column 'images'" in result.stderr and "template 'mllama' is text-only" in result.stderr

@@ -110,3 +110,92 @@ def test_bad_tool_formats_are_config_errors():
         template_for(tool_format="auto")
     with pytest.raises(ConfigError, match="renders tools with the tokenizer's own chat template"):
         template_for(template="auto", tool_format="qwen")
+
+
+# XML / special tool formats: tool_format -> (a piece the tools text in the system prompt must hold, the call as
+# the model writes it). Written from each model's chat format: Qwen3.5's published chat_template.jinja (also
+# compared token for token in tests/test_template_catalogue.py), GLM-4.5's, Seed-OSS's, MiniMax-M1/M2's, LFM2's.
+XML_CALLS = {
+    "qwen3_5": ("<tools>\n" + json.dumps({"type": "function", "function": json.loads(TOOLS)[0]}) + "\n</tools>",
+                "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>\n<parameter=b>\n2\n</parameter>\n</function>\n</tool_call>"),
+    "glm4_moe": ("<tools>\n" + json.dumps({"type": "function", "function": json.loads(TOOLS)[0]}) + "\n</tools>",
+                 "<tool_call>add\n<arg_key>a</arg_key>\n<arg_value>1</arg_value>\n<arg_key>b</arg_key>\n<arg_value>2</arg_value>\n</tool_call>"),
+    "seed_oss": ("\n[" + json.dumps(json.loads(TOOLS)[0]) + "]\n",
+                 "<seed:tool_call>\n<function=add>\n<parameter=a>1</parameter>\n<parameter=b>2</parameter>\n</function>\n</seed:tool_call>"),
+    "minimax1": ("<tools>\n" + json.dumps(json.loads(TOOLS)[0]) + "\n</tools>",
+                 '<tool_calls>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_calls>'),
+    "minimax2": ("<tools>\n<tool>" + json.dumps(json.loads(TOOLS)[0]) + "</tool>\n</tools>",
+                 '\n<minimax:tool_call>\n<invoke name="add">\n<parameter name="a">1</parameter>\n<parameter name="b">2</parameter>\n'
+                 "</invoke>\n</minimax:tool_call>"),
+    "lfm2": ("List of tools: <|tool_list_start|>[" + json.dumps({"type": "function", "function": json.loads(TOOLS)[0]}) + "]<|tool_list_end|>",
+             "<|tool_call_start|>[add(a=1, b=2)]<|tool_call_end|>"),
+}
+
+
+@pytest.mark.parametrize("tool_format", sorted(XML_CALLS))
+def test_xml_tool_formats_write_offer_and_parse_back(tool_format, tokenizer):
+    """A call and a result in each model's own tool format (tool_format on chatml), the call parsed back."""
+    from tuneforge.chat.tools import parse_tool_calls
+
+    tools_piece, call = XML_CALLS[tool_format]
+    template = template_for(tool_format=tool_format)
+    (prompt, reply), (result_prompt, answer) = template.render_turns(tokenizer, MESSAGES, "Be exact.", tools=TOOLS)
+    assert tools_piece in prompt and "Be exact." in prompt
+    assert reply == call + "<|im_end|>\n"
+    assert result_prompt == "<|im_start|>tool\n3<|im_end|>\n<|im_start|>assistant\n"
+    assert answer == "3.<|im_end|>\n"
+    content, calls = parse_tool_calls(template, call, tokenizer)
+    assert content == "" and calls == [{"name": "add", "arguments": {"a": 1, "b": 2}}]
+    # the saved tokenizer's Jinja writes a Hugging Face tool call the same way
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen2"))
+    template.apply_to_tokenizer(tokenizer)
+    hf = [{"role": "user", "content": "1+2?"},
+          {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
+          {"role": "tool", "content": "3"}]
+    rendered = tokenizer.apply_chat_template(hf, tools=[json.loads(TOOLS)[0]], tokenize=False, add_generation_prompt=True)
+    assert rendered == template.render_prompt(tokenizer, MESSAGES[:3], None, tools=TOOLS)
+
+
+def test_tools_before_the_system_prompt_as_qwen3_5_and_glm4_5(tokenizer):
+    (prompt, _), _ = template_for(tool_format="qwen3_5").render_turns(tokenizer, MESSAGES, "Be exact.", tools=TOOLS)
+    assert prompt.startswith("<|im_start|>system\n# Tools\n\n") and prompt.index("</IMPORTANT>\n\nBe exact.<|im_end|>") > 0
+    (prompt, _), _ = template_for(template="glm4_moe").render_turns(tokenizer, MESSAGES, "Be exact.", tools=TOOLS)
+    assert prompt.startswith("[gMASK]<sop><|system|>\n# Tools\n\n") and "...\n</tool_call><|system|>\nBe exact.<|user|>" in prompt
+
+
+def test_a_string_argument_is_written_as_is_and_a_list_as_json(tokenizer):
+    messages = [MESSAGES[0], {"role": "function", "content": json.dumps({"name": "f", "arguments": {"s": "a b", "l": [1, 2]}})}]
+    [(_, reply)] = template_for(tool_format="qwen3_5").render_turns(tokenizer, messages)
+    assert "<parameter=s>\na b\n</parameter>\n<parameter=l>\n[1, 2]\n</parameter>\n" in reply
+    [(_, reply)] = template_for(tool_format="lfm2").render_turns(tokenizer, messages)
+    assert reply.startswith('<|tool_call_start|>[f(s="a b", l=[1, 2])]<|tool_call_end|>')
+    bad = [MESSAGES[0], {"role": "function", "content": json.dumps({"name": "f", "arguments": [1]})}]
+    with pytest.raises(ValueError, match="writes each argument of a call; the arguments of 'f' must be an object"):
+        template_for(tool_format="qwen3_5").render_turns(tokenizer, bad)
+
+
+def test_glm4_7_renders_tools_a_call_and_a_result_as_its_chat_template(tokenizer):
+    """GLM-4.7's published template, as rendered by an independent implementation (Ollama's glm47 renderer test):
+    tools, a call and a result. Two differences are LLaMA-Factory's policy, not the format: a history reply here has no
+    thought marker (the template writes a bare ``</think>``), and the prompt stops before ``<think>``."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get weather", "parameters": {
+        "type": "object", "required": ["location"], "properties": {"location": {"type": "string"}}}}}]
+    published = (
+        "[gMASK]<sop><|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+        "provided with function signatures within <tools></tools> XML tags:\n<tools>\n" + json.dumps(tools[0]) + "\n</tools>\n\n"
+        "For each function call, output the function name and arguments within the following XML format:\n<tool_call>"
+        "{function-name}<arg_key>{arg-key-1}</arg_key><arg_value>{arg-value-1}</arg_value><arg_key>{arg-key-2}</arg_key>"
+        "<arg_value>{arg-value-2}</arg_value>...</tool_call><|user|>Weather?<|assistant|></think><tool_call>get_weather"
+        "<arg_key>location</arg_key><arg_value>Tokyo</arg_value><arg_key>unit</arg_key><arg_value>celsius</arg_value>"
+        '</tool_call><|observation|><tool_response>{"temperature":22}</tool_response><|assistant|><think>')
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "function", "content": json.dumps({"name": "get_weather", "arguments": {"location": "Tokyo", "unit": "celsius"}})},
+                {"role": "observation", "content": '{"temperature":22}'}]
+    template = template_for(template="glm4_7")
+    expected = published.replace("<|assistant|></think>", "<|assistant|>").removesuffix("<think>")
+    assert template.render_prompt(tokenizer, messages, None, tools=json.dumps(tools)) == expected
+    from tuneforge.chat.tools import parse_tool_calls
+
+    call = "<tool_call>get_weather<arg_key>location</arg_key><arg_value>Tokyo</arg_value></tool_call><tool_call>f</tool_call>"
+    assert parse_tool_calls(template, call, tokenizer)[1] == [{"name": "get_weather", "arguments": {"location": "Tokyo"}},
+                                                              {"name": "f", "arguments": {}}]

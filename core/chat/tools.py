@@ -1,7 +1,8 @@
 """Tool calls between the OpenAI format and a chat template's own format.
 
 A template writes a function turn with ``format_function`` around ``format_tool_calls`` (or
-``format_tool_calls_many``) around calls written with ``format_tool_call`` and joined by
+``format_tool_calls_many``) around calls written with ``format_tool_call`` (its ``{{arguments}}`` JSON, or
+each argument written with ``format_tool_argument`` for XML-style formats) and joined by
 ``tool_call_separator`` (see :meth:`tuneforge.data.template.Template.render_tool_calls`).
 :func:`parse_tool_calls` reads a generated reply back through the same slots, so every template that
 can render tool calls can also have them parsed; nothing here knows a template by name.
@@ -51,10 +52,18 @@ def _parse_calls(template, text: str) -> list[dict] | None:
                 end = text.find(following, pos) if following else -1
                 if end < 0 and following.strip(_WS):
                     end = text.find(following.strip(_WS), pos)
+                head = _argument_head(template) if index + 1 < len(parts) and _SLOT.fullmatch(parts[index + 1]) else ""
+                if head and 0 <= text.find(head, pos) and (end < 0 or text.find(head, pos) < end):
+                    end = text.find(head, pos)  # NAME<arg_key>...: the name ends where the first argument starts
                 if end < 0:
                     return None
                 call["name"] = text[pos:end].strip(_WS)
                 pos = end
+            elif template.format_tool_argument is not None:
+                parsed = _parse_arguments(template, text, pos, following.strip(_WS))
+                if parsed is None:
+                    return None
+                call["arguments"], pos = parsed
             else:
                 pos = _skip_ws(text, pos)
                 try:
@@ -73,6 +82,64 @@ def _parse_calls(template, text: str) -> list[dict] | None:
             pos += len(separator)
         if len(calls) > 64:
             return None
+
+
+def _argument_head(template) -> str:
+    """The literal text an argument of an XML-style call starts with ("" when none, or no such format)."""
+    if template.format_tool_argument is None:
+        return ""
+    first = [p for p in re.split(r"(\{\{\s*(?:key|value)\s*\}\})", template.format_tool_argument) if p][:1]
+    return first[0].strip(_WS) if first and not _SLOT.fullmatch(first[0]) else ""
+
+
+def _parse_arguments(template, text: str, pos: int, stop: str) -> tuple[dict, int] | None:
+    """Arguments written one by one with ``format_tool_argument`` (XML-style calls), up to ``stop``."""
+    parts = [p for p in re.split(r"(\{\{\s*(?:key|value)\s*\}\})", template.format_tool_argument) if p]
+    separator = template.tool_argument_separator.strip(_WS)
+    arguments: dict[str, Any] = {}
+    while True:
+        pos = _skip_ws(text, pos)
+        if (stop and text.startswith(stop, pos)) or pos >= len(text):
+            return arguments, pos
+        if arguments and separator:
+            if not text.startswith(separator, pos):
+                return None
+            pos = _skip_ws(text, pos + len(separator))
+        head = _argument_head(template)
+        if head and not text.startswith(head, pos):
+            return arguments, pos
+        key = None
+        for index, part in enumerate(parts):
+            placeholder = _SLOT.fullmatch(part)
+            following = next((p.strip(_WS) for p in parts[index + 1 :] if not _SLOT.fullmatch(p)), "")
+            if placeholder is None:
+                literal = part.strip(_WS)
+                pos = _skip_ws(text, pos)
+                if literal and not text.startswith(literal, pos):
+                    return None
+                pos += len(literal)
+                continue
+            if placeholder.group(1) == "value" and template.tool_argument_json_strings:
+                pos = _skip_ws(text, pos)
+                try:
+                    value, pos = json.JSONDecoder().raw_decode(text, pos)
+                except json.JSONDecodeError:
+                    return None
+                arguments[key or ""] = value
+                continue
+            ends = [e for e in (text.find(w, pos) for w in (following, separator, stop) if w) if e >= 0]
+            end = min(ends) if following == "" and ends else (text.find(following, pos) if following else len(text))
+            if end < 0:
+                return None
+            raw = text[pos:end].strip(_WS)
+            pos = end
+            if placeholder.group(1) == "key":
+                key = raw
+            else:
+                try:
+                    arguments[key or ""] = json.loads(raw)
+                except json.JSONDecodeError:
+                    arguments[key or ""] = raw
 
 
 def _strip(text: str, head: str, tail: str, *, required: bool) -> str | None:

@@ -43,6 +43,7 @@ _SLOT_VARS = {
     "tool_call": {"name", "arguments"},
     "tool": {"tool", "name", "description", "parameters"},
     "tools": {"content", "tool_names"},
+    "tool_argument": {"key", "value"},
 }
 
 _DEFAULT_TOOLS = (
@@ -82,11 +83,19 @@ class Template:
     tool_json_indent: int | None = None
     tool_wrap_function: bool = False
     system_tools_separator: str = "\n\n"
+    #: The tools text comes first, then the separator and the system prompt (Qwen3.5, GLM-4.5).
+    tools_before_system: bool = False
     format_tool_call: str = "Action: {{name}}\nAction Input: {{arguments}}"
     tool_call_separator: str = "\n"
     format_tool_calls: str = "{{content}}"
     format_tool_calls_many: str | None = None  # None: format_tool_calls
     parallel_tool_calls: bool = True
+    #: XML-style calls (Qwen3.5, GLM-4.5, Seed-OSS, MiniMax-M2): each argument written with this slot
+    #: ({{key}}, {{value}}) and joined by tool_argument_separator becomes the call's {{arguments}}.
+    format_tool_argument: str | None = None
+    tool_argument_separator: str = ""
+    #: Argument values that are strings are written as JSON strings (quoted) too, not as they are.
+    tool_argument_json_strings: bool = False
     # thinking
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
@@ -148,6 +157,7 @@ class Template:
             "format_assistant": "message", "format_function": "message", "format_observation": "user",
             "format_tools": "tools", "format_tool": "tool", "format_tool_call": "tool_call",
             "format_tool_calls": "message", "format_tool_calls_many": "message",
+            "format_tool_argument": "tool_argument",
         }
         out = []
         for key, kind in kinds.items():
@@ -222,17 +232,38 @@ class Template:
         parts = []
         for call in calls:
             arguments = call.get("arguments", call.get("parameters", {}))
-            if not isinstance(arguments, str):
+            if self.format_tool_argument is not None:
+                arguments = self._render_arguments(call["name"], arguments)
+            elif not isinstance(arguments, str):
                 arguments = json.dumps(arguments, ensure_ascii=False)
             parts.append(self._fill(self.format_tool_call, {"name": str(call["name"]), "arguments": arguments}))
         wrap = self.format_tool_calls_many if len(parts) > 1 and self.format_tool_calls_many is not None else self.format_tool_calls
         return thought + self._fill(wrap, {"content": self.tool_call_separator.join(parts)})
 
+    def _render_arguments(self, name: str, arguments: Any) -> str:
+        """A call's arguments written one by one with ``format_tool_argument`` (XML-style formats)."""
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError(f"template {self.name!r} writes each argument of a call; the arguments of {name!r} "
+                                 f"must be a JSON object, got {arguments[:200]!r}") from None
+        if not isinstance(arguments, dict):
+            raise ValueError(f"template {self.name!r} writes each argument of a call; the arguments of {name!r} "
+                             f"must be an object, got {type(arguments).__name__}")
+        items = []
+        for key, value in arguments.items():
+            text = value if isinstance(value, str) and not self.tool_argument_json_strings else json.dumps(value, ensure_ascii=False)
+            items.append(self._fill(self.format_tool_argument, {"key": str(key), "value": text}))
+        return self.tool_argument_separator.join(items)
+
     def _system_text(self, system: str | None, tools: Any) -> str:
         system = system or self.default_system
         if tools:
             tools_text = self.render_tools(tools)
-            if tools_text:
+            if tools_text and system and self.tools_before_system:
+                system = tools_text + self.system_tools_separator + system
+            elif tools_text:
                 system = system + self.system_tools_separator + tools_text if system else tools_text
         return system
 
@@ -515,7 +546,9 @@ def _single_token_id(tokenizer, word: str) -> int | None:
 #: names: default, glm4, llama3, mistral, qwen, ...), keeping the rest of the selected template.
 TOOL_KEYS = (
     "format_tools", "format_tool", "tool_separator", "tool_json_indent", "tool_wrap_function", "system_tools_separator",
+    "tools_before_system",
     "format_tool_call", "tool_call_separator", "format_tool_calls", "format_tool_calls_many", "parallel_tool_calls",
+    "format_tool_argument", "tool_argument_separator", "tool_argument_json_strings",
 )
 
 

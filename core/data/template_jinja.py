@@ -49,7 +49,7 @@ class _JinjaWriter:
         out = [
             "{%- set _bos = bos_token if bos_token is defined and bos_token is not none else '' -%}",
             "{%- set _eos = eos_token if eos_token is defined and eos_token is not none else '' -%}",
-            "{%- set ns = namespace(system=" + _jinja_str(t.default_system) + ", items='', names='') -%}",
+            "{%- set ns = namespace(system=" + _jinja_str(t.default_system) + ", items='', names='', args='') -%}",
             "{%- if messages and messages[0]['role'] == 'system' -%}",
             "{%- if messages[0]['content'] -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}",
             "{%- set loop_messages = messages[1:] -%}",
@@ -77,7 +77,8 @@ class _JinjaWriter:
             "{%- set ns.names = ns.names ~ (', ' if not loop.first else '') ~ (_fn['name'] if _fn['name'] is defined else '') -%}",
             "{%- endfor -%}",
             "{%- set _tools_text = " + self.expr(t.format_tools, {"content": "ns.items", "tool_names": "ns.names"}) + " -%}",
-            "{%- if ns.system -%}{%- set ns.system = ns.system ~ " + _jinja_str(t.system_tools_separator) + " ~ _tools_text -%}"
+            "{%- if ns.system -%}{%- set ns.system = " + ("_tools_text ~ " + _jinja_str(t.system_tools_separator) + " ~ ns.system" if t.tools_before_system
+                                                      else "ns.system ~ " + _jinja_str(t.system_tools_separator) + " ~ _tools_text") + " -%}"
             "{%- else -%}{%- set ns.system = _tools_text -%}{%- endif -%}",
             "{%- endif -%}",
         ]
@@ -111,17 +112,24 @@ class _JinjaWriter:
                 "{%- if _last and " + open_tag + " not in content and " + close_tag + " not in content -%}"
                 "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}",
             ]
-        call = self.expr(t.format_tool_call, {
-            "name": "_c['name']",
-            "arguments": "_c['arguments'] if _c['arguments'] is string else (_c['arguments'] | tojson)",
-        })
+        arguments = "_c['arguments'] if _c['arguments'] is string else (_c['arguments'] | tojson)"
+        each_argument = ""
+        if t.format_tool_argument is not None:
+            value = "(_v | tojson)" if t.tool_argument_json_strings else "(_v if _v is string else (_v | tojson))"
+            argument = self.expr(t.format_tool_argument, {"key": "_k", "value": value})
+            each_argument = ("{%- set ns.args = '' -%}{%- if _c['arguments'] is mapping -%}"
+                             "{%- for _k, _v in _c['arguments'].items() -%}"
+                             "{%- set ns.args = ns.args ~ (" + _jinja_str(t.tool_argument_separator) + " if not loop.first else '') ~ "
+                             + argument + " -%}{%- endfor -%}{%- else -%}{%- set ns.args = _c['arguments'] -%}{%- endif -%}")
+            arguments = "ns.args"
+        call = self.expr(t.format_tool_call, {"name": "_c['name']", "arguments": arguments})
         many = t.format_tool_calls_many if t.format_tool_calls_many is not None else t.format_tool_calls
         function_slot = t.format_function or t.format_assistant
         out += [
             "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}",
             "{%- set ns.items = '' -%}",
             "{%- for _tc in message['tool_calls'] -%}",
-            "{%- set _c = _tc['function'] if _tc['function'] is defined else _tc -%}",
+            "{%- set _c = _tc['function'] if _tc['function'] is defined else _tc -%}" + each_argument,
             "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_call_separator) + " if not loop.first else '') ~ " + call + " -%}",
             "{%- endfor -%}",
             "{%- if message['tool_calls'] | length > 1 -%}{%- set _calls = " + self.expr(many, {"content": "ns.items"}) + " -%}"

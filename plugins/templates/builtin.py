@@ -28,7 +28,13 @@ def _load() -> tuple[tuple[str, dict], ...]:
 
 def _definitions() -> dict[str, dict]:
     """Template name -> its rendering definition (a fresh copy; the YAML files are read once)."""
-    return {name: {k: v for k, v in d.items() if k not in ("models", "media")} for name, d in _load()}
+    return {name: {k: v for k, v in d.items() if k not in ("models", "media", "media_placeholders")} for name, d in _load()}
+
+
+def media_placeholders(name: str) -> dict[str, str]:
+    """What the model's processor expects in the text per medium (``media_placeholders:`` of a template
+    file, e.g. ``{image: "<|image|>"}``); empty for a text-only template."""
+    return dict(dict(_load()).get(name, {}).get("media_placeholders") or {})
 
 
 def _media(name: str):

@@ -28,17 +28,21 @@ def _load() -> tuple[tuple[str, dict], ...]:
 
 def _definitions() -> dict[str, dict]:
     """Template name -> its rendering definition (a fresh copy; the YAML files are read once)."""
-    return {name: {k: v for k, v in d.items() if k not in ("models", "media")} for name, d in _load()}
+    return {name: {k: v for k, v in d.items() if k not in ("models", "media", "media_placeholders")} for name, d in _load()}
 
 
 def _media(name: str):
-    """The media handler a template file names (``media: qwen2_vl``), or None for a text-only one."""
-    key = dict(_load()).get(name, {}).get("media")
-    if not key:
-        return None
+    """The media handler a template file names: ``media: processor`` with ``media_placeholders`` (the
+    generic, processor-driven one), a handler of this plugin (``media: qwen2_vl``), or None (text-only)."""
+    definition = dict(_load()).get(name, {})
+    key = definition.get("media")
     from ._media import HANDLERS
 
-    return HANDLERS[key]()
+    if key in HANDLERS:
+        return HANDLERS[key]()
+    from tuneforge.data.media import media_from_definition
+
+    return media_from_definition(name, definition)
 
 
 def _known_models(name: str) -> tuple[tuple[str, str], ...]:

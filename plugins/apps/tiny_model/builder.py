@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl",)
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl")
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -259,6 +259,58 @@ _FAMILIES["qwen2_vl"] = {
                    "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
         # at most 8x8 patches (4x4 = 16 image tokens): real arithmetic, tiny cost
         "image_processor": {"min_pixels": 28 * 28, "max_pixels": 112 * 112},
+    },
+}
+
+# Qwen3-VL (Instruct): Qwen3's tokenizer layout plus the vision markers, Qwen3-VL's published chat
+# template (no default system prompt; an image content part is <|vision_start|><|image_pad|><|vision_end|>),
+# a one-block vision tower with the real 16-pixel patches, 2x2 merge and one deepstack layer, and
+# interleaved multimodal RoPE. The processor (Qwen3VLProcessor) expands <|image_pad|> per merged patch.
+_QWEN3_VL_TEMPLATE = (
+    "{%- macro render(content) %}{%- if content is string %}{{- content }}{%- else %}"
+    "{%- for item in content %}"
+    "{%- if item.type == 'image' or 'image' in item or 'image_url' in item %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif item.type == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in item %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}{%- endmacro %}"
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- render(messages[0].content) + '\\n\\n' }}{%- endif %}"
+    "{{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\\n<tools>\" }}"
+    "{%- for tool in tools %}{{- \"\\n\" }}{{- tool | tojson }}{%- endfor %}"
+    "{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    "{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + render(messages[0].content) + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}{{- '<|im_start|>user\\n' + render(message.content) + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + render(message.content) }}"
+    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
+    "{%- if (loop.first and message.content) or (not loop.first) %}{{- '\\n' }}{%- endif %}"
+    "{%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}{{- '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + render(message.content) + '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+_FAMILIES["qwen3_vl"] = {
+    **_FAMILIES["qwen3"],
+    "config_class": "Qwen3VLConfig",
+    "tail_specials": _FAMILIES["qwen2_vl"]["tail_specials"],
+    "template": _QWEN3_VL_TEMPLATE,
+    "rope_theta": 5000000.0,
+    "vision": {
+        "config": {"depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "patch_size": 16,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "num_position_embeddings": 64,
+                   "deepstack_visual_indexes": [0]},
+        # 32x32 to 128x128 pixels: 2x2 to 8x8 patches, 1 to 16 image tokens
+        "image_processor": {"min_pixels": 32 * 32, "max_pixels": 128 * 128},
+        "processor_class": "Qwen3VLProcessor",
     },
 }
 
@@ -515,10 +567,16 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     section.append(half - sum(section))
     text_kwargs["rope_parameters"] = {**text_kwargs["rope_parameters"], "mrope_section": section}
     text_kwargs.pop("use_sliding_window", None)
-    vision = dict(fam["vision"]["config"], hidden_size=text_kwargs["hidden_size"])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    if fam["config_class"] == "Qwen3VLConfig":
+        text_kwargs["rope_parameters"]["mrope_interleaved"] = True
+        vision = dict(fam["vision"]["config"], out_hidden_size=text_kwargs["hidden_size"])
+        text_type = "qwen3_vl_text"
+    else:
+        vision = dict(fam["vision"]["config"], hidden_size=text_kwargs["hidden_size"])
+        text_type = "qwen2_vl_text"
     config = config_cls(
-        text_config={**text_kwargs, "model_type": "qwen2_vl_text"}, vision_config=vision,
+        text_config={**text_kwargs, "model_type": text_type}, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
@@ -549,13 +607,14 @@ def _build_image_processor(family: str):
         return None
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    extra = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if family == "qwen3_vl" else {}
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=fam["vision"]["config"]["patch_size"], merge_size=fam["vision"]["config"]["spatial_merge_size"],
         temporal_patch_size=fam["vision"]["config"]["temporal_patch_size"],
         size={"shortest_edge": fam["vision"]["image_processor"]["min_pixels"],
-              "longest_edge": fam["vision"]["image_processor"]["max_pixels"]},
+              "longest_edge": fam["vision"]["image_processor"]["max_pixels"]}, **extra,
     )
-    image_processor.processor_class = "Qwen2VLProcessor"
+    image_processor.processor_class = fam["vision"].get("processor_class", "Qwen2VLProcessor")
     return image_processor
 
 
@@ -578,6 +637,14 @@ def build_tiny_model(
     processor = _build_image_processor(family)
     if processor is not None:
         processor.save_pretrained(out)
+    vision = _FAMILIES[family].get("vision") or {}
+    if vision.get("processor_class"):
+        # The processor's own settings: what AutoProcessor (or tuneforge's assembly of it from the image
+        # processor and tokenizer, where the video part needs torchvision) builds it from.
+        import json
+
+        settings = {"processor_class": vision["processor_class"], **vision.get("processor", {})}
+        (out / "processor_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 

@@ -1,0 +1,216 @@
+"""Vision-language model families through the generic, processor-driven media handler (issue 17):
+`media: processor` + `media_placeholders` in a template YAML, the tiny models of each family, and
+the rendered ids/labels of an mllm_demo row against the model's own chat template + processor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneforge.errors import ConfigError
+from tuneforge.plan import prepare
+from tuneforge.plugin_manager import PluginManager
+from tuneforge.train.context import RunContext
+from tuneforge.train.model import load_tokenizer
+
+from .conftest import ANCHOR, run_cli
+
+#: tiny-model family -> the template that serves it (the Instruct / chat variant the tiny model copies).
+FAMILIES = {"qwen3_vl": "qwen3_vl_nothink"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    return request.param, cached_tiny_model(request.param, "tiny")
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl():
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    return cached_tiny_model("qwen3_vl", "tiny")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+
+
+def make_ctx(model, template, **overrides) -> RunContext:
+    base = dict(model_name_or_path=str(model), template=template, dataset_dir=str(ANCHOR), dataset="mllm_demo",
+                cutoff_len=2048)
+    base.update(overrides)
+    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_tokenizer(ctx)
+    return ctx
+
+
+def content_parts(message: dict) -> dict:
+    """A message with ``<image>`` placeholders as the content parts a model's own chat template takes."""
+    parts = []
+    for i, piece in enumerate(message["content"].split("<image>")):
+        if i:
+            parts.append({"type": "image"})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return {"role": message["role"], "content": parts if message["role"] == "user" else message["content"]}
+
+
+# --- the YAML contract ------------------------------------------------------------------------------
+
+
+def test_a_template_definition_selects_the_processor_handler_with_yaml_keys_alone():
+    from tuneforge import ChatTemplateSpec
+    from tuneforge.data.media import ProcessorMedia
+
+    spec = ChatTemplateSpec(name="my_vl", description="", definition={"format_user": "U: {{content}}\nA: ", "media": "processor",
+                                                       "media_placeholders": {"image": "<start_of_image>"}})
+    assert isinstance(spec.media, ProcessorMedia) and spec.media.placeholders == {"image": "<start_of_image>"}
+    assert spec.media.modalities == ("images",)
+    assert "media" not in spec.definition and "media_placeholders" not in spec.definition
+    assert ChatTemplateSpec(name="text", description="", definition={"format_user": "{{content}}"}).media is None
+
+
+@pytest.mark.parametrize("definition, message", [
+    ({"media": "pixels", "media_placeholders": {"image": "<i>"}}, "media: 'pixels' is not a media handler"),
+    ({"media": "processor"}, "needs media_placeholders"),
+    ({"media": "processor", "media_placeholders": {"picture": "<i>"}}, "media_placeholders.picture: unknown medium"),
+    ({"media": "processor", "media_placeholders": {"image": ""}}, "media_placeholders.image must be a non-empty string"),
+])
+def test_a_bad_media_definition_names_the_template_and_the_key(definition, message):
+    from tuneforge import ChatTemplateSpec
+
+    with pytest.raises(ValueError, match=message) as info:
+        ChatTemplateSpec(name="my_vl", description="", definition=definition)
+    assert "template 'my_vl'" in str(info.value)
+
+
+def test_the_done_families_are_no_longer_listed_as_waiting_for_vision(manager):
+    from tuneforge.plugins.templates.builtin import multimodal_names
+
+    for template in set(FAMILIES.values()) | {"qwen3_vl"}:
+        assert template not in multimodal_names()
+        entry = manager.entry("template", template)
+        assert entry.spec.media is not None and entry.spec.unavailable_reason is None
+
+
+def test_a_placeholder_without_the_processors_image_token_is_a_clear_error(qwen3_vl):
+    from tuneforge.data.media import ProcessorMedia
+    from tuneforge.errors import TuneforgeError
+
+    handler = ProcessorMedia({"image": "<image>"})
+    with pytest.raises(TuneforgeError, match=r"expands '<\|image_pad\|>': the placeholder must contain the processor's image token"):
+        handler.expand([{"role": "user", "content": "<image>Hi"}],
+                       {"images": [str(ANCHOR / "mllm_demo_data" / "1.jpg")]}, str(qwen3_vl), None)
+
+
+# --- per family: the tiny model, and ids/labels equal to the model's own template + processor -------
+
+
+def test_the_tiny_model_loads_with_the_image_text_to_text_class_and_its_processor(family):
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.media import load_processor
+
+    name, path = family
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) < 6_000_000
+    processor = load_processor(str(path))
+    assert processor.tokenizer.chat_template and processor.image_token
+
+
+def test_ids_and_labels_are_what_the_models_own_chat_template_and_processor_give(family):
+    from PIL import Image
+
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.media import load_processor
+    from tuneforge.data.template import IGNORE_INDEX
+    from tuneforge.data.tokenize import Settings
+
+    name, path = family
+    ctx = make_ctx(path, FAMILIES[name])
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    example = result.examples[0]  # two turns, an image in each
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))({"_example": [json.dumps(example)]})
+    ids, labels = features["input_ids"][0], features["labels"][0]
+
+    processor = load_processor(str(path))
+    text = processor.tokenizer.apply_chat_template([content_parts(m) for m in example["messages"]], tokenize=False)
+    expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]])
+    expected = [int(i) for i in expected["input_ids"][0]]
+    assert ctx.tokenizer.decode(ids) == ctx.tokenizer.decode(expected)
+    assert ids == expected
+
+    media = set(ctx.media.media_token_ids(ctx.tokenizer))
+    assert sum(i in media for i in ids) > 2 * len(example["images"])  # the images were expanded
+    assert all(label == IGNORE_INDEX for i, label in zip(ids, labels) if i in media)
+    # the replies are trained, token for token
+    trained = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    replies = [ctx.tokenizer(m["content"], add_special_tokens=False)["input_ids"] for m in example["messages"]
+               if m["role"] == "assistant"]
+    for reply in replies:
+        assert any(trained[k:k + len(reply)] == reply for k in range(len(trained)))
+    assert features["images"][0] == example["images"]
+
+
+def test_the_collator_gives_the_model_its_pixel_inputs_and_they_change_the_loss(family):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.dataset import featurizer, make_collator
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.tokenize import Settings
+
+    name, path = family
+    ctx = make_ctx(path, FAMILIES[name])
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
+        {"_example": [json.dumps(e) for e in result.examples[:3]]})
+    rows = [{k: features[k][i] for k in features} for i in range(3)]
+    batch = make_collator(ctx, "supervised")(rows)
+    assert "pixel_values" in batch
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    with torch.no_grad():
+        loss = model(**batch).loss
+        blank = model(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).loss
+    assert torch.isfinite(loss) and abs(float(loss) - float(blank)) > 1e-6
+
+
+def test_sft_lora_on_mllm_demo_trains_and_lora_stays_off_the_vision_tower(qwen3_vl, tmp_path):
+    """The CI run for the processor handler: tiny Qwen3-VL, mllm_demo, LoRA; loss falls."""
+    config = tmp_path / "sft.yaml"
+    out = tmp_path / "out"
+    config.write_text(f"""model_name_or_path: {qwen3_vl}
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+lora_rank: 8
+dataset: mllm_demo
+dataset_dir: {ANCHOR}
+template: qwen3_vl_nothink
+cutoff_len: 1024
+output_dir: {out}
+per_device_train_batch_size: 3
+learning_rate: 1.0e-2
+max_steps: 6
+logging_steps: 1
+save_strategy: "no"
+report_to: none
+""")
+    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 6 and min(losses[-2:]) < losses[0] - 0.5, losses
+    from safetensors import safe_open
+
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if ".visual." in k]
+    assert any("language_model" in k for k in keys)

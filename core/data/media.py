@@ -157,8 +157,15 @@ def load_processor(model_path: str):
     from the processor class ``processor_config.json`` / ``preprocessor_config.json`` names, the
     folder's image processor (the PIL one without torchvision) and its tokenizer; the parts it cannot
     build (the video processor) are left out, so images work and videos do not."""
+    import importlib.util
+
     from ..errors import TuneforgeError
 
+    if importlib.util.find_spec("torchvision") is None:
+        try:  # AutoProcessor would spend seconds failing on the video processor first
+            return _assemble_processor(model_path)
+        except Exception:  # noqa: S110 - AutoProcessor below says why, or builds a processor without a video part
+            pass
     try:
         from transformers import AutoProcessor
 

@@ -17,7 +17,7 @@ from tuneforge.train.model import load_tokenizer
 from .conftest import ANCHOR, run_cli
 
 #: tiny-model family -> the template that serves it (the Instruct / chat variant the tiny model copies).
-FAMILIES = {"qwen3_vl": "qwen3_vl_nothink"}
+FAMILIES = {"qwen3_vl": "qwen3_vl_nothink", "gemma3": "gemma3"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -141,7 +141,9 @@ def test_ids_and_labels_are_what_the_models_own_chat_template_and_processor_give
 
     processor = load_processor(str(path))
     text = processor.tokenizer.apply_chat_template([content_parts(m) for m in example["messages"]], tokenize=False)
-    expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]])
+    # add_special_tokens=False: the chat template writes BOS itself (as apply_chat_template(tokenize=True) does)
+    expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]],
+                         add_special_tokens=False)
     expected = [int(i) for i in expected["input_ids"][0]]
     assert ctx.tokenizer.decode(ids) == ctx.tokenizer.decode(expected)
     assert ids == expected

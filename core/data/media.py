@@ -257,7 +257,9 @@ class ProcessorMedia(MediaHandler):
         return out
 
     def media_token_ids(self, tokenizer):
-        processor = load_processor(str(tokenizer.name_or_path))
+        processor = _processor_if_any(str(tokenizer.name_or_path))
+        if processor is None:  # a text-only model under a template that also serves its VLM (gemma3)
+            return {}
         out: dict[int, int] = {}
         for kind, ids in ((1, processor.image_token_ids), (2, getattr(processor, "video_token_ids", [])),
                           (3, getattr(processor, "audio_token_ids", []))):
@@ -265,6 +267,8 @@ class ProcessorMedia(MediaHandler):
         return out
 
     def token_types_key(self, model_path: str) -> str | None:
+        if _processor_if_any(model_path) is None:
+            return None
         return _token_types_key(model_path, self.placeholders["image"])
 
     def inputs(self, media_rows, model_path, tokenizer) -> dict[str, Any]:
@@ -275,6 +279,17 @@ class ProcessorMedia(MediaHandler):
         result = processor(text=[self.placeholders["image"] * len(paths)], images=[_open_image(p) for p in paths],
                            return_tensors="pt")
         return {k: v for k, v in result.items() if k not in _TEXT_KEYS}
+
+
+@lru_cache(maxsize=8)
+def _processor_if_any(model_path: str):
+    """The model's processor, or None for a model without one (text-only: its rows have no media)."""
+    from ..errors import TuneforgeError
+
+    try:
+        return load_processor(model_path)
+    except TuneforgeError:
+        return None
 
 
 @lru_cache(maxsize=8)

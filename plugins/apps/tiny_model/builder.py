@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl", "qwen3_vl")
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3")
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -314,6 +314,49 @@ _FAMILIES["qwen3_vl"] = {
     },
 }
 
+# Gemma 3 (4B+ instruct, image-text-to-text): Gemma's tokenizer layout plus the image markers, Gemma 3's
+# published chat template (system text prefixed to the first user turn; an image content part is
+# <start_of_image>, which the processor expands to "\n\n<start_of_image>" + <image_soft_token> x
+# mm_tokens_per_image + "<end_of_image>\n\n"), a one-layer SigLIP tower on 32x32 images (4x4 patches)
+# pooled to 2x2 = 4 image tokens.
+_GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- else -%}{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- elif message['content'] is iterable -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}"
+    "{%- else -%}{{ raise_exception(\"Invalid content type\") }}{%- endif -%}"
+    "{{ '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\\n'}}{%- endif -%}"
+)
+_FAMILIES["gemma3"] = {
+    **_FAMILIES["gemma"],
+    "config_class": "Gemma3Config",
+    "head_specials": _FAMILIES["gemma"]["head_specials"] + ["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+    # the processor finds its image markers by these names on the tokenizer (boi_token, image_token...)
+    "named_specials": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    "template": _GEMMA3_TEMPLATE,
+    "extra": {"hidden_activation": "gelu_pytorch_tanh", "sliding_window": 512},
+    "vision": {
+        "config": {"model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128,
+                   "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                   "vision_use_head": False},
+        "mm_tokens_per_image": 4,
+        "processor_class": "Gemma3Processor",
+        "processor": {"image_seq_length": 4},
+    },
+}
+
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
 # --------------------------------------------------------------------------------------------------
@@ -502,7 +545,9 @@ def _build_tokenizer(family: str, size: str):
         kwargs["bos_token"] = fam["bos"]
     if fam["unk"] is not None:
         kwargs["unk_token"] = fam["unk"]
-    if fam.get("extra_specials"):
+    if fam.get("named_specials"):
+        kwargs["extra_special_tokens"] = dict(fam["named_specials"])
+    elif fam.get("extra_specials"):
         # What the real tokenizer_config lists as additional_special_tokens (v5: extra_special_tokens).
         kwargs["extra_special_tokens"] = list(fam["extra_specials"])
     return PreTrainedTokenizerFast(**kwargs)
@@ -560,6 +605,8 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     tie = text_kwargs.pop("tie_word_embeddings")
+    if fam["config_class"] == "Gemma3Config":
+        return _build_gemma3_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
     # multimodal RoPE: the (temporal, height, width) sections must sum to head_dim / 2 (Qwen2-VL's
     # [16, 24, 24] is for head_dim 128; ours is 64)
     half = text_kwargs.get("head_dim", text_kwargs["hidden_size"] // text_kwargs["num_attention_heads"]) // 2
@@ -592,6 +639,31 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     return model
 
 
+def _build_gemma3_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    vision = fam["vision"]
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in fam["named_specials"].items()}
+    text = {**text_kwargs, "model_type": "gemma3_text", "tie_word_embeddings": tie,
+            "layer_types": ["sliding_attention", "full_attention"][: text_kwargs["num_hidden_layers"]]}
+    config = config_cls(text_config=text, vision_config=dict(vision["config"]),
+                        mm_tokens_per_image=vision["mm_tokens_per_image"], boi_token_index=ids["boi_token"],
+                        eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"], tie_word_embeddings=tie)
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        # transformers initialises the projector's input projection to zeros (a trained checkpoint
+        # overwrites it): random here, so the pixels reach the language model of the random tiny model
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"], eos_token_id=stop_ids,
+                                               pad_token_id=text_kwargs["pad_token_id"])
+    return model
+
+
 def _build_image_processor(family: str):
     """The image processor a vision family saves beside the model (None for text-only families).
 
@@ -605,6 +677,14 @@ def _build_image_processor(family: str):
     fam = _FAMILIES[family]
     if "vision" not in fam:
         return None
+    if fam["config_class"] == "Gemma3Config":
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        size = fam["vision"]["config"]["image_size"]
+        image_processor = Gemma3ImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                                  image_std=[0.5] * 3)
+        image_processor.processor_class = fam["vision"]["processor_class"]
+        return image_processor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     extra = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if family == "qwen3_vl" else {}

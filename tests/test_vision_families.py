@@ -17,7 +17,7 @@ from tuneforge.train.model import load_tokenizer
 from .conftest import ANCHOR, run_cli
 
 #: tiny-model family -> the template that serves it (the Instruct / chat variant the tiny model copies).
-FAMILIES = {"qwen3_vl": "qwen3_vl_nothink", "gemma3": "gemma3"}
+FAMILIES = {"qwen3_vl": "qwen3_vl_nothink", "gemma3": "gemma3", "intern_vl": "intern_vl"}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

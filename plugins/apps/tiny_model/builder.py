@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3")
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl")
 SIZES = ("tiny", "small")
 
 #: Bump when the builder's output changes, so stale cached models are not reused.
@@ -357,6 +357,34 @@ _FAMILIES["gemma3"] = {
     },
 }
 
+# InternVL 3 (the transformers-format "-hf" checkpoints): Qwen2's tokenizer plus <img>, </img>,
+# <IMG_CONTEXT> and <video>, the published -hf chat template (ChatML, no default system prompt; an image
+# content part is "<IMG_CONTEXT>\n", which the processor expands to <img> + <IMG_CONTEXT> x
+# image_seq_length per tile + </img>), a one-layer InternViT on 56x56 tiles (4x4 patches, pixel-shuffled
+# to 2x2 = 4 tokens per tile), at most 2 tiles plus the thumbnail per image.
+_INTERN_VL_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n' }}{% endif %}"
+)
+_FAMILIES["intern_vl"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "InternVLConfig",
+    "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+    "named_specials": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                       "video_token": "<video>"},
+    "template": _INTERN_VL_TEMPLATE,
+    "vision": {
+        "config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "image_size": [56, 56], "patch_size": [14, 14]},
+        "image_seq_length": 4,
+        "processor_class": "InternVLProcessor",
+        "processor": {"image_seq_length": 4},
+    },
+}
+
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
 # --------------------------------------------------------------------------------------------------
@@ -607,6 +635,8 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     tie = text_kwargs.pop("tie_word_embeddings")
     if fam["config_class"] == "Gemma3Config":
         return _build_gemma3_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
+    if fam["config_class"] == "InternVLConfig":
+        return _build_intern_vl_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
     # multimodal RoPE: the (temporal, height, width) sections must sum to head_dim / 2 (Qwen2-VL's
     # [16, 24, 24] is for head_dim 128; ours is 64)
     half = text_kwargs.get("head_dim", text_kwargs["hidden_size"] // text_kwargs["num_attention_heads"]) // 2
@@ -664,6 +694,24 @@ def _build_gemma3_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     return model
 
 
+def _build_intern_vl_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    vision = fam["vision"]
+    text = {**text_kwargs, "model_type": "qwen2", "tie_word_embeddings": tie}
+    text.pop("use_sliding_window", None)
+    config = config_cls(text_config=text, vision_config=dict(vision["config"]), image_seq_length=vision["image_seq_length"],
+                        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), tie_word_embeddings=tie)
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=text_kwargs["pad_token_id"])
+    return model
+
+
 def _build_image_processor(family: str):
     """The image processor a vision family saves beside the model (None for text-only families).
 
@@ -677,6 +725,14 @@ def _build_image_processor(family: str):
     fam = _FAMILIES[family]
     if "vision" not in fam:
         return None
+    if fam["config_class"] == "InternVLConfig":
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        size = fam["vision"]["config"]["image_size"]
+        image_processor = GotOcr2ImageProcessorPil(size={"height": size[0], "width": size[1]}, crop_to_patches=True,
+                                                   min_patches=1, max_patches=2)
+        image_processor.processor_class = fam["vision"]["processor_class"]
+        return image_processor
     if fam["config_class"] == "Gemma3Config":
         from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tuneforge import CommandSpec, hookimpl
 
-FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma", "qwen2_vl", "qwen3_vl", "gemma3")  # builder.FAMILIES + VISION_FAMILIES
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma", "qwen2_vl", "qwen3_vl", "gemma3", "intern_vl")  # builder.FAMILIES + VISION_FAMILIES
 SIZES = ("tiny", "small")
 
 

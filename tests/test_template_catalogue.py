@@ -56,8 +56,8 @@ LLAMA_FACTORY_MULTIMODAL = {
     "mllama", "paligemma", "paligemma_chat", "pixtral", "qwen2_audio", "qwen2_omni", "qwen3_omni",
     "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "video_llava", "yi_vl",
 }
-#: Multimodal names that are real templates now (with a media handler: tests/test_vision.py).
-VISION_DONE = {"qwen2_vl"}
+#: Multimodal names that are real templates now (with a media handler: tests/test_vision.py, tests/test_vision_families.py).
+VISION_DONE = {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "intern_vl"}
 
 SYSTEM = "Be brief."
 ONE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]

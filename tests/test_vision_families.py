@@ -183,11 +183,11 @@ def test_the_collator_gives_the_model_its_pixel_inputs_and_they_change_the_loss(
     assert torch.isfinite(loss) and abs(float(loss) - float(blank)) > 1e-6
 
 
-def test_sft_lora_on_mllm_demo_trains_and_lora_stays_off_the_vision_tower(qwen3_vl, tmp_path):
-    """The CI run for the processor handler: tiny Qwen3-VL, mllm_demo, LoRA; loss falls."""
+def sft_lora(model, template, tmp_path):
+    """A short sft + LoRA run on mllm_demo: the losses, and the adapter's tensor names."""
     config = tmp_path / "sft.yaml"
     out = tmp_path / "out"
-    config.write_text(f"""model_name_or_path: {qwen3_vl}
+    config.write_text(f"""model_name_or_path: {model}
 stage: sft
 do_train: true
 finetuning_type: lora
@@ -195,7 +195,7 @@ lora_target: all
 lora_rank: 8
 dataset: mllm_demo
 dataset_dir: {ANCHOR}
-template: qwen3_vl_nothink
+template: {template}
 cutoff_len: 1024
 output_dir: {out}
 per_device_train_batch_size: 3
@@ -209,10 +209,40 @@ report_to: none
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
-    assert len(losses) == 6 and min(losses[-2:]) < losses[0] - 0.5, losses
     from safetensors import safe_open
 
     with safe_open(out / "adapter_model.safetensors", "pt") as f:
-        keys = list(f.keys())
-    assert keys and not [k for k in keys if ".visual." in k]
+        return losses, list(f.keys())
+
+
+#: where each family's vision tower and projector live (no adapter may be there)
+VISION_PARTS = {"qwen3_vl": (".visual.",), "gemma3": ("vision_tower", "multi_modal_projector"),
+                "intern_vl": ("vision_tower", "multi_modal_projector")}
+
+
+def test_sft_lora_on_mllm_demo_trains_and_lora_stays_off_the_vision_tower(qwen3_vl, tmp_path):
+    """The CI run for the processor handler: tiny Qwen3-VL, mllm_demo, LoRA; loss falls."""
+    losses, keys = sft_lora(qwen3_vl, "qwen3_vl_nothink", tmp_path)
+    assert len(losses) == 6 and min(losses[-2:]) < losses[0] - 0.5, losses
+    assert keys and not [k for k in keys if any(part in k for part in VISION_PARTS["qwen3_vl"])]
     assert any("language_model" in k for k in keys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gemma3", "intern_vl"])
+def test_sft_lora_on_mllm_demo_for_the_other_families(name, tmp_path):
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    losses, keys = sft_lora(cached_tiny_model(name, "tiny"), FAMILIES[name], tmp_path)
+    assert len(losses) == 6 and min(losses[-2:]) < losses[0] - 0.5, losses
+    assert keys and not [k for k in keys if any(part in k for part in VISION_PARTS[name])]
+    assert any("language_model" in k for k in keys)
+
+
+def test_the_tiny_models_own_template_is_detected_as_the_familys(family):
+    from transformers import AutoTokenizer
+
+    from tuneforge.plugins.templates.builtin import tuneforge_detect_template
+
+    name, path = family
+    assert tuneforge_detect_template(AutoTokenizer.from_pretrained(path)) == FAMILIES[name]

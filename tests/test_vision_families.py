@@ -246,3 +246,39 @@ def test_the_tiny_models_own_template_is_detected_as_the_familys(family):
 
     name, path = family
     assert tuneforge_detect_template(AutoTokenizer.from_pretrained(path)) == FAMILIES[name]
+
+
+def test_chat_engine_feeds_the_image_to_generate(family):
+    import torch
+
+    from tuneforge.chat.engine import engine_for
+
+    name, path = family
+    prepared = prepare(None, [f"model_name_or_path={path}", f"template={FAMILIES[name]}", "max_new_tokens=4",
+                              "do_sample=false"], manager=PluginManager(autoload=False), inference=True)
+    engine = engine_for(prepared)
+    messages = [{"role": "user", "content": "<image>Who is he?", "images": [str(ANCHOR / "mllm_demo_data" / "2.jpg")]}]
+    ids = engine.encode(messages)
+    media = engine.ctx.media.media_token_ids(engine.tokenizer)
+    assert sum(i in media for i in ids) > 2
+    extra = engine._media_kwargs(messages, torch.tensor([ids]))
+    assert "pixel_values" in extra
+    key = engine.ctx.media.token_types_key(str(path))
+    assert key is None or int((extra[key] == 1).sum()) == sum(i in media for i in ids)
+    [reply] = engine.generate(messages)
+    assert reply.completion_tokens > 0
+
+
+def test_a_text_only_model_under_the_gemma3_template_trains_on_text_as_before(tmp_path):
+    """gemma3 serves the text-only Gemma 3 too: without a processor its rows have no media tokens."""
+    from tuneforge.data.dataset import featurizer, make_collator
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    ctx = make_ctx(cached_tiny_model("gemma", "tiny"), "gemma3", dataset="alpaca_en_demo")
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
+        {"_example": [json.dumps(e) for e in result.examples[:2]]})
+    batch = make_collator(ctx, "supervised")([{k: features[k][i] for k in features} for i in range(2)])
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}

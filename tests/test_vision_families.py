@@ -282,3 +282,31 @@ def test_a_text_only_model_under_the_gemma3_template_trains_on_text_as_before(tm
         {"_example": [json.dumps(e) for e in result.examples[:2]]})
     batch = make_collator(ctx, "supervised")([{k: features[k][i] for k in features} for i in range(2)])
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
+
+
+@pytest.mark.slow
+def test_a_full_finetune_saves_the_processor_and_chats_with_an_image(qwen3_vl, tmp_path):
+    from tuneforge.chat.engine import engine_for
+
+    out = tmp_path / "full"
+    config = tmp_path / "full.yaml"
+    config.write_text(f"""model_name_or_path: {qwen3_vl}
+stage: sft
+do_train: true
+finetuning_type: full
+dataset: mllm_demo
+dataset_dir: {ANCHOR}
+template: qwen3_vl_nothink
+output_dir: {out}
+max_steps: 1
+save_strategy: "no"
+report_to: none
+""")
+    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "preprocessor_config.json").is_file() and (out / "processor_config.json").is_file()
+    prepared = prepare(None, [f"model_name_or_path={out}", "template=qwen3_vl_nothink", "max_new_tokens=3",
+                              "do_sample=false"], manager=PluginManager(autoload=False), inference=True)
+    messages = [{"role": "user", "content": "<image>Who?", "images": [str(ANCHOR / "mllm_demo_data" / "1.jpg")]}]
+    [reply] = engine_for(prepared).generate(messages)
+    assert reply.completion_tokens > 0

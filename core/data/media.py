@@ -324,3 +324,30 @@ def media_from_definition(name: str, definition: dict) -> MediaHandler | None:
         raise ValueError(f"{where}: media_placeholders has no image entry; the processor handler feeds images "
                          "(video and audio entries are accepted but not fed yet)")
     return ProcessorMedia(placeholders)
+
+
+#: The processor's own files: written beside a trained model so it reloads as the VLM it is.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def save_processor_files(model_path: str, output_dir) -> list[str]:
+    """Copy the model's processor files into ``output_dir`` (a full fine-tune's folder then loads with its
+    processor, for `chat` and `export`); returns the names copied."""
+    import shutil
+
+    from transformers.utils import cached_file
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        target = Path(output_dir) / name
+        if target.exists():
+            continue
+        try:
+            source = cached_file(str(model_path), name, _raise_exceptions_for_missing_entries=False,
+                                 _raise_exceptions_for_connection_errors=False)
+        except Exception:  # noqa: S112 - a model without the file (or offline): nothing to copy
+            continue
+        if source:
+            shutil.copyfile(source, target)
+            copied.append(name)
+    return copied

@@ -310,3 +310,22 @@ report_to: none
     messages = [{"role": "user", "content": "<image>Who?", "images": [str(ANCHOR / "mllm_demo_data" / "1.jpg")]}]
     [reply] = engine_for(prepared).generate(messages)
     assert reply.completion_tokens > 0
+
+
+def test_the_data_cache_key_follows_the_processor_settings(tmp_path):
+    """image_seq_length lives in processor_config.json: changing it changes the token counts, so the key."""
+    import shutil
+
+    from tuneforge.data.cache import cache_key
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    model = tmp_path / "intern_vl"
+    shutil.copytree(cached_tiny_model("intern_vl", "tiny"), model)
+    ctx = make_ctx(model, "intern_vl")
+    settings = Settings.from_config(ctx.config, "supervised")
+    before, _ = cache_key(ctx, "supervised", settings)
+    config = json.loads((model / "processor_config.json").read_text())
+    (model / "processor_config.json").write_text(json.dumps({**config, "image_seq_length": 16}))
+    after, _ = cache_key(ctx, "supervised", settings)
+    assert before and after and before != after

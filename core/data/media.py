@@ -245,6 +245,7 @@ class ProcessorMedia(MediaHandler):
         return [placeholder.replace(token, r, 1) for r in replacements]
 
     def expand(self, messages, media, model_path, tokenizer):
+        self._model_path = str(model_path)
         paths = media.get("images") or []
         if not paths:
             return messages
@@ -257,7 +258,10 @@ class ProcessorMedia(MediaHandler):
         return out
 
     def media_token_ids(self, tokenizer):
+        # the tokenizer is the model folder's (its name_or_path); else the model this handler last served
         processor = _processor_if_any(str(tokenizer.name_or_path))
+        if processor is None and getattr(self, "_model_path", None):
+            processor = _processor_if_any(self._model_path)
         if processor is None:  # a text-only model under a template that also serves its VLM (gemma3)
             return {}
         out: dict[int, int] = {}
@@ -267,6 +271,7 @@ class ProcessorMedia(MediaHandler):
         return out
 
     def token_types_key(self, model_path: str) -> str | None:
+        self._model_path = str(model_path)
         if _processor_if_any(model_path) is None:
             return None
         return _token_types_key(model_path, self.placeholders["image"])

@@ -329,3 +329,51 @@ def test_the_data_cache_key_follows_the_processor_settings(tmp_path):
     (model / "processor_config.json").write_text(json.dumps({**config, "image_seq_length": 16}))
     after, _ = cache_key(ctx, "supervised", settings)
     assert before and after and before != after
+
+
+THIRD_PARTY_YAML = """
+description: My Gemma-3-style VLM, added by a plugin with YAML alone.
+format_prefix: "{{bos_token}}"
+format_system: "{{content}}\\n\\n"
+format_user: "<start_of_turn>user\\n{{content}}<end_of_turn>\\n<start_of_turn>model\\n"
+format_assistant: "{{content}}<end_of_turn>\\n"
+system_in_user: true
+append_eos: false
+stop_words: ["<end_of_turn>"]
+media: processor
+media_placeholders: {image: "<start_of_image>"}
+"""
+
+
+def test_a_third_party_plugin_adds_a_vision_family_with_yaml_alone():
+    """Registered through the hook as a package would be: its template trains on mllm_demo with the
+    model's processor, token for token what the model's own chat template + processor give."""
+    import types
+
+    import yaml
+    from PIL import Image
+
+    from tuneforge import ChatTemplateSpec, hookimpl
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.media import load_processor
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    plugin = types.ModuleType("my_vl_plugin")
+    plugin.tuneforge_chat_templates = hookimpl(lambda: [ChatTemplateSpec(
+        name="my_vl", description="My VLM", definition=yaml.safe_load(THIRD_PARTY_YAML))])
+    model = cached_tiny_model("gemma3", "tiny")
+    manager = PluginManager(autoload=False, extra_plugins=[("my_vl_plugin", plugin)])
+    prepared = prepare(None, [f"model_name_or_path={model}", "template=my_vl", f"dataset_dir={ANCHOR}",
+                              "dataset=mllm_demo"], manager=manager)
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_tokenizer(ctx)
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    example = result.examples[2]
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))({"_example": [json.dumps(example)]})
+    processor = load_processor(str(model))
+    text = processor.tokenizer.apply_chat_template([content_parts(m) for m in example["messages"]], tokenize=False)
+    expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]],
+                         add_special_tokens=False)["input_ids"][0]
+    assert features["input_ids"][0] == [int(i) for i in expected]

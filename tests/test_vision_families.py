@@ -377,3 +377,10 @@ def test_a_third_party_plugin_adds_a_vision_family_with_yaml_alone():
     expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]],
                          add_special_tokens=False)["input_ids"][0]
     assert features["input_ids"][0] == [int(i) for i in expected]
+
+
+def test_the_tiny_model_verb_offers_every_family_the_builder_makes():
+    from tuneforge.plugins.apps.tiny_model import builder, cli
+
+    assert cli.FAMILIES == builder.FAMILIES + builder.VISION_FAMILIES
+    assert {"qwen3_vl", "gemma3", "intern_vl"} <= set(builder.VISION_FAMILIES)

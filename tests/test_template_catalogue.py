@@ -317,11 +317,11 @@ def test_same_format_as_a_reference_jinja(name, templates):
 
 def test_check_names_vision_templates_and_accepts_new_ones(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(f"model_name_or_path: {cached_tiny_model('llama3')}\ntemplate: qwen3_vl\ndataset: identity\n"
+    config.write_text(f"model_name_or_path: {cached_tiny_model('llama3')}\ntemplate: llava\ndataset: identity\n"
                       f"dataset_dir: {cached_tiny_model('llama3').parent}\n")
     result = run_cli("check", str(config))
     assert result.returncode != 0
-    assert "template 'qwen3_vl' is unavailable: needs the vision support (issue 17)" in result.stderr
+    assert "template 'llava' is unavailable: needs the vision support (issue 17)" in result.stderr
     assert "unknown template" not in result.stderr
     (tmp_path / "rows.json").write_text(json.dumps([{"instruction": "Hi", "input": "", "output": "Hello!"}]))
     (tmp_path / "dataset_info.json").write_text(json.dumps({"rows": {"file_name": "rows.json"}}))

@@ -384,3 +384,30 @@ def test_the_tiny_model_verb_offers_every_family_the_builder_makes():
 
     assert cli.FAMILIES == builder.FAMILIES + builder.VISION_FAMILIES
     assert {"qwen3_vl", "gemma3", "intern_vl"} <= set(builder.VISION_FAMILIES)
+
+
+def test_qwen3_vl_thinking_is_qwen3s_reasoning_format_with_qwen3_vl_images(qwen3_vl):
+    """qwen3_vl renders turns and <think> blocks as qwen3 does, and expands images as qwen3_vl_nothink."""
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.template import Template
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.plugins.templates.builtin import _definitions
+
+    definitions = _definitions()
+    thinking, qwen3 = Template.from_definition("qwen3_vl", definitions["qwen3_vl"]), Template.from_definition("qwen3", definitions["qwen3"])
+    assert thinking.reasoning and thinking.thought_words == qwen3.thought_words
+    ctx = make_ctx(qwen3_vl, "qwen3_vl")
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nHm.\n</think>\n\nHello."},
+                    {"role": "user", "content": "Bye"}]
+    for enable_thinking in (True, False):
+        assert (thinking.render_prompt(ctx.tokenizer, conversation, None, enable_thinking=enable_thinking)
+                == qwen3.render_prompt(ctx.tokenizer, conversation, None, enable_thinking=enable_thinking))
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    settings = Settings.from_config(ctx.config, "supervised")
+    row = {"_example": [json.dumps(result.examples[0])]}
+    nothink = make_ctx(qwen3_vl, "qwen3_vl_nothink")
+    media = set(ctx.media.media_token_ids(ctx.tokenizer))
+    ids = featurizer(ctx, "supervised", settings)(row)["input_ids"][0]
+    plain = featurizer(nothink, "supervised", Settings.from_config(nothink.config, "supervised"))(row)["input_ids"][0]
+    assert [i for i in ids if i in media] == [i for i in plain if i in media] and len(media & set(ids)) >= 1

@@ -122,8 +122,20 @@ def kind_of(rel: str, data: dict) -> str:
     return "chat"
 
 
-def family_of(model: str) -> str:
-    """The tiny-model family standing in for a hub model; llama3 for families the builder lacks."""
+#: Multimodal templates -> the tiny vision-language family standing in for their models (a VLM
+#: config gets a VLM, so its images really run). Only families the builder has are used.
+VISION_STAND_INS = (("qwen3_vl", "qwen3_vl"), ("qwen2_vl", "qwen2_vl"), ("llava_next", "llava_next"),
+                    ("llava", "llava"), ("gemma3", "gemma3"), ("intern_vl", "intern_vl"))
+
+
+def family_of(model: str, template: str = "") -> str:
+    """The tiny-model family standing in for a hub model; llama3 for families the builder lacks. A
+    multimodal template (``qwen3_vl_nothink``, ``llava``, ``gemma3``...) picks the tiny VLM of its family."""
+    from tuneforge.plugins.apps.tiny_model.builder import VISION_FAMILIES
+
+    for prefix, family in VISION_STAND_INS:
+        if str(template or "").startswith(prefix) and family in VISION_FAMILIES:
+            return family
     name = str(model).lower()
     for family, marks in (
         ("qwen3", ("qwen3",)),
@@ -154,11 +166,17 @@ def tiny_adapter(family: str) -> Path:
         return folder
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from tuneforge.plugins.apps.tiny_model.builder import VISION_FAMILIES
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(cached_tiny_model(family, "tiny")),
-                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    if family in VISION_FAMILIES:  # the language model's linear layers, as `lora_target: all` trains them
+        base = AutoModelForImageTextToText.from_pretrained(cached_tiny_model(family, "tiny"))
+        targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    else:
+        base, targets = AutoModelForCausalLM.from_pretrained(cached_tiny_model(family, "tiny")), "all-linear"
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -245,7 +263,7 @@ def check_one(path: Path, manager=None) -> Result:
         result.check = "listed"
         result.reasons = [NOT_CONFIGS.get(rel, "not a training config (no model_name_or_path)")]
         return result
-    result.family = family_of(data.get("model_name_or_path", ""))
+    result.family = family_of(data.get("model_name_or_path", ""), data.get("template", ""))
     with tempfile.TemporaryDirectory(prefix="lf-out-") as out, lf_root(data, result.family) as root:
         old = Path.cwd()
         os.chdir(root)

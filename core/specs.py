@@ -287,7 +287,17 @@ class ChatTemplateSpec(PluginSpec):
     notes: Callable[[Any], list[str]] | None = None
     #: A :class:`tuneforge.data.media.MediaHandler` for a multimodal template (how ``<image>`` becomes
     #: this model's tokens and inputs); None: text-only, and a dataset with a media column is an error.
+    #: A definition's ``media: processor`` + ``media_placeholders`` (docs/multimodal.md) sets it.
     media: Any = None
+
+    def __post_init__(self):
+        if "media" in self.definition or "media_placeholders" in self.definition:
+            from .data.media import media_from_definition
+
+            if self.media is None:
+                object.__setattr__(self, "media", media_from_definition(self.name, self.definition))
+            object.__setattr__(self, "definition", {k: v for k, v in self.definition.items()
+                                                    if k not in ("media", "media_placeholders")})
 
 
 @dataclass(frozen=True)

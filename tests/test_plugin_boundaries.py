@@ -93,6 +93,13 @@ NOT_PLUGIN_NAMES = {
     ("plugins/apps/tiny_model/cli.py", "qwen2_omni"): "a tiny-model family",
     ("plugins/apps/tiny_model/builder.py", "qwen2_omni"): "a tiny-model family and the template it is built for",
     ("plugins/apps/tiny_model/builder.py", "qwen2_audio"): "a tiny-model family and the template it is built for",
+    ("plugins/apps/tiny_model/cli.py", "qwen3_vl"): "a tiny-model family",
+    ("plugins/apps/tiny_model/builder.py", "qwen3_vl"): "a tiny-model family and the template it is built for",
+    ("plugins/apps/tiny_model/cli.py", "gemma3"): "a tiny-model family",
+    ("plugins/apps/tiny_model/builder.py", "gemma3"): "a tiny-model family and the template it is built for",
+    ("plugins/apps/tiny_model/cli.py", "intern_vl"): "a tiny-model family",
+    ("plugins/apps/tiny_model/builder.py", "intern_vl"): "a tiny-model family and the template it is built for",
+    ("core/data/media.py", "pt"): "return_tensors='pt' (PyTorch tensors from the model's processor)",
     ("plugins/templates/_media.py", "pt"): "return_tensors='pt' (PyTorch tensors)",
     ("plugins/apps/tiny_model/builder.py", "default"): "the tokenizer's default chat template",
 }

@@ -166,6 +166,10 @@ def media_fingerprint(ctx) -> dict | None:
         "handler": f"{type(media).__module__}.{type(media).__qualname__}",
         "code": hashlib.sha256(source.encode("utf-8")).hexdigest()[:16],
         "processor": hashlib.sha256(processor.read_bytes()).hexdigest()[:16] if processor.is_file() else str(folder),
+        # the processor's own settings (image_seq_length...) and the template's placeholders (media: processor)
+        "processor_config": (hashlib.sha256((folder / "processor_config.json").read_bytes()).hexdigest()[:16]
+                             if (folder / "processor_config.json").is_file() else None),
+        "placeholders": getattr(media, "placeholders", None),
         "files": files.hexdigest()[:32],
         "settings": media.describe() if hasattr(media, "describe") else {},
     }

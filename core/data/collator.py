@@ -59,12 +59,15 @@ class PadCollator:
         rows = [{c: f.get(c) or [] for c in handler.modalities} for f in features]
         if any(files for row in rows for files in row.values()):
             batch.update(handler.inputs(rows, model_path, tokenizer))
+        key = handler.token_types_key(model_path)
+        if key is None:
+            return batch
         types = handler.media_token_ids(tokenizer)
         ids = batch["input_ids"]
         kinds = torch.zeros_like(ids)
         for token, kind in types.items():
             kinds[ids == token] = kind
-        batch["mm_token_type_ids"] = kinds
+        batch[key] = kinds
         return batch
 
     def __call__(self, features: list[dict]) -> dict:

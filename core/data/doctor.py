@@ -242,5 +242,5 @@ def _fold_media(text: str, ctx, tokenizer) -> str:
         return text
     for token in media.media_token_ids(tokenizer):
         word = tokenizer.convert_ids_to_tokens(token)
-        text = re.sub(f"(?:{re.escape(word)})+", lambda run, w=word: f"{w}*{run.group(0).count(w)}", text)
+        text = re.sub(f"(?:{re.escape(word)}){{2,}}", lambda run, w=word: f"{w}*{run.group(0).count(w)}", text)
     return text

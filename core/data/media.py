@@ -54,6 +54,12 @@ class MediaHandler:
     def inputs(self, media_rows: list[dict[str, list[str]]], model_path: str, tokenizer) -> dict[str, Any]:
         raise NotImplementedError
 
+    def token_types_key(self, model_path: str) -> str | None:
+        """The model input that marks the media tokens (1 image, 2 video, 3 audio), built by the collator
+        from :meth:`media_token_ids`: ``mm_token_type_ids`` (transformers' name), ``token_type_ids``
+        (Gemma 3), or None for a model that takes no such input (LLaVA)."""
+        return "mm_token_type_ids"
+
 
 def media_columns(attr) -> list[str]:
     """The media columns a dataset entry names (a column set to null is not one)."""
@@ -155,3 +161,232 @@ def mask_media_labels(input_ids: list[int], labels: list[int], media_ids: dict[i
     from .template import IGNORE_INDEX
 
     return [IGNORE_INDEX if token in media_ids else label for token, label in zip(input_ids, labels)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The generic handler: a template YAML's `media: processor` + `media_placeholders: {image: "..."}`.
+# --------------------------------------------------------------------------------------------------
+
+#: ``media_placeholders`` keys -> the dataset column they stand for.
+PLACEHOLDER_KEYS = {"image": "images", "video": "videos", "audio": "audios"}
+#: The media the processor handler feeds today (videos and audios: accepted keys, not fed yet).
+PROCESSOR_MODALITIES = ("image",)
+#: What the processor returns besides the media inputs: the text side, rebuilt by tuneforge itself.
+_TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "text_replacement_offsets"})
+
+
+def _open_image(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+@lru_cache(maxsize=8)
+def load_processor(model_path: str):
+    """The model's own multimodal processor (``AutoProcessor``). Where transformers cannot build it whole
+    (a processor with a video part needs torchvision, which the CPU machines lack), it is assembled
+    from the processor class ``processor_config.json`` / ``preprocessor_config.json`` names, the
+    folder's image processor (the PIL one without torchvision) and its tokenizer; the parts it cannot
+    build (the video processor) are left out, so images work and videos do not."""
+    import importlib.util
+
+    from ..errors import TuneforgeError
+
+    if importlib.util.find_spec("torchvision") is None:
+        try:  # AutoProcessor would spend seconds failing on the video processor first
+            return _assemble_processor(model_path)
+        except Exception:  # noqa: S110 - AutoProcessor below says why, or builds a processor without a video part
+            pass
+    try:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(model_path)
+        if getattr(processor, "image_processor", None) is not None and getattr(processor, "tokenizer", None) is not None:
+            return processor
+        why = f"AutoProcessor gave {type(processor).__name__}, which has no image processor and tokenizer"
+    except Exception as exc:  # transformers raises many kinds here
+        why = f"AutoProcessor failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    try:
+        return _assemble_processor(model_path)
+    except Exception as exc:
+        raise TuneforgeError(f"cannot build the multimodal processor of {model_path} ({why}; assembling it from its "
+                             f"parts failed too: {type(exc).__name__}: {exc}). A `media: processor` template needs the "
+                             "model folder's processor_config.json (or preprocessor_config.json with processor_class), "
+                             "image processor and tokenizer") from None
+
+
+def _assemble_processor(model_path: str):
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    folder = Path(model_path)
+    config: dict = {}
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (folder / name).is_file():
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+            if data.get("processor_class"):
+                config = data
+                break
+    class_name = config.get("processor_class")
+    cls = getattr(transformers, str(class_name), None) if class_name else None
+    if cls is None:
+        raise ValueError(f"no processor_class in {folder}/processor_config.json or preprocessor_config.json")
+    base = cls
+
+    def lenient(self, name, argument):  # a part left out (None) is not checked against its class
+        return None if argument is None else base.check_argument_for_proper_class(self, name, argument)
+
+    assembled = type(cls.__name__, (cls,), {"check_argument_for_proper_class": lenient})
+    parts = {name: None for name in cls.get_attributes()}
+    parts["image_processor"] = AutoImageProcessor.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    parts["tokenizer"] = tokenizer
+    kwargs = {k: v for k, v in config.items() if k != "processor_class" and not k.endswith("_processor")
+              and not isinstance(v, dict)}
+    return assembled(**parts, **kwargs, chat_template=getattr(tokenizer, "chat_template", None))
+
+
+class ProcessorMedia(MediaHandler):
+    """Media through the model's own processor, driven by the template's ``media_placeholders``.
+
+    ``<image>`` in the text becomes ``media_placeholders["image"]`` (what the processor expects in the
+    text for an image, e.g. Gemma 3's ``<start_of_image>``); the processor then expands its image token
+    in it into as many media tokens as that image needs, exactly as its ``__call__`` does, and makes the
+    pixel inputs. The media tokens are the processor's ``image_token_ids``; the per-token type input
+    is whichever of ``mm_token_type_ids`` / ``token_type_ids`` the processor itself returns.
+    """
+
+    def __init__(self, placeholders: dict[str, str]):
+        self.placeholders = dict(placeholders)
+        self.modalities = tuple(PLACEHOLDER_KEYS[k] for k in PROCESSOR_MODALITIES if k in self.placeholders)
+
+    def _image_texts(self, processor, paths: list[str]) -> list[str]:
+        from ..errors import TuneforgeError
+
+        placeholder = self.placeholders["image"]
+        token = getattr(processor, "image_token", None)
+        if not token or token not in placeholder:
+            raise TuneforgeError(f"media_placeholders.image is {placeholder!r}, but {type(processor).__name__} expands "
+                                 f"{token!r}: the placeholder must contain the processor's image token")
+        result = processor(text=[placeholder * len(paths)], images=[_open_image(p) for p in paths],
+                           return_text_replacement_offsets=True)
+        replacements = [o["replacement"] for o in result["text_replacement_offsets"][0] if o["type"] == "image"]
+        return [placeholder.replace(token, r, 1) for r in replacements]
+
+    def expand(self, messages, media, model_path, tokenizer):
+        self._model_path = str(model_path)
+        paths = media.get("images") or []
+        if not paths:
+            return messages
+        texts = iter(self._image_texts(load_processor(model_path), paths))
+        out = []
+        for message in messages:
+            pieces = message["content"].split("<image>")
+            content = pieces[0] + "".join(next(texts) + rest for rest in pieces[1:])
+            out.append({**message, "content": content})
+        return out
+
+    def media_token_ids(self, tokenizer):
+        # the tokenizer is the model folder's (its name_or_path); else the model this handler last served
+        processor = _processor_if_any(str(tokenizer.name_or_path))
+        if processor is None and getattr(self, "_model_path", None):
+            processor = _processor_if_any(self._model_path)
+        if processor is None:  # a text-only model under a template that also serves its VLM (gemma3)
+            return {}
+        out: dict[int, int] = {}
+        for kind, ids in ((1, processor.image_token_ids), (2, getattr(processor, "video_token_ids", [])),
+                          (3, getattr(processor, "audio_token_ids", []))):
+            out.update({int(i): kind for i in ids or [] if i is not None and int(i) not in out})
+        return out
+
+    def token_types_key(self, model_path: str) -> str | None:
+        self._model_path = str(model_path)
+        if _processor_if_any(model_path) is None:
+            return None
+        return _token_types_key(model_path, self.placeholders["image"])
+
+    def inputs(self, media_rows, model_path, tokenizer) -> dict[str, Any]:
+        paths = [p for row in media_rows for p in (row.get("images") or [])]
+        if not paths:
+            return {}
+        processor = load_processor(model_path)
+        result = processor(text=[self.placeholders["image"] * len(paths)], images=[_open_image(p) for p in paths],
+                           return_tensors="pt")
+        return {k: v for k, v in result.items() if k not in _TEXT_KEYS}
+
+
+@lru_cache(maxsize=8)
+def _processor_if_any(model_path: str):
+    """The model's processor, or None for a model without one (text-only: its rows have no media)."""
+    from ..errors import TuneforgeError
+
+    try:
+        return load_processor(model_path)
+    except TuneforgeError:
+        return None
+
+
+@lru_cache(maxsize=8)
+def _token_types_key(model_path: str, placeholder: str) -> str | None:
+    """What the processor itself returns to mark media tokens, probed once on a blank image."""
+    from PIL import Image
+
+    result = load_processor(model_path)(text=[placeholder], images=[Image.new("RGB", (32, 32))])
+    return next((k for k in ("mm_token_type_ids", "token_type_ids") if k in result), None)
+
+
+def media_from_definition(name: str, definition: dict) -> MediaHandler | None:
+    """The handler a template definition selects (``media: processor`` + ``media_placeholders``);
+    None for a text-only one. A bad value is a ValueError naming the template and the key."""
+    kind, placeholders = definition.get("media"), definition.get("media_placeholders")
+    if kind is None:
+        # placeholders alone document the processor's text; the template stays text-only (media rows are
+        # refused at check) until it selects a handler
+        return None
+    where = f"template '{name}'"
+    if kind != "processor":
+        raise ValueError(f"{where}: media: {kind!r} is not a media handler of the template definition; use "
+                         "`media: processor` with `media_placeholders: {image: \"<the processor's image token>\"}`, "
+                         "or give ChatTemplateSpec.media a MediaHandler")
+    if not isinstance(placeholders, dict) or not placeholders:
+        raise ValueError(f"{where}: media: processor needs media_placeholders, a mapping such as "
+                         "{image: \"<start_of_image>\"} (what the model's processor expects in the text per medium)")
+    for key, value in placeholders.items():
+        if key not in PLACEHOLDER_KEYS:
+            raise ValueError(f"{where}: media_placeholders.{key}: unknown medium; use {', '.join(PLACEHOLDER_KEYS)}")
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}: media_placeholders.{key} must be a non-empty string, got {value!r}")
+    if "image" not in placeholders:
+        raise ValueError(f"{where}: media_placeholders has no image entry; the processor handler feeds images "
+                         "(video and audio entries are accepted but not fed yet)")
+    return ProcessorMedia(placeholders)
+
+
+#: The processor's own files: written beside a trained model so it reloads as the VLM it is.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def save_processor_files(model_path: str, output_dir) -> list[str]:
+    """Copy the model's processor files into ``output_dir`` (a full fine-tune's folder then loads with its
+    processor, for `chat` and `export`); returns the names copied."""
+    import shutil
+
+    from transformers.utils import cached_file
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        target = Path(output_dir) / name
+        if target.exists():
+            continue
+        try:
+            source = cached_file(str(model_path), name, _raise_exceptions_for_missing_entries=False,
+                                 _raise_exceptions_for_connection_errors=False)
+        except Exception:  # noqa: S112 - a model without the file (or offline): nothing to copy
+            continue
+        if source:
+            shutil.copyfile(source, target)
+            copied.append(name)
+    return copied

@@ -116,6 +116,8 @@ class Template:
         problems = []
         values: dict[str, Any] = {}
         for key, value in (definition or {}).items():
+            if key in ("media", "media_placeholders"):  # the template spec's media handler, not rendering
+                continue
             if key not in known:
                 problems.append(f"unknown key {key!r}{did_you_mean(key, known)}")
                 continue

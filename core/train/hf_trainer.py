@@ -543,6 +543,10 @@ def train_and_save(ctx: RunContext, trainer) -> dict:
             # The saved tokenizer carries the template training used, so inference renders the same text.
             ctx.template.apply_to_tokenizer(ctx.tokenizer)
             ctx.tokenizer.save_pretrained(ctx.output_dir)
+            if getattr(ctx, "media", None) is not None:  # a VLM: its processor files too, as LLaMA-Factory saves them
+                from ..data.media import save_processor_files
+
+                save_processor_files(str(ctx.config.model_name_or_path), ctx.output_dir)
             save_metrics(ctx.output_dir, "train", train_metrics)
         metrics.update(train_metrics)
     if trainer.eval_dataset is not None and (ctx.config.get("do_eval") or ctx.config.get("val_size") or ctx.plan.eval_datasets):

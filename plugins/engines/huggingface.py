@@ -77,11 +77,15 @@ class HuggingfaceEngine:
             return {}
         import torch
 
+        device = self.model.device
+        extra = {k: v.to(device) for k, v in extra.items()}
+        key = self.ctx.media.token_types_key(str(self.ctx.config.model_name_or_path))
+        if key is None:
+            return extra
         kinds = torch.zeros_like(input_ids)
         for token, kind in self.ctx.media.media_token_ids(self.tokenizer).items():
             kinds[input_ids == token] = kind
-        device = self.model.device
-        return {**{k: v.to(device) for k, v in extra.items()}, "mm_token_type_ids": kinds}
+        return {**extra, key: kinds}
 
     def _decode(self, ids, settings: GenerationSettings) -> str:
         ids = [i for i in ids if i not in self.stop_ids]

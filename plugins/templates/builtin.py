@@ -38,16 +38,21 @@ def media_placeholders(name: str) -> dict[str, str]:
 
 
 def _media(name: str):
-    """The media handler a template file names (``media: qwen2_vl``), or None for a text-only one."""
-    key = dict(_load()).get(name, {}).get("media")
-    if not key:
-        return None
+    """The media handler a template file names: ``media: processor`` with ``media_placeholders`` (the
+    generic, processor-driven one), a handler of this plugin (``media: qwen2_vl``), or None (text-only)."""
+    definition = dict(_load()).get(name, {})
+    key = definition.get("media")
     from ._media import HANDLERS
     from ._audio import HANDLERS as AUDIO
     from ._omni import HANDLERS as OMNI
     from ._video import HANDLERS as VIDEO
 
-    return {**HANDLERS, **VIDEO, **AUDIO, **OMNI}[key]()
+    handlers = {**HANDLERS, **VIDEO, **AUDIO, **OMNI}
+    if key in handlers:
+        return handlers[key]()
+    from tuneforge.data.media import media_from_definition
+
+    return media_from_definition(name, definition)
 
 
 def _known_models(name: str) -> tuple[tuple[str, str], ...]:

@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl",)
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl")
 #: Audio-language families: a feature extractor and processor beside the model (tiny_model/audio.py).
 AUDIO_FAMILIES = ("qwen2_audio", "qwen2_omni")
 SIZES = ("tiny", "small")
@@ -286,6 +286,129 @@ _FAMILIES["qwen2_omni"] = {
     "omni": True,
 }
 
+# Qwen3-VL (Instruct): Qwen3's tokenizer layout plus the vision markers, Qwen3-VL's published chat
+# template (no default system prompt; an image content part is <|vision_start|><|image_pad|><|vision_end|>),
+# a one-block vision tower with the real 16-pixel patches, 2x2 merge and one deepstack layer, and
+# interleaved multimodal RoPE. The processor (Qwen3VLProcessor) expands <|image_pad|> per merged patch.
+_QWEN3_VL_TEMPLATE = (
+    "{%- macro render(content) %}{%- if content is string %}{{- content }}{%- else %}"
+    "{%- for item in content %}"
+    "{%- if item.type == 'image' or 'image' in item or 'image_url' in item %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif item.type == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in item %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}{%- endmacro %}"
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- render(messages[0].content) + '\\n\\n' }}{%- endif %}"
+    "{{- \"# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\\n<tools>\" }}"
+    "{%- for tool in tools %}{{- \"\\n\" }}{{- tool | tojson }}{%- endfor %}"
+    "{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    "{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + render(messages[0].content) + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' %}{{- '<|im_start|>user\\n' + render(message.content) + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + render(message.content) }}"
+    "{%- if message.tool_calls %}{%- for tool_call in message.tool_calls %}"
+    "{%- if (loop.first and message.content) or (not loop.first) %}{{- '\\n' }}{%- endif %}"
+    "{%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}{{- '\", \"arguments\": ' }}"
+    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}{%- endfor %}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + render(message.content) + '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+_FAMILIES["qwen3_vl"] = {
+    **_FAMILIES["qwen3"],
+    "config_class": "Qwen3VLConfig",
+    "tail_specials": _FAMILIES["qwen2_vl"]["tail_specials"],
+    "template": _QWEN3_VL_TEMPLATE,
+    "rope_theta": 5000000.0,
+    "vision": {
+        "config": {"depth": 1, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "patch_size": 16,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "num_position_embeddings": 64,
+                   "deepstack_visual_indexes": [0]},
+        # 32x32 to 128x128 pixels: 2x2 to 8x8 patches, 1 to 16 image tokens
+        "image_processor": {"min_pixels": 32 * 32, "max_pixels": 128 * 128},
+        "processor_class": "Qwen3VLProcessor",
+    },
+}
+
+# Gemma 3 (4B+ instruct, image-text-to-text): Gemma's tokenizer layout plus the image markers, Gemma 3's
+# published chat template (system text prefixed to the first user turn; an image content part is
+# <start_of_image>, which the processor expands to "\n\n<start_of_image>" + <image_soft_token> x
+# mm_tokens_per_image + "<end_of_image>\n\n"), a one-layer SigLIP tower on 32x32 images (4x4 patches)
+# pooled to 2x2 = 4 image tokens.
+_GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- else -%}{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- elif message['content'] is iterable -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}"
+    "{%- else -%}{{ raise_exception(\"Invalid content type\") }}{%- endif -%}"
+    "{{ '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{'<start_of_turn>model\\n'}}{%- endif -%}"
+)
+_FAMILIES["gemma3"] = {
+    **_FAMILIES["gemma"],
+    "config_class": "Gemma3Config",
+    "head_specials": _FAMILIES["gemma"]["head_specials"] + ["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+    # the processor finds its image markers by these names on the tokenizer (boi_token, image_token...)
+    "named_specials": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+    "template": _GEMMA3_TEMPLATE,
+    "extra": {"hidden_activation": "gelu_pytorch_tanh", "sliding_window": 512},
+    "vision": {
+        "config": {"model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128,
+                   "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                   "vision_use_head": False},
+        "mm_tokens_per_image": 4,
+        "processor_class": "Gemma3Processor",
+        "processor": {"image_seq_length": 4},
+    },
+}
+
+# InternVL 3 (the transformers-format "-hf" checkpoints): Qwen2's tokenizer plus <img>, </img>,
+# <IMG_CONTEXT> and <video>, the published -hf chat template (ChatML, no default system prompt; an image
+# content part is "<IMG_CONTEXT>\n", which the processor expands to <img> + <IMG_CONTEXT> x
+# image_seq_length per tile + </img>), a one-layer InternViT on 56x56 tiles (4x4 patches, pixel-shuffled
+# to 2x2 = 4 tokens per tile), at most 2 tiles plus the thumbnail per image.
+_INTERN_VL_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\\n' }}{% elif content['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n' }}{% endif %}"
+)
+_FAMILIES["intern_vl"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "InternVLConfig",
+    "tail_specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+    "named_specials": {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                       "video_token": "<video>"},
+    "template": _INTERN_VL_TEMPLATE,
+    "vision": {
+        "config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "image_size": [56, 56], "patch_size": [14, 14]},
+        "image_seq_length": 4,
+        "processor_class": "InternVLProcessor",
+        "processor": {"image_seq_length": 4},
+    },
+}
+
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
 # --------------------------------------------------------------------------------------------------
@@ -474,7 +597,9 @@ def _build_tokenizer(family: str, size: str):
         kwargs["bos_token"] = fam["bos"]
     if fam["unk"] is not None:
         kwargs["unk_token"] = fam["unk"]
-    if fam.get("extra_specials"):
+    if fam.get("named_specials"):
+        kwargs["extra_special_tokens"] = dict(fam["named_specials"])
+    elif fam.get("extra_specials"):
         # What the real tokenizer_config lists as additional_special_tokens (v5: extra_special_tokens).
         kwargs["extra_special_tokens"] = list(fam["extra_specials"])
     return PreTrainedTokenizerFast(**kwargs)
@@ -540,6 +665,10 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     tie = text_kwargs.pop("tie_word_embeddings")
+    if fam["config_class"] == "Gemma3Config":
+        return _build_gemma3_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
+    if fam["config_class"] == "InternVLConfig":
+        return _build_intern_vl_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
     # multimodal RoPE: the (temporal, height, width) sections must sum to head_dim / 2 (Qwen2-VL's
     # [16, 24, 24] is for head_dim 128; ours is 64)
     half = text_kwargs.get("head_dim", text_kwargs["hidden_size"] // text_kwargs["num_attention_heads"]) // 2
@@ -547,10 +676,16 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     section.append(half - sum(section))
     text_kwargs["rope_parameters"] = {**text_kwargs["rope_parameters"], "mrope_section": section}
     text_kwargs.pop("use_sliding_window", None)
-    vision = dict(fam["vision"]["config"], hidden_size=text_kwargs["hidden_size"])
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    if fam["config_class"] == "Qwen3VLConfig":
+        text_kwargs["rope_parameters"]["mrope_interleaved"] = True
+        vision = dict(fam["vision"]["config"], out_hidden_size=text_kwargs["hidden_size"])
+        text_type = "qwen3_vl_text"
+    else:
+        vision = dict(fam["vision"]["config"], hidden_size=text_kwargs["hidden_size"])
+        text_type = "qwen2_vl_text"
     config = config_cls(
-        text_config={**text_kwargs, "model_type": "qwen2_vl_text"}, vision_config=vision,
+        text_config={**text_kwargs, "model_type": text_type}, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
@@ -563,6 +698,49 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     model.generation_config = GenerationConfig(
         eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], pad_token_id=text_kwargs["pad_token_id"],
     )
+    return model
+
+
+def _build_gemma3_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    vision = fam["vision"]
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in fam["named_specials"].items()}
+    text = {**text_kwargs, "model_type": "gemma3_text", "tie_word_embeddings": tie,
+            "layer_types": ["sliding_attention", "full_attention"][: text_kwargs["num_hidden_layers"]]}
+    config = config_cls(text_config=text, vision_config=dict(vision["config"]),
+                        mm_tokens_per_image=vision["mm_tokens_per_image"], boi_token_index=ids["boi_token"],
+                        eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"], tie_word_embeddings=tie)
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        # transformers initialises the projector's input projection to zeros (a trained checkpoint
+        # overwrites it): random here, so the pixels reach the language model of the random tiny model
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"], eos_token_id=stop_ids,
+                                               pad_token_id=text_kwargs["pad_token_id"])
+    return model
+
+
+def _build_intern_vl_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    vision = fam["vision"]
+    text = {**text_kwargs, "model_type": "qwen2", "tie_word_embeddings": tie}
+    text.pop("use_sliding_window", None)
+    config = config_cls(text_config=text, vision_config=dict(vision["config"]), image_seq_length=vision["image_seq_length"],
+                        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), tie_word_embeddings=tie)
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=text_kwargs["pad_token_id"])
     return model
 
 
@@ -579,15 +757,32 @@ def _build_image_processor(family: str):
     fam = _FAMILIES[family]
     if "vision" not in fam:
         return None
+    if fam["config_class"] == "InternVLConfig":
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        size = fam["vision"]["config"]["image_size"]
+        image_processor = GotOcr2ImageProcessorPil(size={"height": size[0], "width": size[1]}, crop_to_patches=True,
+                                                   min_patches=1, max_patches=2)
+        image_processor.processor_class = fam["vision"]["processor_class"]
+        return image_processor
+    if fam["config_class"] == "Gemma3Config":
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        size = fam["vision"]["config"]["image_size"]
+        image_processor = Gemma3ImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
+                                                  image_std=[0.5] * 3)
+        image_processor.processor_class = fam["vision"]["processor_class"]
+        return image_processor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    extra = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if family == "qwen3_vl" else {}
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=fam["vision"]["config"]["patch_size"], merge_size=fam["vision"]["config"]["spatial_merge_size"],
         temporal_patch_size=fam["vision"]["config"]["temporal_patch_size"],
         size={"shortest_edge": fam["vision"]["image_processor"]["min_pixels"],
-              "longest_edge": fam["vision"]["image_processor"]["max_pixels"]},
+              "longest_edge": fam["vision"]["image_processor"]["max_pixels"]}, **extra,
     )
-    image_processor.processor_class = "Qwen2VLProcessor"
+    image_processor.processor_class = fam["vision"].get("processor_class", "Qwen2VLProcessor")
     return image_processor
 
 
@@ -618,6 +813,14 @@ def build_tiny_model(
         from .omni import save_processors
 
         save_processors(out)
+    vision = _FAMILIES[family].get("vision") or {}
+    if vision.get("processor_class"):
+        # The processor's own settings: what AutoProcessor (or tuneforge's assembly of it from the image
+        # processor and tokenizer, where the video part needs torchvision) builds it from.
+        import json
+
+        settings = {"processor_class": vision["processor_class"], **vision.get("processor", {})}
+        (out / "processor_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 

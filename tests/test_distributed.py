@@ -242,6 +242,8 @@ def test_ray_train_with_two_cpu_workers_trains_the_torchrun_curve(config, ddp, t
     out, storage = tmp_path / "ray-out", tmp_path / "ray-saves"
     result = run_cli("train", str(config), f"output_dir={out}", "ray_num_workers=2", "ray_run_name=tiny",
                      f"ray_storage_path={storage}", "resources_per_worker={\"CPU\": 1}", f"save_steps={STEPS // 2}",
+                     # a local Ray instance of 2 CPUs without its dashboard: less to start on CI's 2 cores
+                     'ray_init_kwargs={"num_cpus": 2, "include_dashboard": false}',
                      env={"USE_RAY": "1", "RAY_DEDUP_LOGS": "0"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "launching 2 Ray Train worker(s), {'CPU': 1} each (PACK)" in result.stdout

@@ -130,6 +130,9 @@ def launch_with_ray(prepared, config_path: str, overrides: list[str], disabled: 
         return 2
     workers = int(config.get("ray_num_workers") or 1)
     init_kwargs = _mapping(config, "ray_init_kwargs", []) or {}
+    # Ray Train re-routes the workers' print() to its logger, which shows every line twice in the driver's
+    # output; tuneforge's lines stay plain prints (Ray still streams them, prefixed with the worker)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not ray.is_initialized():
         ray.init(**init_kwargs)
     per_worker = resources(config)

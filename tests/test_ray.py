@@ -98,3 +98,13 @@ def test_the_ray_keys_are_declared_as_acting(manager):
     declared = {name: k for name, k in declared_keys(manager).items() if name in RAY_KEYS}
     assert set(declared) == set(RAY_KEYS)
     assert all(k.effective for k in declared.values())
+
+
+def test_what_cannot_run_on_several_processes_is_rejected_before_ray_starts(cfg, use_ray):
+    """ray_num_workers counts as processes for the check-time rules (here layer-wise GaLore), so the run
+    stops on the command line instead of in every Ray worker."""
+    pytest.importorskip("ray")
+    pytest.importorskip("galore_torch", reason="needs the optim extra")
+    message = problems_of(cfg, "use_galore=true", "galore_layerwise=true")
+    assert "galore_layerwise does not support distributed training (2 processes" in message
+    prepare(cfg, ["use_galore=true", "galore_layerwise=true", "ray_num_workers=1"])

@@ -108,3 +108,11 @@ def test_what_cannot_run_on_several_processes_is_rejected_before_ray_starts(cfg,
     message = problems_of(cfg, "use_galore=true", "galore_layerwise=true")
     assert "galore_layerwise does not support distributed training (2 processes" in message
     prepare(cfg, ["use_galore=true", "galore_layerwise=true", "ray_num_workers=1"])
+
+
+def test_the_memory_plan_counts_the_ray_workers(cfg, use_ray):
+    pytest.importorskip("ray")
+    from tuneforge.planner import plan_for
+
+    prepared = prepare(cfg, ["ray_num_workers=3"])
+    assert plan_for(prepared, use_device_memory=False).processes == 3

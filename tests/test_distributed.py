@@ -93,6 +93,10 @@ def test_elastic_variables_make_the_llamafactory_elastic_torchrun_command():
     static = torchrun_command(planned_launch({"NPROC_PER_NODE": "2", "MAX_RESTARTS": "2"}, device_count=lambda: 0), ["train"])
     assert "--rdzv_id" not in static and static[static.index("--max_restarts") + 1] == "2"
     assert static[static.index("--node_rank") + 1] == "0"
+    # an elastic range of machines without MASTER_PORT: every machine must find the same endpoint
+    elastic = planned_launch({"FORCE_TORCHRUN": "1", "RDZV_ID": "j", "MIN_NNODES": "1", "MAX_NNODES": "2"},
+                             device_count=lambda: 0)
+    assert elastic.master_port == 29500
 
 
 @pytest.mark.parametrize("env, message", [

@@ -122,8 +122,8 @@ def planned_launch(env=None, device_count=_device_count) -> Launch | None:
     nproc = asked or max(1, device_count())
     if not forced and nnodes == 1 and nproc == 1:
         return None
-    if not master_port:
-        master_port = free_port() if nnodes == 1 else 29500
+    if not master_port:  # machines must agree on it: a fixed default once several may take part
+        master_port = free_port() if nnodes == 1 and (max_nnodes or 1) == 1 else 29500
     return Launch(nnodes, node_rank, nproc, env.get("MASTER_ADDR") or "127.0.0.1", master_port,
                   rdzv_id=rdzv_id, min_nnodes=min_nnodes, max_nnodes=max_nnodes, max_restarts=max_restarts)
 

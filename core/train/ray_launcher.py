@@ -43,15 +43,14 @@ def _mapping(config, key: str, problems: list[Problem]) -> dict | None:
     if value is None or isinstance(value, dict):
         return value
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(value) if isinstance(value, str) else value
     except ValueError as exc:
         parsed, reason = None, f"is not valid JSON ({exc.msg} at character {exc.pos})"
     else:
         reason = f"must be a mapping, got {type(parsed).__name__}"
     if not isinstance(parsed, dict):
-        problems.append(Problem(key, f"{reason}: write a YAML mapping or a JSON object, e.g. "
-                                     f"{key}: {{\"CPU\": 1}}" if key == "resources_per_worker" else
-                                f"{reason}: write a YAML mapping or a JSON object", config.where(key)))
+        example = ', e.g. {"CPU": 1}' if key == "resources_per_worker" else ""
+        problems.append(Problem(key, f"{reason}: write a YAML mapping or a JSON object{example}", config.where(key)))
         return None
     return parsed
 

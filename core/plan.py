@@ -18,6 +18,7 @@ from .config.model_checks import model_file_checks
 from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
 from .data.registry import DatasetAttr, data_problems, resolve_datasets
 from .config.refusals import refusal_problems
+from .versions import version_problems, version_warnings
 from .errors import ConfigError, PluginError, Problem
 from .plugin_helpers import checkpoint_quantization, quant_method, quantized_by
 from .plugin_manager import PluginManager, SpecEntry, split_names
@@ -114,6 +115,7 @@ def prepare(
     problems += value_problems
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
     problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
+    problems += version_problems()  # required libraries outside the tested range (DISABLE_VERSION_CHECK=1: warned)
 
     for key in require:
         if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already
@@ -139,7 +141,7 @@ def prepare(
             problems += [Problem(f"{entry.kind} {entry.name}", msg) for msg in manager.validate(entry, config, plan)]
     if problems:
         raise ConfigError(sorted(problems, key=_line_of))
-    warnings = _warnings(config, plan, manager) + relation_warnings(config) + model_warnings
+    warnings = _warnings(config, plan, manager) + relation_warnings(config) + model_warnings + version_warnings()
     if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
         warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
     return Prepared(config, plan, manager, warnings)

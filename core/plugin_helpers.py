@@ -71,8 +71,9 @@ def quantized_by(config, plan=None) -> str | None:
     return None
 
 
-def world_size() -> int:
-    """Processes this run will have, from the launcher's environment (torchrun / LLaMA-Factory's CLI)."""
+def world_size(config: Any = None) -> int:
+    """Processes this run will have, from the launcher's environment (torchrun / LLaMA-Factory's CLI); with
+    ``config`` and USE_RAY=1, the Ray Train workers it asks for (``ray_num_workers``)."""
 
     def number(var: str) -> int:
         try:
@@ -82,6 +83,8 @@ def world_size() -> int:
 
     if os.environ.get("WORLD_SIZE"):
         return number("WORLD_SIZE")
+    if config is not None and os.environ.get("USE_RAY", "0").strip().lower() in ("1", "true", "y", "yes", "on"):
+        return max(int(config.get("ray_num_workers") or 1), 1)
     return number("NPROC_PER_NODE") * number("NNODES")
 
 

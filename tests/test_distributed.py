@@ -76,6 +76,41 @@ def test_torchrun_command_runs_this_python_and_the_same_arguments():
     assert command[-5:] == ["-m", "tuneforge.cli.main", "train", "x.yaml", "lora_rank=4"]
 
 
+def test_elastic_variables_make_the_llamafactory_elastic_torchrun_command():
+    """RDZV_ID: c10d rendezvous at MASTER_ADDR:MASTER_PORT, MIN_NNODES:MAX_NNODES nodes, MAX_RESTARTS restarts,
+    and no --node_rank (the rendezvous assigns it), as llamafactory-cli launches it."""
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "8", "NNODES": "2", "RDZV_ID": "job7", "MIN_NNODES": "1",
+           "MAX_NNODES": "4", "MAX_RESTARTS": "3", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    command = torchrun_command(planned_launch(env, device_count=lambda: 0), ["train", "x.yaml"])
+    flags = dict(zip(command[3:-4:2], command[4:-4:2]))
+    assert flags == {"--nnodes": "1:4", "--nproc_per_node": "8", "--rdzv_id": "job7", "--rdzv_backend": "c10d",
+                     "--rdzv_endpoint": "10.0.0.1:29400", "--max_restarts": "3"}
+    # RDZV_ID alone: the fixed NNODES through the rendezvous; MAX_RESTARTS defaults to 0
+    command = torchrun_command(planned_launch({**env, "MIN_NNODES": "", "MAX_NNODES": "", "MAX_RESTARTS": ""},
+                                              device_count=lambda: 0), ["train", "x.yaml"])
+    assert command[command.index("--nnodes") + 1] == "2" and command[command.index("--max_restarts") + 1] == "0"
+    # without RDZV_ID: the static launch, and MAX_RESTARTS still reaches torchrun (never dropped silently)
+    static = torchrun_command(planned_launch({"NPROC_PER_NODE": "2", "MAX_RESTARTS": "2"}, device_count=lambda: 0), ["train"])
+    assert "--rdzv_id" not in static and static[static.index("--max_restarts") + 1] == "2"
+    assert static[static.index("--node_rank") + 1] == "0"
+    # an elastic range of machines without MASTER_PORT: every machine must find the same endpoint
+    elastic = planned_launch({"FORCE_TORCHRUN": "1", "RDZV_ID": "j", "MIN_NNODES": "1", "MAX_NNODES": "2"},
+                             device_count=lambda: 0)
+    assert elastic.master_port == 29500
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MIN_NNODES": "1", "MAX_NNODES": "2"}, "MIN_NNODES: needs RDZV_ID"),
+    ({"RDZV_ID": "j", "MIN_NNODES": "2"}, "MIN_NNODES: is set without MAX_NNODES"),
+    ({"RDZV_ID": "j", "MIN_NNODES": "3", "MAX_NNODES": "2"}, "MIN_NNODES: is 3, more than MAX_NNODES=2"),
+    ({"MAX_RESTARTS": "-1"}, "MAX_RESTARTS: must be a whole number >= 0, got '-1'"),
+    ({"RDZV_ID": "j", "MIN_NNODES": "0", "MAX_NNODES": "2"}, "MIN_NNODES: must be a whole number >= 1, got '0'"),
+])
+def test_bad_elastic_variables_are_named(env, message):
+    with pytest.raises(ConfigError, match=message):
+        planned_launch({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", **env}, device_count=lambda: 0)
+
+
 # --- real runs ---------------------------------------------------------------------------------------------------
 
 
@@ -189,6 +224,41 @@ def test_two_nodes_on_loopback_train_together(config, single, tmp_path):
     assert "outputs in" in logs[0] and "outputs in" not in logs[1]  # global rank 0 is on node 0
     assert "training rows: 64" in logs[1]  # node 1 prepared its own data (its local rank 0)
     assert_same_curve(losses(out), single)
+
+
+@pytest.mark.slow
+def test_elastic_launch_on_loopback_trains_the_same_curve(config, ddp, tmp_path):
+    """RDZV_ID + MAX_RESTARTS: torchrun's c10d rendezvous on 127.0.0.1, 2 processes: the 2-process curve."""
+    out = tmp_path / "elastic"
+    result = run_cli("train", str(config), f"output_dir={out}",
+                     env=two_processes(RDZV_ID="tuneforge-test", MAX_RESTARTS="1", MASTER_PORT=str(free_port())))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "elastic: 1 node(s), rendezvous 'tuneforge-test'" in result.stdout and "--rdzv_backend c10d" in result.stdout
+    assert_same_curve(losses(out), losses(ddp[0]))
+
+
+def test_ray_train_with_two_cpu_workers_trains_the_torchrun_curve(config, ddp, tmp_path):
+    """USE_RAY=1 with LLaMA-Factory's keys: Ray Train starts 2 CPU workers (gloo), each runs tuneforge's
+    training; the per-step losses are those of the 2-process torchrun run, outputs land in output_dir and
+    Ray's run record (with the reported checkpoints) in ray_storage_path/ray_run_name. One Ray run: Ray's
+    start-up is most of this test's time."""
+    pytest.importorskip("ray.train", reason="Ray Train is optional: pip install 'tuneforge[ray]'")
+    out, storage = tmp_path / "ray-out", tmp_path / "ray-saves"
+    result = run_cli("train", str(config), f"output_dir={out}", "ray_num_workers=2", "ray_run_name=tiny",
+                     f"ray_storage_path={storage}", "resources_per_worker={\"CPU\": 1}", f"save_steps={STEPS // 2}",
+                     # a local Ray instance of 2 CPUs without its dashboard: less to start on CI's 2 cores
+                     'ray_init_kwargs={"num_cpus": 2, "include_dashboard": false}',
+                     env={"USE_RAY": "1", "RAY_DEDUP_LOGS": "0"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "launching 2 Ray Train worker(s), {'CPU': 1} each (PACK)" in result.stdout
+    assert_same_curve(losses(out), losses(ddp[0]))  # one log: only global rank 0 wrote it
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["train_batch_size"] == 2 and state["global_step"] == STEPS
+    assert (out / "model.safetensors").is_file() and (out / "run_manifest.json").is_file()
+    reported = sorted(p.name for p in (storage / "tiny").glob("checkpoint-*"))
+    assert reported == [f"checkpoint-{STEPS // 2}", f"checkpoint-{STEPS}"]
+    assert {p.name for p in (storage / "tiny" / f"checkpoint-{STEPS}").glob("rng_state_*.pth")} == {
+        "rng_state_0.pth", "rng_state_1.pth"}
 
 
 # --- every method with the defaults a user gets: 2 processes train the 1-process curve ---------------------------

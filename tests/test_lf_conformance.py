@@ -89,8 +89,9 @@ def test_refused_engine_keys_fail_check_with_the_reason(tmp_path, tiny_model, mo
     # The LLaMA-Factory defaults of those keys are not a request for the engine.
     cfg.write_text(cfg.read_text().replace("use_kt: true", "use_kt: false").replace("kt_optimize_rule: x.yaml\n", ""))
     prepare(cfg)
-    monkeypatch.setenv("USE_RAY", "1")
-    with pytest.raises(ConfigError, match="needs Ray Train"):
+    monkeypatch.setenv("USE_RAY", "1")  # Ray Train is optional: without it, USE_RAY=1 names the install
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"needs Ray Train, which is not installed: pip install 'tuneforge\[ray\]'"):
         prepare(cfg)
 
 

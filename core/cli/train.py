@@ -1,5 +1,6 @@
 """`tuneforge train CONFIG [key=value ...]`: one process, or several under torchrun (FORCE_TORCHRUN,
-NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, as llamafactory-cli reads them)."""
+NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, as llamafactory-cli reads them), or on
+Ray Train workers (USE_RAY=1 and the ray_* keys)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def run(args) -> int:
         raise ConfigError([Problem("dataset", "`tuneforge train` needs training data: set dataset (names from "
                                    "dataset_info.json, or a data file); for predictions only, set do_predict: true "
                                    "and eval_dataset", config.where("dataset"))])
+    from ..train.ray_launcher import launch_with_ray, use_ray
+
+    if use_ray():  # checked in prepare: Ray installed, its keys, no torchrun variable left unused
+        print_plan(prepared)
+        return launch_with_ray(prepared, args.config, args.overrides, args.disable_plugin)
     launch = planned_launch()
     if launch is not None:
         argv = [f"--disable-plugin={name}" for name in args.disable_plugin] + ["train", args.config, *args.overrides]

@@ -243,17 +243,19 @@ CONFORMANCE_KEYS = (
     _k("fsdp_transformer_layer_cls_to_wrap", _STR_OR_LIST, None,
        "FSDP: decoder layer class(es) to wrap (comma list); merged into fsdp_config as "
        "transformers 5 expects (it dropped this argument)."),
-    # Ray Train: LLaMA-Factory acts on these only when USE_RAY=1 is set, which tuneforge refuses (it has
-    # no Ray launcher yet); without USE_RAY they do nothing there either.
-    _k("ray_run_name", str, None, "Ray Train (USE_RAY=1 only; refused: no Ray launcher yet): run name.",
-       effective=False),
-    _k("ray_storage_path", str, "./saves", "Ray Train (USE_RAY=1 only): where results are stored.", effective=False),
-    _k("ray_storage_filesystem", str, None, "Ray Train (USE_RAY=1 only): s3, gs or gcs.", effective=False),
-    _k("ray_num_workers", int, 1, "Ray Train (USE_RAY=1 only): number of workers.", effective=False),
-    _k("resources_per_worker", (dict, str), None, "Ray Train (USE_RAY=1 only): resources of one worker.",
-       effective=False),
-    _k("placement_strategy", str, "PACK", "Ray Train (USE_RAY=1 only): placement strategy.", effective=False),
-    _k("ray_init_kwargs", (dict, str), None, "Ray Train (USE_RAY=1 only): ray.init arguments.", effective=False),
+    # Ray Train (core/train/ray_launcher.py): they act with USE_RAY=1, as in LLaMA-Factory; set without
+    # it, `check` warns that the run trains without Ray.
+    _k("ray_run_name", str, None, "Ray Train (USE_RAY=1): name of Ray's run record under ray_storage_path."),
+    _k("ray_storage_path", str, "./saves", "Ray Train (USE_RAY=1): where Ray keeps its run record (result, "
+       "checkpoints)."),
+    _k("ray_storage_filesystem", str, None, "Ray Train (USE_RAY=1): ray_storage_path is on s3, gs or gcs.",
+       choices=("s3", "gs", "gcs")),
+    _k("ray_num_workers", int, 1, "Ray Train (USE_RAY=1): number of training workers (processes).", min=1),
+    _k("resources_per_worker", (dict, str), None, "Ray Train (USE_RAY=1): resources of one worker, e.g. "
+       "{\"GPU\": 1} (default: one GPU when the Ray cluster has GPUs, else one CPU)."),
+    _k("placement_strategy", str, "PACK", "Ray Train (USE_RAY=1): how workers are placed on nodes.",
+       choices=("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")),
+    _k("ray_init_kwargs", (dict, str), None, "Ray Train (USE_RAY=1): ray.init arguments (address, runtime_env, ...)."),
 )
 
 

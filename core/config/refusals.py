@@ -84,11 +84,6 @@ REFUSED_CONFIG_KEYS: tuple[ConfigKey, ...] = tuple(
 #: Environment switches of llamafactory-cli that select an engine tuneforge does not have.
 _ENV = {
     "USE_MCA": _MEGATRON,
-    "USE_RAY": (
-        "needs Ray Train (LLaMA-Factory's USE_RAY=1 launcher); tuneforge has no Ray launcher yet: unset "
-        "USE_RAY and launch the workers with torchrun (FORCE_TORCHRUN=1 NPROC_PER_NODE=N, NNODES, NODE_RANK, "
-        "MASTER_ADDR for several nodes)"
-    ),
 }
 
 
@@ -108,4 +103,6 @@ def refusal_problems(config) -> list[Problem]:
     for name, reason in _ENV.items():
         if _enabled(name):
             problems.append(Problem(f"{name}=1 (environment)", reason))
-    return problems
+    from ..train.ray_launcher import ray_problems  # USE_RAY=1: Ray installed, its keys, no torchrun variables
+
+    return problems + ray_problems(config)

@@ -152,7 +152,9 @@ def relation_warnings(config) -> list[str]:
     if config.get("eval_dataset") and (config.get("val_size") or 0) > 0:
         out.append(f"val_size ({config.where('val_size')}) is not used: eval_dataset ({config.where('eval_dataset')}) is "
                    "the evaluation data (LLaMA-Factory refuses both; remove one)")
-    return out
+    from ..train.ray_launcher import ray_warnings
+
+    return out + ray_warnings(config)
 
 
 def declared_defaults(manager) -> dict[str, Any]:

@@ -25,13 +25,18 @@ __all__ = [
 ]
 
 
-def planned_processes() -> int:
+def planned_processes(config=None) -> int:
     """How many processes `tuneforge train` would start with this environment: WORLD_SIZE inside a
-    launcher, else the launch NPROC_PER_NODE x NNODES (or the visible GPUs) asks for, else 1."""
+    launcher, else ray_num_workers with USE_RAY=1 (given the config), else the launch NPROC_PER_NODE x
+    NNODES (or the visible GPUs) asks for, else 1."""
     if os.environ.get("WORLD_SIZE"):
         from ..ranks import world_size
 
         return max(world_size(), 1)
+    from ..train.ray_launcher import use_ray
+
+    if config is not None and use_ray():
+        return max(int(config.get("ray_num_workers") or 1), 1)
     from ..train.launcher import planned_launch
 
     launch = planned_launch()
@@ -75,7 +80,7 @@ def plan_for(prepared, *, processes: int | None = None, budget: int | None = Non
 
             raise TuneforgeError(f"cannot read the model config of {prepared.config.model_name_or_path}: {exc}") from None
     if processes is None:
-        processes = planned_processes()
+        processes = planned_processes(prepared.config)
     if budget is None and use_device_memory:
         budget = device_memory()
     return plan_memory(shape, prepared.config, method=prepared.plan.method.name, processes=processes, budget=budget,

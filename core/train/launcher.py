@@ -7,6 +7,13 @@ shape the launch. Without them a machine with more than one GPU is also relaunch
 GPU. A process already started by torchrun or `accelerate launch` (it has ``LOCAL_RANK``) trains
 itself, so both launchers run configs unchanged.
 
+Elastic launch, as llamafactory-cli does it: ``RDZV_ID`` switches to torchrun's c10d rendezvous at
+MASTER_ADDR:MASTER_PORT (node ranks are then assigned by the rendezvous, NODE_RANK is not passed), with
+``MIN_NNODES:MAX_NNODES`` nodes when both are set; ``MAX_RESTARTS`` (default 0) is how often torchrun
+restarts the workers after a failure (each restart resumes from the last checkpoint). LLaMA-Factory reads
+MAX_RESTARTS only with RDZV_ID; tuneforge passes it to torchrun either way (torchrun honours it with
+the static rendezvous too), and refuses MIN_NNODES/MAX_NNODES without RDZV_ID instead of ignoring them.
+
 No torch import here: the decision is made from the environment, and the device count is asked
 only when the variables leave it open.
 """
@@ -30,6 +37,10 @@ class Launch:
     nproc_per_node: int
     master_addr: str
     master_port: int
+    rdzv_id: str | None = None
+    min_nnodes: int | None = None
+    max_nnodes: int | None = None
+    max_restarts: int = 0
 
     @property
     def world_size(self) -> int:
@@ -85,6 +96,20 @@ def planned_launch(env=None, device_count=_device_count) -> Launch | None:
     node_rank = _int(env, "NODE_RANK", 0, problems)
     asked = _int(env, "NPROC_PER_NODE", 0, problems, minimum=1)
     master_port = _int(env, "MASTER_PORT", 0, problems, minimum=1)
+    max_restarts = _int(env, "MAX_RESTARTS", 0, problems)
+    rdzv_id = (env.get("RDZV_ID") or "").strip() or None
+    min_nnodes = _int(env, "MIN_NNODES", 0, problems, minimum=1) or None
+    max_nnodes = _int(env, "MAX_NNODES", 0, problems, minimum=1) or None
+    if (min_nnodes or max_nnodes) and rdzv_id is None:
+        problems.append(Problem("MIN_NNODES" if min_nnodes else "MAX_NNODES", "needs RDZV_ID (an elastic launch's "
+                                "rendezvous id, the same on every node): set RDZV_ID, or unset MIN_NNODES/MAX_NNODES",
+                                "environment"))
+    elif (min_nnodes is None) != (max_nnodes is None):
+        problems.append(Problem("MIN_NNODES" if min_nnodes else "MAX_NNODES", "is set without "
+                                f"{'MAX_NNODES' if min_nnodes else 'MIN_NNODES'}: an elastic node range needs both "
+                                "(torchrun --nnodes MIN:MAX)", "environment"))
+    elif min_nnodes and max_nnodes and min_nnodes > max_nnodes:
+        problems.append(Problem("MIN_NNODES", f"is {min_nnodes}, more than MAX_NNODES={max_nnodes}", "environment"))
     if node_rank >= nnodes:
         problems.append(Problem("NODE_RANK", f"is {node_rank}, but NNODES={nnodes}: node ranks run from 0 to {nnodes - 1}", "environment"))
     if problems:
@@ -97,22 +122,34 @@ def planned_launch(env=None, device_count=_device_count) -> Launch | None:
     nproc = asked or max(1, device_count())
     if not forced and nnodes == 1 and nproc == 1:
         return None
-    if not master_port:
-        master_port = free_port() if nnodes == 1 else 29500
-    return Launch(nnodes, node_rank, nproc, env.get("MASTER_ADDR") or "127.0.0.1", master_port)
+    if not master_port:  # machines must agree on it: a fixed default once several may take part
+        master_port = free_port() if nnodes == 1 and (max_nnodes or 1) == 1 else 29500
+    return Launch(nnodes, node_rank, nproc, env.get("MASTER_ADDR") or "127.0.0.1", master_port,
+                  rdzv_id=rdzv_id, min_nnodes=min_nnodes, max_nnodes=max_nnodes, max_restarts=max_restarts)
 
 
 def torchrun_command(launch: Launch, argv: list[str]) -> list[str]:
-    """``python -m torch.distributed.run ... -m tuneforge.cli.main ARGV`` (the same Python as this one)."""
-    return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", str(launch.nnodes),
-        "--node_rank", str(launch.node_rank),
-        "--nproc_per_node", str(launch.nproc_per_node),
-        "--master_addr", launch.master_addr,
-        "--master_port", str(launch.master_port),
-        "-m", "tuneforge.cli.main", *argv,
-    ]
+    """``python -m torch.distributed.run ... -m tuneforge.cli.main ARGV`` (the same Python as this one);
+    with RDZV_ID, the elastic form llamafactory-cli runs (c10d rendezvous, MIN:MAX nodes)."""
+    if launch.rdzv_id is not None:
+        nodes = f"{launch.min_nnodes}:{launch.max_nnodes}" if launch.min_nnodes else str(launch.nnodes)
+        head = [
+            "--nnodes", nodes,
+            "--nproc_per_node", str(launch.nproc_per_node),
+            "--rdzv_id", launch.rdzv_id,
+            "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"{launch.master_addr}:{launch.master_port}",
+        ]
+    else:
+        head = [
+            "--nnodes", str(launch.nnodes),
+            "--node_rank", str(launch.node_rank),
+            "--nproc_per_node", str(launch.nproc_per_node),
+            "--master_addr", launch.master_addr,
+            "--master_port", str(launch.master_port),
+        ]
+    return [sys.executable, "-m", "torch.distributed.run", *head, "--max_restarts", str(launch.max_restarts),
+            "-m", "tuneforge.cli.main", *argv]
 
 
 def relaunch(launch: Launch, argv: list[str]) -> int:
@@ -128,9 +165,15 @@ def relaunch(launch: Launch, argv: list[str]) -> int:
     import subprocess
 
     command = torchrun_command(launch, argv)
-    print(f"launching {launch.nproc_per_node} process(es) on node {launch.node_rank} of {launch.nnodes} "
-          f"(world size {launch.world_size}, master {launch.master_addr}:{launch.master_port}):\n  {' '.join(command)}",
-          flush=True)
+    if launch.rdzv_id is not None:
+        nodes = f"{launch.min_nnodes}..{launch.max_nnodes}" if launch.min_nnodes else str(launch.nnodes)
+        print(f"launching {launch.nproc_per_node} process(es) per node, elastic: {nodes} node(s), rendezvous "
+              f"'{launch.rdzv_id}' at {launch.master_addr}:{launch.master_port}, up to {launch.max_restarts} "
+              f"restart(s):\n  {' '.join(command)}", flush=True)
+    else:
+        print(f"launching {launch.nproc_per_node} process(es) on node {launch.node_rank} of {launch.nnodes} "
+              f"(world size {launch.world_size}, master {launch.master_addr}:{launch.master_port}):\n  {' '.join(command)}",
+              flush=True)
     received: list[int] = []
     process = subprocess.Popen(command)
 

@@ -158,9 +158,9 @@ def layerwise_problems(config, method: str, key: str) -> list[str]:
     if accumulation > 1:
         out.append(f"{key} steps each layer during backward and cannot accumulate gradients "
                    f"(gradient_accumulation_steps is {accumulation}; set it to 1 or drop {key})")
-    processes = world_size()
+    processes = world_size(config)
     if processes > 1:
-        out.append(f"{key} does not support distributed training ({processes} processes from WORLD_SIZE/NPROC_PER_NODE)")
+        out.append(f"{key} does not support distributed training ({processes} processes from WORLD_SIZE/NPROC_PER_NODE/ray_num_workers)")
     return out
 
 

@@ -173,9 +173,9 @@ def validate(config, plan) -> list[str]:
                         "use finetuning_type: full")
     if deepspeed_stage(config) == 3:
         problems.append("BAdam with DeepSpeed ZeRO-3 is not supported by tuneforge's BAdam integration; drop deepspeed")
-    processes = world_size()
+    processes = world_size(config)
     if processes > 1:
-        problems.append(f"BAdam trains in one process here ({processes} processes from WORLD_SIZE/NPROC_PER_NODE): "
+        problems.append(f"BAdam trains in one process here ({processes} processes from WORLD_SIZE/NPROC_PER_NODE/ray_num_workers): "
                         "ratio mode does not support distributed training and layer mode needs DeepSpeed ZeRO-3")
     if config.badam_mode == "ratio" and not 0 < config.badam_update_ratio <= 1:
         problems.append(f"badam_update_ratio must be in (0, 1], not {config.badam_update_ratio}")

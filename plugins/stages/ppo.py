@@ -130,10 +130,10 @@ def setting_problems(config) -> list[str]:
 
 
 def process_problems(config) -> list[str]:
-    processes = world_size()
+    processes = world_size(config)
     out = []
     if processes > 1:
-        out.append(f"ppo trains in one process ({processes} processes from WORLD_SIZE/NPROC_PER_NODE): run it without "
+        out.append(f"ppo trains in one process ({processes} processes from WORLD_SIZE/NPROC_PER_NODE/ray_num_workers): run it without "
                    "torchrun / FORCE_TORCHRUN")
     for key in ("deepspeed", "fsdp"):
         if config.get(key):

@@ -236,8 +236,6 @@ CONFORMANCE_KEYS = (
     _k("audio_sampling_rate", int, 16000, "Multimodal: audio sampling rate.", effective=False),
     _k("preserve_thinking", bool, False, "Keep the reasoning of earlier assistant turns in the prompt.",
        effective=False),
-    _k("ld_alpha", float, None, "LD-DPO: weight of the log-probabilities of the verbose tail of replies.",
-       effective=False),
     _k("swanlab_lark_webhook_url", str, None, "SwanLab: Lark webhook for notifications.", effective=False),
     _k("swanlab_lark_secret", str, None, "SwanLab: Lark webhook secret.", effective=False),
     _k("fsdp_transformer_layer_cls_to_wrap", _STR_OR_LIST, None,

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config.loader import parse_overrides, read_config_file
 from .config.adapters import adapter_problems
+from .config.hubs import resolve_hub_model
 from .config.model import Config
 from .config.model_checks import model_file_checks
 from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
@@ -114,6 +115,7 @@ def prepare(
     problems += value_problems
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
     problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
+    problems += resolve_hub_model(config)  # USE_MODELSCOPE_HUB / USE_OPENMIND_HUB: the model's local folder
 
     for key in require:
         if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already

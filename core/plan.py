@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.loader import parse_overrides, read_config_file
-from .config.adapters import adapter_problems
+from .config.adapters import adapter_problems, apply_adapter_folder
 from .config.hubs import resolve_hub_model
 from .config.model import Config
 from .config.model_checks import model_file_checks
@@ -116,6 +116,7 @@ def prepare(
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
     problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
     problems += resolve_hub_model(config)  # USE_MODELSCOPE_HUB / USE_OPENMIND_HUB: the model's local folder
+    problems += apply_adapter_folder(config)  # adapter_folder: the subfolder of each adapter
 
     for key in require:
         if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already

@@ -69,7 +69,7 @@ RUN_KEYS = (
 MODEL_KEYS = (
     _k("model_name_or_path", str, None, "Local folder or hub id of the base model.", path="model"),
     _k("adapter_name_or_path", _STR_OR_LIST, None, "Adapter folder(s) to load (comma list to stack)."),  # checked whole by config/adapters.py
-    _k("adapter_folder", str, None, "Folder holding several adapters to load.", effective=False, path="dir"),
+    _k("adapter_folder", str, None, "Subfolder of each adapter_name_or_path that holds the adapter (PEFT's subfolder)."),
     _k("cache_dir", str, None, "Where downloaded models are cached.", path="output"),
     _k("use_fast_tokenizer", bool, True, "Use the fast (Rust) tokenizer."),
     _k("resize_vocab", bool, False,

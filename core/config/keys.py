@@ -74,7 +74,9 @@ MODEL_KEYS = (
     _k("use_fast_tokenizer", bool, True, "Use the fast (Rust) tokenizer."),
     _k("resize_vocab", bool, False,
        "Grow the embeddings to the tokenizer's vocabulary (implied by new tokens); adapters then train and save them."),
-    _k("split_special_tokens", bool, False, "Tokenise special tokens as plain text.", effective=False),
+    _k("split_special_tokens", bool, False,
+       "Tokenise special tokens as plain text. Not applied: tuneforge tokenises each rendered turn whole, so the "
+       "template's own control tokens (<|eot_id|>, ...) would be split as well.", effective=False),
     _k("add_tokens", _STR_OR_LIST, None, "Plain tokens to add to the tokenizer (comma list); their rows are trained."),
     _k("add_special_tokens", _STR_OR_LIST, None,
        "Special tokens to add to the tokenizer (comma list); their rows are trained."),

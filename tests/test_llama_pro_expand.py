@@ -65,3 +65,19 @@ def test_use_llama_pro_trains_only_the_expanded_blocks(expanded, data_dir, tmp_p
     assert {name.split(".")[2] for name in changed} == {"1", "3"}, sorted(changed)
     assert all(name.startswith("model.layers.") for name in changed)
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+def test_expand_grows_per_layer_config_lists(tmp_path):
+    """qwen3's config lists each layer's attention type (layer_types): the new blocks get their source's."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    qwen3 = cached_tiny_model("qwen3", "tiny")
+    out = tmp_path / "qwen3-pro"
+    assert main(["expand", "--model_name_or_path", str(qwen3), "--output_dir", str(out), "--num_expand", "1"]) == 0
+    grown = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(qwen3).eval()
+    assert len(grown.config.layer_types) == grown.config.num_hidden_layers == base.config.num_hidden_layers + 1
+    with torch.no_grad():
+        assert torch.allclose(grown(IDS).logits, base(IDS).logits, atol=1e-6)

@@ -81,3 +81,9 @@ def test_expand_grows_per_layer_config_lists(tmp_path):
     assert len(grown.config.layer_types) == grown.config.num_hidden_layers == base.config.num_hidden_layers + 1
     with torch.no_grad():
         assert torch.allclose(grown(IDS).logits, base(IDS).logits, atol=1e-6)
+
+
+def test_expand_refuses_bin_files(tiny_model, tmp_path, capsys):
+    assert main(["expand", "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "x"),
+                 "--save_safetensors", "false"]) == 2
+    assert "error: expand: --save_safetensors false asks for PyTorch .bin files" in capsys.readouterr().err

@@ -20,7 +20,7 @@ def register(parser):
                         help="how many blocks to add; must divide the number of layers (default 8, as LLaMA-Factory)")
     parser.add_argument("--shard_size", default="5GB", help="largest weight file (default 5GB)")
     parser.add_argument("--save_safetensors", type=_yes_no, default=True,
-                        help="save .safetensors (default) or, with false, pytorch .bin")
+                        help="LLaMA-Factory's flag; only true (safetensors) works with transformers 5")
 
 
 def _yes_no(text: str) -> bool:

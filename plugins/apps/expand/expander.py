@@ -69,6 +69,9 @@ def expand_model(model_path: str, output_dir: str, num_expand: int, shard_size: 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = Path(output_dir)
+    if not safe_serialization:
+        raise TuneforgeError("expand: --save_safetensors false asks for PyTorch .bin files, which transformers 5 no "
+                             "longer writes; leave it out (safetensors load everywhere .bin did)")
     if Path(model_path).exists() and out.exists() and out.resolve() == Path(model_path).resolve():
         raise TuneforgeError("expand: --output_dir is the model folder itself; name a new folder")
     config = AutoConfig.from_pretrained(model_path)
@@ -119,12 +122,7 @@ def expand_model(model_path: str, output_dir: str, num_expand: int, shard_size: 
                              "so tuneforge expand does not support this architecture")
 
     out.mkdir(parents=True, exist_ok=True)
-    if safe_serialization:
-        model.save_pretrained(out, max_shard_size=shard_size)
-    else:
-        from tuneforge.plugins.apps.export.weights import save_legacy
-
-        save_legacy(model, out, shard_size)
+    model.save_pretrained(out, max_shard_size=shard_size)
     try:
         AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
     except (OSError, ValueError):  # a model without a tokenizer of its own: nothing to copy

@@ -119,7 +119,8 @@ MODEL_KEYS = (
        "Quantizer plugin used when quantization_bit is set (bitsandbytes or bnb, hqq, quanto, eetq); "
        "quantized checkpoints (gptq, awq, ...) are recognised without it."),
     _k("quantization_device_map", str, None, "Device map for quantized loading (auto).", choices=(None, "auto")),
-    _k("model_max_length", int, None, "Maximum sequence length of the model.", effective=False, min=1),
+    _k("model_max_length", int, None, "Maximum sequence length of the tokenizer: a shorter model_max_length of the "
+       "tokenizer is enlarged to it (unset: to cutoff_len, as LLaMA-Factory derives it).", min=1),
     _k("device_map", (str, dict), None, "Device map passed to from_pretrained."),
     _k("compute_dtype", str, None, "Internal: resolved compute dtype.", effective=False),
     _k("block_diag_attn", bool, False, "Internal: block-diagonal attention for neat packing.", effective=False),

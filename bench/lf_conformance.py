@@ -252,8 +252,12 @@ def check_one(path: Path, manager=None) -> Result:
     result = Result(rel, kind_of(rel, data))
     if result.kind == "v1":
         result.check = "listed"
-        result.reasons = ["LLaMA-Factory v1 format (model:, peft_config:, dist_config:, train_dataset: a YAML "
-                          "spec): not supported; its nesting does not map key for key onto the v0 keys"]
+        result.reasons = ["LLaMA-Factory v1 format, not loaded: it does not map cleanly onto the v0 keys: the stage is "
+                          "not a key but follows from the dataset's converter, train_dataset is a YAML of its own "
+                          "(path/source/converter/size, not dataset_info.json), there is no template key (the "
+                          "tokenizer's own), and dist_config/kernel_config/init_config/sample_backend/cp_mode have no "
+                          "v0 counterpart; write the v0 config (model_name_or_path, stage, finetuning_type, dataset, "
+                          "template) to run it"]
         return result
     if result.kind == "accelerate":
         result.check = "listed"

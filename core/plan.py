@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .config.loader import parse_overrides, read_config_file
-from .config.adapters import adapter_problems
+from .config.adapters import adapter_problems, apply_adapter_folder
+from .config.hubs import resolve_hub_model
 from .config.model import Config
 from .config.model_checks import model_file_checks
 from .config.validate import declared_defaults, relation_problems, relation_warnings, validate_values
@@ -116,6 +117,8 @@ def prepare(
     config = Config(values, declared_defaults(manager), sources, Path(path) if path else None)
     problems += refusal_problems(config)  # engines and hardware this version cannot use, said by name
     problems += version_problems()  # required libraries outside the tested range (DISABLE_VERSION_CHECK=1: warned)
+    problems += resolve_hub_model(config)  # USE_MODELSCOPE_HUB / USE_OPENMIND_HUB: the model's local folder
+    problems += apply_adapter_folder(config)  # adapter_folder: the subfolder of each adapter
 
     for key in require:
         if config.get(key) in (None, "") and raw.get(key) in (None, ""):  # a rejected value is named already

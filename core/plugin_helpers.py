@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .plugin_manager import split_names
+from .train.outputs import smooth_curve
 
 __all__ = [
-    "checkpoint_bits", "checkpoint_quantization", "deepspeed_stage", "quant_method", "quantized_by", "split_names",
-    "world_size",
+    "checkpoint_bits", "checkpoint_quantization", "deepspeed_stage", "quant_method", "quantized_by", "smooth_curve",
+    "split_names", "world_size",
 ]
 
 

@@ -40,6 +40,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "tuneforge.plugins.apps.export.cli",
     "tuneforge.plugins.apps.webui.cli",
     "tuneforge.plugins.apps.tiny_model.cli",
+    "tuneforge.plugins.apps.expand.cli",
 )
 
 #: What a config selects when it leaves a selection key unset: LLaMA-Factory's defaults. They belong

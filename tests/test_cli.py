@@ -173,6 +173,7 @@ def test_the_apps_are_plugin_verbs():
         "api": "tuneforge.plugins.apps.api.cli", "chat": "tuneforge.plugins.apps.chat.cli",
         "eval": "tuneforge.plugins.apps.benchmark.cli", "export": "tuneforge.plugins.apps.export.cli",
         "tiny-model": "tuneforge.plugins.apps.tiny_model.cli", "webui": "tuneforge.plugins.apps.webui.cli",
+        "expand": "tuneforge.plugins.apps.expand.cli",
     }
     assert set(CORE_COMMANDS) == {"train", "check", "plan", "data", "plugins", "show", "env", "version"}
     assert all(e.status == "active" for e in manager.entries("command"))

@@ -40,6 +40,7 @@ NOT_PLUGIN_NAMES = {
     ("plugins/apps/api/app.py", "index"): "the OpenAI response field 'index'",
     ("plugins/apps/api/protocol.py", "auto"): "OpenAI's tool_choice: auto",
     ("plugins/apps/export/exporter.py", "auto"): "export_device / device_map: auto",
+    ("plugins/apps/expand/expander.py", "auto"): "transformers' dtype 'auto' (the checkpoint's own)",
     ("plugins/apps/webui/args.py", "auto"): "LLaMA-Factory's web UI choices 'auto' (template detected, booster)",
     ("plugins/apps/webui/tabs/top.py", "auto"): "the web UI's 'auto' choice",
     ("plugins/loaders/huggingface.py", "auto"): "transformers' dtype/device_map 'auto'",

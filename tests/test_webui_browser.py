@@ -12,7 +12,7 @@ A screenshot of each tab goes to tests/artifacts/webui/ (look at them). With
 docs/images/webui-train.png, the README's picture.
 
 The random 3M-parameter tiny model learns the identity with LoRA when the adapter is wide and the
-learning rate high (rank 32, lr 5e-3, 20 epochs); the quickstart trains it with `full` instead.
+learning rate high (rank 32, lr 5e-3, 20 epochs), as the quickstart does (15 epochs there).
 """
 
 from __future__ import annotations

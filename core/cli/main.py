@@ -106,6 +106,9 @@ def _main(argv: list[str] | None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = getattr(args, "overrides", []) + overrides
+    from ..train.noise import silence_known_noise
+
+    silence_known_noise()  # every verb that loads a model (train, chat, export, ...) would print them
     try:
         code = int(args.handler(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit

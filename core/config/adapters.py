@@ -23,6 +23,35 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HINT = "point adapter_name_or_path at the output_dir of an adapter training run (or one of its checkpoint-N folders)"
 
 
+def apply_adapter_folder(config) -> list[Problem]:
+    """``adapter_folder`` (LLaMA-Factory's): the subfolder of each adapter_name_or_path that holds the
+    adapter (PEFT's ``subfolder``). The config then names those subfolders, so every reader of
+    adapter_name_or_path (methods, reference models, engines, export) loads the right one."""
+    sub = config.get("adapter_folder")
+    if not sub:
+        return []
+    where = config.where("adapter_folder")
+    adapters = split_names(config.get(KEY))
+    if not adapters:
+        return [Problem("adapter_folder", f"{sub} is a subfolder of each adapter_name_or_path, which is not set; "
+                        "set adapter_name_or_path or remove adapter_folder", where)]
+    out, resolved = [], []
+    for name in adapters:
+        base = Path(os.path.expanduser(name))
+        if not base.is_dir():
+            out.append(Problem("adapter_folder", f"{name} (adapter_name_or_path) is not a local folder; adapter_folder is "
+                               "read inside local adapters only: download the adapter and name its folder", where))
+        elif not (base / sub).is_dir():
+            found = sorted(p.name for p in base.iterdir() if (p / "adapter_config.json").is_file())
+            out.append(Problem("adapter_folder", f"{name} has no subfolder {sub}"
+                               + (f" (its adapter subfolders: {', '.join(found)})" if found else ""), where))
+        resolved.append(str(base / sub))
+    if not out:
+        value = config.get(KEY)
+        config.values[KEY] = resolved if isinstance(value, list) else ",".join(resolved)
+    return out
+
+
 def adapter_problems(config, recognised=lambda path: False) -> list[Problem]:
     """``recognised(path)``: a method's own AdapterSpec knows the folder (a third-party adapter that is not
     PEFT's layout); its contents are then that method's to check, as long as the folder is there."""

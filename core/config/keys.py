@@ -69,12 +69,14 @@ RUN_KEYS = (
 MODEL_KEYS = (
     _k("model_name_or_path", str, None, "Local folder or hub id of the base model.", path="model"),
     _k("adapter_name_or_path", _STR_OR_LIST, None, "Adapter folder(s) to load (comma list to stack)."),  # checked whole by config/adapters.py
-    _k("adapter_folder", str, None, "Folder holding several adapters to load.", effective=False, path="dir"),
+    _k("adapter_folder", str, None, "Subfolder of each adapter_name_or_path that holds the adapter (PEFT's subfolder)."),
     _k("cache_dir", str, None, "Where downloaded models are cached.", path="output"),
     _k("use_fast_tokenizer", bool, True, "Use the fast (Rust) tokenizer."),
     _k("resize_vocab", bool, False,
        "Grow the embeddings to the tokenizer's vocabulary (implied by new tokens); adapters then train and save them."),
-    _k("split_special_tokens", bool, False, "Tokenise special tokens as plain text.", effective=False),
+    _k("split_special_tokens", bool, False,
+       "Tokenise special tokens as plain text. Not applied: tuneforge tokenises each rendered turn whole, so the "
+       "template's own control tokens (<|eot_id|>, ...) would be split as well.", effective=False),
     _k("add_tokens", _STR_OR_LIST, None, "Plain tokens to add to the tokenizer (comma list); their rows are trained."),
     _k("add_special_tokens", _STR_OR_LIST, None,
        "Special tokens to add to the tokenizer (comma list); their rows are trained."),
@@ -107,8 +109,8 @@ MODEL_KEYS = (
     _k("infer_dtype", str, "auto", "Dtype for inference and export: auto, float16, bfloat16, float32.",
        choices=("auto", "float16", "bfloat16", "float32")),
     _k("hf_hub_token", str, None, "Hugging Face hub token."),
-    _k("ms_hub_token", str, None, "ModelScope hub token.", effective=False),
-    _k("om_hub_token", str, None, "Modelers hub token.", effective=False),
+    _k("ms_hub_token", str, None, "ModelScope hub token: logs in to download a model (USE_MODELSCOPE_HUB=1) or dataset."),
+    _k("om_hub_token", str, None, "Modelers hub token: downloads a model (USE_OPENMIND_HUB=1) or dataset."),
     _k("print_param_status", bool, False, "Print every parameter's dtype, device and trainability."),
     _k("trust_remote_code", bool, False, "Allow model code from the model folder or hub."),
     _k("quantization_bit", int, None,
@@ -117,7 +119,8 @@ MODEL_KEYS = (
        "Quantizer plugin used when quantization_bit is set (bitsandbytes or bnb, hqq, quanto, eetq); "
        "quantized checkpoints (gptq, awq, ...) are recognised without it."),
     _k("quantization_device_map", str, None, "Device map for quantized loading (auto).", choices=(None, "auto")),
-    _k("model_max_length", int, None, "Maximum sequence length of the model.", effective=False, min=1),
+    _k("model_max_length", int, None, "Maximum sequence length of the tokenizer: a shorter model_max_length of the "
+       "tokenizer is enlarged to it (unset: to cutoff_len, as LLaMA-Factory derives it).", min=1),
     _k("device_map", (str, dict), None, "Device map passed to from_pretrained."),
     _k("compute_dtype", str, None, "Internal: resolved compute dtype.", effective=False),
     _k("block_diag_attn", bool, False, "Internal: block-diagonal attention for neat packing.", effective=False),
@@ -235,8 +238,6 @@ CONFORMANCE_KEYS = (
     _k("use_audio_in_video", bool, False, "Multimodal: use the audio track of videos."),
     _k("audio_sampling_rate", int, 16000, "Multimodal: audio sampling rate.", min=1),
     _k("preserve_thinking", bool, False, "Keep the reasoning of earlier assistant turns in the prompt.",
-       effective=False),
-    _k("ld_alpha", float, None, "LD-DPO: weight of the log-probabilities of the verbose tail of replies.",
        effective=False),
     _k("swanlab_lark_webhook_url", str, None, "SwanLab: Lark webhook for notifications.", effective=False),
     _k("swanlab_lark_secret", str, None, "SwanLab: Lark webhook secret.", effective=False),

@@ -270,7 +270,8 @@ def cached_features(ctx, kind: str, settings: Settings):
         _say("tokenised data is not cached: hub datasets cannot be hashed before download")
         return features
     cache.save(path, features, {"key": key, "inputs": parts, "notes": notes, "rows": {k: len(v) for k, v in features.items()}})
-    _say(f"saved tokenised dataset to cache {path} (set overwrite_cache: true to rebuild)")
+    _say(f"saved tokenised dataset to cache {path} " + ("(overwrite_cache: true rebuilds it on every run; set it to false "
+         "to reuse it)" if config.overwrite_cache else "(set overwrite_cache: true to rebuild)"))
     return features
 
 

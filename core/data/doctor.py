@@ -14,6 +14,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from .loading import Converted, bad_rows_message, convert_dataset
 from .packing import greedy_knapsack
@@ -164,11 +165,20 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
         say(f"  packing: {len(kept_all)} samples -> {rows} rows" + (" (neat: no attention across samples)" if settings.neat_packing else ""))
 
     key, _ = cache_key(ctx, kind, settings)
-    if key is None:
+    tokenized = config.tokenized_path
+    if tokenized and Path(tokenized).is_dir() and any(Path(tokenized).iterdir()):
+        say(f"  cache: not used: training loads tokenized_path {tokenized} as it is (the rows above are not what it trains on "
+            "if the data, template or cutoff changed since it was saved)")
+    elif key is None:
         say("  cache: not used (hub datasets)")
     else:
         path = entry_path(key)
-        say(f"  cache: {path} ({'present: training will load it' if path.is_dir() else 'absent: training will build it'})")
+        if config.overwrite_cache:
+            state = "present, but overwrite_cache: true: training will rebuild it" if path.is_dir() else \
+                "absent: training will build it"
+        else:
+            state = "present: training will load it" if path.is_dir() else "absent: training will build it"
+        say(f"  cache: {path} ({state})" + (f"; training then saves it to tokenized_path {tokenized}" if tokenized else ""))
 
     first = next((r for r in all_results if r.examples), None)
     if first is not None:

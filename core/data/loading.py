@@ -245,7 +245,8 @@ def _hub_dataset(attr: DatasetAttr, config, streaming: bool):
         except ImportError:
             raise TuneforgeError(f"dataset '{attr.name}' is on Modelers (openmind); install it: pip install openmind") from None
         return OmDataset.load_dataset(path=attr.path, name=attr.subset, data_dir=attr.folder, split=attr.split,
-                                      cache_dir=cache_dir, streaming=streaming)
+                                      cache_dir=cache_dir, streaming=streaming,
+                                      token=config.get("om_hub_token") if config is not None else None)
     raise TuneforgeError(f"dataset '{attr.name}': {attr.source} datasets are not supported (datasets 5 runs no loading scripts); "
                          "use file_name or hf_hub_url")
 

@@ -121,7 +121,7 @@ def plot_loss(output_dir: Path, keys=("loss", "eval_loss")) -> list[Path]:
         fig = plt.figure()
         plt.plot(steps, values, color="#1f77b4", alpha=0.4, label="original")
         if len(values) > 1:
-            plt.plot(steps, _smooth(values), color="#1f77b4", label="smoothed")
+            plt.plot(steps, smooth_curve(values), color="#1f77b4", label="smoothed")
         plt.title(f"{key} of {output_dir}")
         plt.xlabel("step")
         plt.ylabel(key)
@@ -133,11 +133,17 @@ def plot_loss(output_dir: Path, keys=("loss", "eval_loss")) -> list[Path]:
     return written
 
 
-def _smooth(values, weight: float = 0.6):
-    out, last = [], values[0]
-    for v in values:
-        last = last * weight + (1 - weight) * v
-        out.append(last)
+def smooth_curve(values) -> list[float]:
+    """The plots' smoothed curve: a centred moving average whose window grows with the number of points
+    (about a tenth of them, odd; narrower near the ends). Few points are drawn almost as they are, and
+    being centred it does not lag behind a falling loss as an exponential average does."""
+    values = [float(v) for v in values]
+    half = len(values) // 20
+    out = []
+    for i in range(len(values)):
+        reach = min(half, i, len(values) - 1 - i)  # symmetric at the ends too, so the ends are not pulled inward
+        window = values[i - reach : i + reach + 1]
+        out.append(sum(window) / len(window))
     return out
 
 

@@ -10,6 +10,9 @@ from .model import load_model
 
 def run_training(prepared: Prepared) -> RunContext:
     """Train; the returned context holds the trained model, tokenizer and metrics."""
+    from .noise import silence_known_noise
+
+    silence_known_noise()
     import transformers
 
     transformers.set_seed(prepared.config.seed)

@@ -23,6 +23,11 @@ def load_tokenizer(ctx):
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, use_fast=config.use_fast_tokenizer, **_common(config))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # model_max_length (LLaMA-Factory derives it from cutoff_len): a tokenizer that declares a shorter
+    # maximum is enlarged to it, so long rows are not flagged as too long and the saved tokenizer says so.
+    limit = config.get("model_max_length") or config.get("cutoff_len")
+    if isinstance(limit, int) and limit > (tokenizer.model_max_length or 0):
+        tokenizer.model_max_length = limit
     return tokenizer
 
 

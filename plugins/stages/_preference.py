@@ -121,6 +121,10 @@ class SequenceLogps:
 
     total: Any  # (rows,) float32 tensor
     tokens: Any  # (rows,) long tensor
+    #: (rows, positions) per-token log-probabilities (0 where unlabelled) and the labelled-position mask,
+    #: for objectives that weight tokens differently (LD-DPO's ld_alpha).
+    token_logps: Any = None
+    mask: Any = None
 
     @property
     def mean(self):
@@ -146,7 +150,7 @@ def sequence_logps(logits, labels, attention_mask=None) -> SequenceLogps:
     logits = logits[:, :-1].float()
     picked = logits.gather(-1, targets.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
     token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
-    return SequenceLogps(token_logps.sum(-1), mask.sum(-1))
+    return SequenceLogps(token_logps.sum(-1), mask.sum(-1), token_logps, mask)
 
 
 def forward_logps(model, input_ids, attention_mask, labels) -> SequenceLogps:

@@ -11,17 +11,27 @@
 - ``orpo``: no reference; the chosen reply's per-token NLL plus ``beta`` x the odds-ratio loss;
 - ``simpo``: no reference; ``-log sigmoid(beta * (avg logp chosen - avg logp rejected) - simpo_gamma)``.
 
-``pref_ftx`` adds ``pref_ftx`` x the chosen reply's per-token NLL to any of them. The rows, the
-reference model and the metric logging are shared with kto (see _preference.py).
+``pref_ftx`` adds ``pref_ftx`` x the chosen reply's per-token NLL to any of them. Two LLaMA-Factory
+extras:
+
+- ``ld_alpha`` (LD-DPO, length desensitisation): in the policy's log-probability of each reply, the
+  tokens past the length of the pair's shorter reply (the "verbose" tail of the longer one) count
+  ``ld_alpha`` times (1 = plain DPO; LLaMA-Factory suggests 0 to 1). The reference's scores are not
+  weighted.
+- ``pref_bco_weight`` (losses with a reference: sigmoid, hinge, ipo): adds BCO's loss,
+  ``-log sigmoid(beta * chosen_ratio - delta) - log sigmoid(-(beta * rejected_ratio - delta))`` with
+  ``delta`` the running mean of the batches' rewards, and returns ``(loss + w * bco) / (1 + w)``.
+
+The rows, the reference model and the metric logging are shared with kto (see _preference.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuneforge import ConfigKey, StageSpec, hookimpl
 
-from ._preference import SHARED_KEYS, shared_problems, stage_settings
+from ._preference import SHARED_KEYS, SequenceLogps, shared_problems, stage_settings
 
 LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
 #: Losses that compare the policy's scores with each other only, so no reference model is loaded.
@@ -34,7 +44,11 @@ KEYS = SHARED_KEYS + (
     ConfigKey("dpo_label_smoothing", float, 0.0,
               "Probability that a pair's labels are flipped (conservative DPO, 0 to 0.5); sigmoid loss only."),
     ConfigKey("simpo_gamma", float, 0.5, "SimPO's target reward margin (pref_loss: simpo)."),
-    ConfigKey("pref_bco_weight", float, 0.0, "Weight of LLaMA-Factory's BCO loss mixed into DPO.", effective=False),
+    ConfigKey("pref_bco_weight", float, 0.0,
+              "Weight w of BCO's loss mixed into the loss: (loss + w * bco) / (1 + w); losses with a reference."),
+    ConfigKey("ld_alpha", float, None,
+              "LD-DPO: weight of the policy's log-probabilities of the tokens of the longer reply past the shorter "
+              "one's length (1 or unset: plain DPO)."),
 )
 
 
@@ -50,7 +64,45 @@ def validate(config, plan) -> list[str]:
     if not 0 <= smoothing <= 0.5:
         problems.append(f"dpo_label_smoothing must be between 0 and 0.5, got {smoothing}: it is the probability that "
                         "a pair's labels are flipped (above 0.5 the preferences would be learnt backwards)")
+    bco = values["pref_bco_weight"] or 0.0
+    if bco < 0:
+        problems.append(f"pref_bco_weight must be 0 or more, got {bco}: it is the weight of BCO's loss in the mix")
+    elif bco > 0 and loss in REFERENCE_FREE:
+        problems.append(f"pref_bco_weight: {bco} needs a reference model's scores, which pref_loss: {loss} does not "
+                        "use; set pref_loss: sigmoid (or hinge, ipo) or remove pref_bco_weight")
+    ld_alpha = values["ld_alpha"]
+    if ld_alpha is not None and ld_alpha < 0:
+        problems.append(f"ld_alpha must be 0 or more, got {ld_alpha}: it weights the verbose tail of the longer "
+                        "reply (0 = ignore it, 1 = plain DPO)")
     return problems
+
+
+@dataclass
+class RunningMean:
+    """BCO's baseline ``delta``: the running mean of the batches' average rewards (as TRL's RunningMoments)."""
+
+    mean: float = 0.0
+    count: int = 0
+
+    def update(self, value: float) -> float:
+        self.count += 1
+        self.mean += (value - self.mean) / self.count
+        return self.mean
+
+
+def length_desensitised(policy, pairs: int, alpha: float):
+    """LD-DPO: per-row log-probabilities whose tokens past the pair's shorter reply count ``alpha`` times.
+
+    Row i and row i + pairs are one pair's chosen and rejected reply; the first ``min(len_chosen,
+    len_rejected)`` labelled tokens of each weigh 1, the rest ``alpha``.
+    """
+    import torch
+
+    shared = torch.minimum(policy.tokens[:pairs], policy.tokens[pairs:]).repeat(2)
+    rank = torch.cumsum(policy.mask.long(), dim=-1)  # 1 for the first labelled token, 2 for the second, ...
+    front = policy.mask & (rank <= shared.unsqueeze(-1))
+    weights = torch.where(front, torch.ones_like(policy.token_logps), torch.full_like(policy.token_logps, alpha))
+    return (policy.token_logps * weights * policy.mask).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -62,12 +114,18 @@ class DPOObjective:
     ftx: float = 0.0
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
+    bco_weight: float = 0.0
+    ld_alpha: float | None = None
+    bco_baseline: RunningMean = field(default_factory=RunningMean, compare=False)
 
     @classmethod
     def from_config(cls, config) -> "DPOObjective":
         values = stage_settings(config, KEYS)
+        ld_alpha = values["ld_alpha"]
         return cls(loss_type=values["pref_loss"], beta=float(values["pref_beta"]), ftx=float(values["pref_ftx"]),
-                   label_smoothing=float(values["dpo_label_smoothing"]), simpo_gamma=float(values["simpo_gamma"]))
+                   label_smoothing=float(values["dpo_label_smoothing"]), simpo_gamma=float(values["simpo_gamma"]),
+                   bco_weight=float(values["pref_bco_weight"] or 0.0),
+                   ld_alpha=None if ld_alpha is None else float(ld_alpha))
 
     @property
     def needs_reference(self) -> bool:
@@ -81,6 +139,8 @@ class DPOObjective:
             names += ("odds_ratio_loss", "log_odds_ratio")
         if self.loss_type == "orpo" or self.ftx > 0:
             names += ("sft_loss",)
+        if self.bco_weight > 0 and self.needs_reference:
+            names += ("bco_loss",)
         return names
 
     def derived_metrics(self, averages: dict) -> dict:
@@ -94,6 +154,8 @@ class DPOObjective:
         rows = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         pairs = rows[0].shape[0] // 2
         policy = trainer.policy_logps(model, *rows)
+        if self.ld_alpha is not None:
+            policy = SequenceLogps(length_desensitised(policy, pairs, self.ld_alpha), policy.tokens)
         scores = policy.mean if self.loss_type in LENGTH_NORMALISED else policy.total
         chosen, rejected = scores[:pairs], scores[pairs:]
         metrics = {}
@@ -112,6 +174,12 @@ class DPOObjective:
             else:
                 raise ValueError(f"unknown pref_loss '{self.loss_type}'")
             chosen_rewards, rejected_rewards = self.beta * chosen_ratio, self.beta * rejected_ratio
+            if self.bco_weight > 0:
+                batch_reward = trainer.mean_across_processes(torch.cat((chosen_rewards, rejected_rewards)).mean().detach())
+                delta = self.bco_baseline.update(float(batch_reward))
+                bco = -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
+                losses = (losses + self.bco_weight * bco) / (1 + self.bco_weight)
+                metrics["bco_loss"] = bco
         elif self.loss_type == "orpo":
             # log odds(y) = log p - log(1 - p), with p the per-token average probability of the reply
             log_odds = (chosen - rejected) - (_log1m_exp(chosen) - _log1m_exp(rejected))

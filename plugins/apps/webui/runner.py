@@ -236,10 +236,8 @@ def error_summary(log: str, max_lines: int = 30) -> str:
     return "\n".join(lines[-max_lines:])
 
 
-def smooth(values: list[float], weight: float = 0.6) -> list[float]:
-    """Exponential moving average, as training_loss.png draws it."""
-    out, last = [], values[0] if values else 0.0
-    for value in values:
-        last = last * weight + (1 - weight) * value
-        out.append(last)
-    return out
+def smooth(values: list[float]) -> list[float]:
+    """The smoothed curve, as training_loss.png draws it."""
+    from tuneforge.plugin_helpers import smooth_curve
+
+    return smooth_curve(values) if values else []

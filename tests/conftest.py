@@ -12,11 +12,28 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("TUNEFORGE_DISABLE_PLUGIN_AUTOLOAD", "1")
-# Tokenised-data cache: one fresh folder per test session, never the user's ~/.cache.
-if "TUNEFORGE_CACHE" not in os.environ:
+# Tokenised-data cache: one fresh folder per test session (per xdist worker: tests count what the cache
+# holds), never the user's ~/.cache.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if "TUNEFORGE_CACHE" not in os.environ or _WORKER:
     import tempfile
 
-    os.environ["TUNEFORGE_CACHE"] = tempfile.mkdtemp(prefix="tuneforge-test-cache-")
+    os.environ["TUNEFORGE_CACHE"] = tempfile.mkdtemp(prefix=f"tuneforge-test-cache-{_WORKER or ''}")
+if _WORKER:
+    # The suite runs on two workers on a 2-core machine (README's test command): one thread per worker and
+    # per subprocess, so the two never fight over the cores (oversubscribed OpenMP threads spin).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+#: Files whose tests assert wall-clock limits (a server that stops within seconds, a browser that waits for
+#: a page): they run alone, after the parallel part (`-m serial`; README's test command).
+SERIAL_FILES = {"test_api.py", "test_webui.py", "test_webui_browser.py", "test_resume.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

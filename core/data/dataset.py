@@ -78,6 +78,10 @@ def make_collator(ctx, kind: str):
     return collator
 
 
+#: The data kinds whose featurizers take a media handler (rows keep their media files).
+MEDIA_KINDS = ("supervised", "pairwise", "kto")
+
+
 def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
     """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``;
     ``report=True`` adds the TRUNCATED column (the caller counts and removes it)."""
@@ -90,7 +94,7 @@ def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
         raise ValueError(f"no featurizer for data kind '{kind}'")
     extra = {}
     media = getattr(ctx, "media", None)
-    if kind == "supervised" and media is not None:
+    if kind in MEDIA_KINDS and media is not None:
         extra = {"media": media, "model_path": str(ctx.config.model_name_or_path)}
     return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, report=report, **extra)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tuneforge import ConfigKey, StageSpec, hookimpl
 
-from ._preference import SHARED_KEYS, shared_problems, stage_settings
+from ._preference import SHARED_KEYS, media_inputs, shared_problems, stage_settings
 
 LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
 #: Losses that compare the policy's scores with each other only, so no reference model is loaded.
@@ -92,13 +92,14 @@ class DPOObjective:
         import torch.nn.functional as F
 
         rows = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        media = media_inputs(inputs)  # a multimodal batch: both sides see their prompt's images
         pairs = rows[0].shape[0] // 2
-        policy = trainer.policy_logps(model, *rows)
+        policy = trainer.policy_logps(model, *rows, **media)
         scores = policy.mean if self.loss_type in LENGTH_NORMALISED else policy.total
         chosen, rejected = scores[:pairs], scores[pairs:]
         metrics = {}
         if self.needs_reference:
-            reference = trainer.reference_logps(model, *rows)
+            reference = trainer.reference_logps(model, *rows, **media)
             ref_scores = reference.mean if self.loss_type in LENGTH_NORMALISED else reference.total
             chosen_ratio, rejected_ratio = chosen - ref_scores[:pairs], rejected - ref_scores[pairs:]
             margin = chosen_ratio - rejected_ratio
@@ -161,6 +162,7 @@ def tuneforge_stages():
         run=run,
         validate=validate,
         data_kind="pairwise",
+        takes_media=True,
         pairs_rows=True,
         needs_reference=lambda config: str(config.get("pref_loss") or "sigmoid") not in REFERENCE_FREE,
     )]

@@ -1,0 +1,142 @@
+"""Vision-language models in use (issue 17, part "use"): dpo/kto/rm on image pairs, export of a merged
+VLM, the API's image_url parts, predict on a multimodal eval set, and the image_*_pixels keys.
+All on the tiny random Qwen2-VL (`tuneforge tiny-model --family qwen2_vl`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tuneforge.plan import prepare
+from tuneforge.plugin_manager import PluginManager
+from tuneforge.train.pipeline import run_training
+
+from .conftest import ANCHOR
+
+PICTURES = ANCHOR / "mllm_demo_data"
+
+
+@pytest.fixture(scope="module")
+def vl_model():
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    return cached_tiny_model("qwen2_vl", "tiny")
+
+
+@pytest.fixture(autouse=True)
+def private_cache_one_thread(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def picture_pairs(folder) -> str:
+    """LLaMA-Factory's rlhf_v layout (a ranking sharegpt dataset with an ``images`` column) on the three
+    mllm_demo pictures: the chosen reply names the picture, the rejected one says it cannot see."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in (1, 2, 3):
+        shutil.copy(PICTURES / f"{i}.jpg", folder / "img" / f"{i}.jpg")
+        for question in ("Who are they?", "What is in the picture?"):
+            rows.append({"conversations": [{"from": "human", "value": f"<image>{question}"}],
+                         "chosen": {"from": "gpt", "value": f"Picture {i}: people."},
+                         "rejected": {"from": "gpt", "value": "I cannot see."}, "images": [f"img/{i}.jpg"]})
+    kto_rows = [{"messages": [{"role": "user", "content": r["conversations"][0]["value"]},
+                              {"role": "assistant", "content": r[side]["value"]}],
+                 "label": side == "chosen", "images": r["images"]} for r in rows for side in ("chosen", "rejected")]
+    (folder / "pairs.json").write_text(json.dumps(rows))
+    (folder / "kto.json").write_text(json.dumps(kto_rows))
+    (folder / "dataset_info.json").write_text(json.dumps({
+        "pairs": {"file_name": "pairs.json", "ranking": True, "formatting": "sharegpt",
+                  "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "images": "images"}},
+        "kto_pics": {"file_name": "kto.json", "formatting": "sharegpt",
+                     "columns": {"messages": "messages", "kto_tag": "label", "images": "images"},
+                     "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
+    }))
+    return str(folder)
+
+
+def train(vl_model, tmp_path, **overrides):
+    base = dict(model_name_or_path=str(vl_model), template="qwen2_vl", stage="dpo", dataset="pairs",
+                dataset_dir=picture_pairs(tmp_path / "data"), output_dir=str(tmp_path / "out"), cutoff_len=512,
+                finetuning_type="lora", lora_target="all", per_device_train_batch_size=2, max_steps=6,
+                learning_rate=5e-3, logging_steps=2, report_to="none", disable_tqdm=True, save_strategy="'no'")
+    base.update(overrides)
+    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=PluginManager(autoload=False))
+    return run_training(prepared)
+
+
+def train_logs(output_dir) -> list[dict]:
+    return [r for r in map(json.loads, (output_dir / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+# --- dpo / kto / rm with images ----------------------------------------------------------------------
+
+
+def test_dpo_with_images_feeds_the_pixels_to_both_sides_and_trains(vl_model, tmp_path):
+    from tuneforge.plugins.stages._preference import forward_logps, media_inputs
+
+    ctx = train(vl_model, tmp_path)
+    logs = train_logs(tmp_path / "out")
+    assert len(logs) == 3
+    assert logs[-1]["loss"] < logs[0]["loss"] and logs[-1]["rewards/margins"] > logs[0]["rewards/margins"], logs
+    assert logs[-1]["rewards/accuracies"] == 1.0
+
+    trainer = ctx.extras["trainer"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    per_row = (batch["input_ids"] == pad).sum(-1).tolist()
+    assert per_row[:2] == per_row[2:] and min(per_row) > 0  # chosen rows, then rejected rows: same images
+    assert int(batch["image_grid_thw"].prod(-1).sum()) // 4 == sum(per_row)  # pixels for all four rows
+    media = media_inputs(batch)
+    assert set(media) == {"pixel_values", "image_grid_thw", "mm_token_type_ids"}
+    model = trainer.model.eval()
+    rows = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    with torch.no_grad():
+        seen = forward_logps(model, *rows, **media).total
+        blind = forward_logps(model, *rows, **{**media, "pixel_values": torch.zeros_like(media["pixel_values"])}).total
+    assert ((seen - blind).abs() > 1e-4).all(), (seen, blind)  # every row, chosen and rejected, sees its pixels
+
+
+def test_kto_with_images_trains(vl_model, tmp_path):
+    ctx = train(vl_model, tmp_path, stage="kto", dataset="kto_pics", per_device_train_batch_size=4, max_steps=4)
+    logs = train_logs(tmp_path / "out")
+    assert logs and all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    assert logs[-1]["rewards/chosen"] > logs[0]["rewards/chosen"] - 1e-6, logs
+    trainer = ctx.extras["trainer"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert torch.equal((batch["input_ids"] == pad).sum(-1), (batch["kl_input_ids"] == pad).sum(-1))
+    assert torch.equal(batch["kl_mm_token_type_ids"] == 1, batch["kl_input_ids"] == pad)
+
+
+def test_a_stage_without_media_still_refuses_images_and_names_those_that_take_them(vl_model, tmp_path):
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stage 'pt' does not train on media yet \(stages that do: .*dpo.*kto.*sft"):
+        prepare(None, [f"model_name_or_path={vl_model}", "template=qwen2_vl", f"dataset_dir={picture_pairs(tmp_path)}",
+                       "dataset=kto_pics", "stage=pt"], manager=PluginManager(autoload=False))
+
+
+def test_rm_with_images_learns_to_rank_the_pairs(vl_model, tmp_path):
+    from tuneforge.plugins.stages._preference import media_inputs
+    from tuneforge.plugins.stages._value_head import score
+
+    ctx = train(vl_model, tmp_path, stage="rm", max_steps=8, learning_rate=1e-2)
+    logs = train_logs(tmp_path / "out")
+    assert logs[-1]["loss"] < logs[0]["loss"], logs
+    trainer = ctx.extras["trainer"]
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(2)]))
+    model = trainer.model.eval()
+    media = media_inputs(batch)
+    with torch.no_grad():
+        seen = score(model, batch["input_ids"], batch["attention_mask"], **media)
+        blind = score(model, batch["input_ids"], batch["attention_mask"],
+                      **{**media, "pixel_values": torch.zeros_like(media["pixel_values"])})
+    assert (seen[:2] > seen[2:]).all(), seen  # chosen above rejected
+    assert ((seen - blind).abs() > 1e-5).all(), (seen, blind)  # the score depends on the pixels

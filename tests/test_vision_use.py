@@ -140,3 +140,49 @@ def test_rm_with_images_learns_to_rank_the_pairs(vl_model, tmp_path):
                       **{**media, "pixel_values": torch.zeros_like(media["pixel_values"])})
     assert (seen[:2] > seen[2:]).all(), seen  # chosen above rejected
     assert ((seen - blind).abs() > 1e-5).all(), (seen, blind)  # the score depends on the pixels
+
+
+# --- export --------------------------------------------------------------------------------------------
+
+
+def test_export_of_a_merged_vlm_writes_the_processor_and_reloads_with_transformers_alone(vl_model, tmp_path):
+    from PIL import Image
+    from peft import PeftModel
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    from tuneforge.plugins.apps.export.exporter import run_export
+
+    train(vl_model, tmp_path, stage="sft", dataset="mllm_demo", dataset_dir=str(ANCHOR), max_steps=3, learning_rate=2e-2,
+          save_strategy="'no'")
+    adapter, out = tmp_path / "out", tmp_path / "export"
+    prepared = prepare(None, [f"model_name_or_path={vl_model}", "template=qwen2_vl", "finetuning_type=lora",
+                              f"adapter_name_or_path={adapter}", f"export_dir={out}"],
+                       manager=PluginManager(autoload=False), inference=True)
+    report = run_export(prepared)
+    assert report["reload_class"] == "AutoModelForImageTextToText"
+    assert report["image_processor_matches_training"] is True
+    assert "preprocessor_config.json" in report["processor_files"]
+    assert report["chat_template_source"] == "model" and report["chat_template_matches_training"] is True
+    assert report["image_prompt_logits_vs_adapter_max_abs_diff"] <= report["tolerance"]
+    assert report["logits_vs_base_max_abs_diff"] > 0
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+
+    # transformers alone: the export answers an image prompt as base + adapter (unmerged) does
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    processor = AutoImageProcessor.from_pretrained(out)
+    pixels = processor(images=[Image.open(PICTURES / "1.jpg").convert("RGB")], return_tensors="pt")
+    count = int(pixels["image_grid_thw"].prod()) // processor.merge_size ** 2
+    content = [{"type": "image"}, {"type": "text", "text": "Who are they?"}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Who are they?" in text
+    ids = tokenizer(text.replace("<|image_pad|>", "<|image_pad|>" * count), return_tensors="pt")["input_ids"]
+    kinds = (ids == tokenizer.convert_tokens_to_ids("<|image_pad|>")).long()
+    inputs = dict(input_ids=ids, mm_token_type_ids=kinds, **pixels)
+    with torch.no_grad():
+        merged = AutoModelForImageTextToText.from_pretrained(out).eval()(**inputs).logits
+        unmerged_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(vl_model), adapter).eval()
+        unmerged = unmerged_model(**inputs).logits
+        with unmerged_model.disable_adapter():
+            base = unmerged_model(**inputs).logits
+    assert torch.allclose(merged, unmerged, atol=1e-4), (merged - unmerged).abs().max()
+    assert (merged - base).abs().max() > 1e-3

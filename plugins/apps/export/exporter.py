@@ -433,8 +433,8 @@ def _verify_reload(out_dir: Path, probes, reference, dtype, template, failures: 
     tolerance = TOLERANCE.get(name, 1e-2) * scale
     agree = sum((a.argmax(-1) == b.argmax(-1)).sum().item() for a, b in zip(logits, reference))
     positions = sum(r.shape[0] for r in reference)
-    what = f"{len(probes) - 1} text prompts and an image prompt" if image_file else f"{len(probes)} prompts"
-    say(f"reloaded with {auto.__name__} ({name}): logits on {what} vs base + adapter max |diff| {diff:.3e} "
+    what = f" (on {len(probes) - 1} text prompts and an image prompt)" if image_file else ""
+    say(f"reloaded with {auto.__name__} ({name}): logits vs base + adapter max |diff| {diff:.3e}{what} "
         f"(tolerance {tolerance:.1e}); top token agrees at {agree}/{positions} positions")
     if diff > tolerance:
         failures.append(f"the reloaded export does not reproduce base + adapter: logits max |diff| {diff:.3e} > {tolerance:.1e}")

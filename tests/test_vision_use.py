@@ -186,3 +186,149 @@ def test_export_of_a_merged_vlm_writes_the_processor_and_reloads_with_transforme
             base = unmerged_model(**inputs).logits
     assert torch.allclose(merged, unmerged, atol=1e-4), (merged - unmerged).abs().max()
     assert (merged - base).abs().max() > 1e-3
+
+
+# --- the OpenAI-compatible API ---------------------------------------------------------------------------
+
+
+def _engine(vl_model, template="qwen2_vl"):
+    from tuneforge.chat.engine import engine_for
+
+    prepared = prepare(None, [f"model_name_or_path={vl_model}", f"template={template}", "max_new_tokens=3", "do_sample=false"],
+                       manager=PluginManager(autoload=False), inference=True)
+    return engine_for(prepared)
+
+
+@pytest.fixture(scope="module")
+def vl_engine(vl_model):
+    return _engine(vl_model)
+
+
+def _serve(engine, **options):
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from tuneforge.plugins.apps.api.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, model_name="tiny-vl", **options), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return server, thread, url
+
+
+@pytest.fixture
+def served(request):
+    """``served(engine, **create_app options) -> base URL``: in-process servers, all stopped at the end."""
+    running = []
+
+    def start(engine, **options):
+        server, thread, url = _serve(engine, **options)
+        running.append((server, thread))
+        return url
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def _data_url(path) -> str:
+    import base64
+
+    return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _ask(client, url: str, text: str = "Who are they?", **kwargs):
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]
+    return client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": content}],
+                                          max_tokens=3, **kwargs)
+
+
+def test_api_takes_image_url_parts_data_urls_and_paths_under_api_media_dir(vl_engine, served, tmp_path):
+    openai = pytest.importorskip("openai")
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(PICTURES / "1.jpg", media / "1.jpg")
+    (tmp_path / "secret.jpg").write_bytes((PICTURES / "2.jpg").read_bytes())
+    (media / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    (media / "notes.jpg").write_text("not an image")
+    client = openai.OpenAI(base_url=served(vl_engine, media_dir=str(media)) + "/v1", api_key="none", max_retries=0, timeout=60)
+
+    text_only = client.chat.completions.create(model="tiny-vl", messages=[{"role": "user", "content": "Who are they?"}], max_tokens=3)
+    seen = _ask(client, _data_url(PICTURES / "1.jpg"))
+    assert seen.choices[0].message.content is not None
+    # the image became the model's image tokens: <|vision_start|> + grid/4 x <|image_pad|> + <|vision_end|>
+    grid = vl_engine._with_media([{"role": "user", "content": "<image>", "images": [str(PICTURES / "1.jpg")]}])[1]["image_grid_thw"]
+    assert seen.usage.prompt_tokens == text_only.usage.prompt_tokens + int(grid.prod()) // 4 + 2
+    by_path = _ask(client, str(media / "1.jpg"))
+    assert by_path.usage.prompt_tokens == seen.usage.prompt_tokens and by_path.choices[0].message.content == seen.choices[0].message.content
+    assert _ask(client, "1.jpg").usage.prompt_tokens == seen.usage.prompt_tokens  # relative to API_MEDIA_DIR
+    assert _ask(client, (media / "1.jpg").as_uri()).usage.prompt_tokens == seen.usage.prompt_tokens
+    streamed = client.chat.completions.create(model="tiny-vl", stream=True, max_tokens=3, messages=[
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_url(PICTURES / "1.jpg")}},
+                                     {"type": "text", "text": "Who are they?"}]}])
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == seen.choices[0].message.content
+
+    refused = {
+        str(tmp_path / "secret.jpg"): "is outside API_MEDIA_DIR",
+        "../secret.jpg": "is outside API_MEDIA_DIR",
+        "link.jpg": "is outside API_MEDIA_DIR",  # a symbolic link out of the folder
+        "missing.jpg": "does not exist under API_MEDIA_DIR",
+        "notes.jpg": "is not a readable image",
+        "data:image/png;base64,@@@": "not valid base64",
+        "https://example.com/cat.png": "remote image URLs are refused by this server",
+        "ftp://example.com/cat.png": "unsupported image URL scheme 'ftp'",
+    }
+    for url, message in refused.items():
+        with pytest.raises(openai.BadRequestError) as error:
+            _ask(client, url)
+        assert message in error.value.message, (url, error.value.message)
+        assert error.value.body["param"] == "messages[0].content[0].image_url.url"
+
+
+def test_api_refuses_local_paths_without_api_media_dir_and_fetches_remote_urls_only_when_allowed(vl_engine, served, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    openai = pytest.importorskip("openai")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(PICTURES))
+    pictures = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=pictures.serve_forever, daemon=True).start()
+    remote = f"http://127.0.0.1:{pictures.server_port}/1.jpg"
+    try:
+        plain = openai.OpenAI(base_url=served(vl_engine) + "/v1", api_key="none", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError, match="local image paths are refused by this server.*API_MEDIA_DIR"):
+            _ask(plain, str(PICTURES / "1.jpg"))
+        with pytest.raises(openai.BadRequestError, match="API_ALLOW_REMOTE_MEDIA=1"):
+            _ask(plain, remote)
+        fetching = openai.OpenAI(base_url=served(vl_engine, allow_remote_media=True) + "/v1", api_key="none",
+                                 max_retries=0, timeout=60)
+        assert _ask(fetching, remote).usage.prompt_tokens == _ask(plain, _data_url(PICTURES / "1.jpg")).usage.prompt_tokens
+    finally:
+        pictures.shutdown()
+
+
+def test_api_a_text_only_model_given_an_image_is_a_clear_400(vl_model, served):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=served(_engine(vl_model, template="qwen")) + "/v1", api_key="none", max_retries=0, timeout=60)
+    with pytest.raises(openai.BadRequestError, match=r"text-only \(template 'qwen'\): it cannot take images"):
+        _ask(client, _data_url(PICTURES / "1.jpg"))
+    with pytest.raises(openai.BadRequestError, match="needs 'image_url'"):
+        client.chat.completions.create(model="tiny-vl", max_tokens=3, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"link": "x"}}]}])

@@ -332,3 +332,30 @@ def test_api_a_text_only_model_given_an_image_is_a_clear_400(vl_model, served):
     with pytest.raises(openai.BadRequestError, match="needs 'image_url'"):
         client.chat.completions.create(model="tiny-vl", max_tokens=3, messages=[
             {"role": "user", "content": [{"type": "image_url", "image_url": {"link": "x"}}]}])
+
+
+# --- predict ---------------------------------------------------------------------------------------------
+
+
+def test_predict_on_a_multimodal_eval_set_feeds_each_rows_images(vl_model, tmp_path):
+    for module in ("jieba", "nltk", "rouge_chinese"):  # the BLEU/ROUGE scorers (the eval extra)
+        pytest.importorskip(module)
+    from tuneforge.plugins.templates._media import Qwen2VLMedia
+
+    prepared = prepare(None, [f"model_name_or_path={vl_model}", "template=qwen2_vl", "stage=sft", "do_predict=true",
+                              "predict_with_generate=true", "eval_dataset=mllm_demo", f"dataset_dir={ANCHOR}",
+                              f"output_dir={tmp_path / 'out'}", "max_new_tokens=4", "do_sample=false", "cutoff_len=64",
+                              "report_to=none", "per_device_eval_batch_size=4"], manager=PluginManager(autoload=False))
+    ctx = run_training(prepared)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    from tuneforge.data.loading import load_examples
+
+    [result] = load_examples(ctx, ctx.plan.eval_datasets)
+    for row, example in zip(rows, result.examples):
+        # every image of the prompt is there as its tokens (cutoff_len 64 does not cut a prompt with images)
+        expected = sum(Qwen2VLMedia()._counts(example["images"], str(vl_model)))
+        assert row["prompt"].count("<|image_pad|>") == expected > 0
+        assert row["prompt"].count("<|vision_start|>") == len(example["images"])
+        assert row["label"] == example["messages"][-1]["content"]
+    assert "predict_bleu-4" in json.loads((tmp_path / "out" / "predict_results.json").read_text())

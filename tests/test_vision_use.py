@@ -359,3 +359,46 @@ def test_predict_on_a_multimodal_eval_set_feeds_each_rows_images(vl_model, tmp_p
         assert row["prompt"].count("<|vision_start|>") == len(example["images"])
         assert row["label"] == example["messages"][-1]["content"]
     assert "predict_bleu-4" in json.loads((tmp_path / "out" / "predict_results.json").read_text())
+
+
+# --- image_max_pixels / image_min_pixels ------------------------------------------------------------------
+
+
+def _image_tokens(vl_model, folder, image: str, **keys) -> tuple[int, tuple[int, ...]]:
+    """(image tokens in the featurized row, pixel_values shape the collator makes) for one picture."""
+    from tuneforge.data.dataset import featurizer, make_collator
+    from tuneforge.data.tokenize import Settings
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_tokenizer
+
+    values = dict(model_name_or_path=str(vl_model), template="qwen2_vl", dataset_dir=str(folder), dataset="pics",
+                  cutoff_len=1024, **keys)
+    prepared = prepare(None, [f"{k}={v}" for k, v in values.items()], manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_tokenizer(ctx)
+    row = {"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Red."}],
+           "images": [str(folder / image)]}
+    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))({"_example": [json.dumps(row)]})
+    pad = ctx.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    batch = make_collator(ctx, "supervised")([{k: v[0] for k, v in features.items()}])
+    assert int(batch["image_grid_thw"].prod()) // 4 == features["input_ids"][0].count(pad)  # pixels match the tokens
+    return features["input_ids"][0].count(pad), tuple(batch["pixel_values"].shape)
+
+
+def test_image_max_and_min_pixels_resize_before_the_processor_and_change_the_image_token_count(vl_model, tmp_path):
+    from PIL import Image
+
+    shutil.copy(PICTURES / "1.jpg", tmp_path / "big.jpg")  # 300 x 168
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(tmp_path / "small.png")
+    (tmp_path / "pics.json").write_text("[]")
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"pics": {"file_name": "pics.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))
+    # The tiny model's processor keeps an image within 28x28 .. 112x112 pixels (Qwen2-VL: one token per 28x28).
+    # Defaults (768x768, 32x32) leave both pictures to it: 300x168 -> 56x140 (10 tokens); 20x20 -> 28x28 (1).
+    assert _image_tokens(vl_model, tmp_path, "big.jpg")[0] == 10
+    assert _image_tokens(vl_model, tmp_path, "small.png")[0] == 1
+    # image_max_pixels 56x56: 300x168 is scaled by sqrt(3136 / 50400) to 74x41 first -> 28x84 -> 3 tokens
+    assert _image_tokens(vl_model, tmp_path, "big.jpg", image_max_pixels=56 * 56)[0] == 3
+    # image_min_pixels 112x112: 20x20 is scaled up to 112x112 first -> 16 tokens
+    assert _image_tokens(vl_model, tmp_path, "small.png", image_min_pixels=112 * 112)[0] == 16

@@ -151,6 +151,7 @@ def media_fingerprint(ctx) -> dict | None:
         "code": hashlib.sha256(source.encode("utf-8")).hexdigest()[:16],
         "processor": hashlib.sha256(processor.read_bytes()).hexdigest()[:16] if processor.is_file() else str(folder),
         "files": files.hexdigest()[:32],
+        "options": dict(sorted((getattr(media, "options", None) or {}).items())),
     }
 
 

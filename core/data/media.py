@@ -14,6 +14,8 @@ a media column is then an error, never a silent drop.
 
 from __future__ import annotations
 
+import copy
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,23 @@ class MediaHandler:
     """
 
     modalities: tuple[str, ...] = ("images",)
+    #: The run's preprocessing keys (:data:`OPTION_KEYS`), set on the copy :meth:`configured` makes.
+    options: dict[str, Any] = {}
+
+    def configured(self, config) -> "MediaHandler":
+        """A copy of this handler for a run: ``options`` holds the config's media preprocessing keys."""
+        clone = copy.copy(self)
+        clone.options = {key: config.get(key) for key in OPTION_KEYS if config.get(key) is not None}
+        return clone
+
+    def open_image(self, path: str):
+        """The image at ``path`` as the processor should get it: RGB, resized into
+        [image_min_pixels, image_max_pixels] as LLaMA-Factory does (see :func:`fit_pixels`)."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        return fit_pixels(image, self.options.get("image_max_pixels"), self.options.get("image_min_pixels"))
 
     def expand(self, messages: list[dict], media: dict[str, list[str]], model_path: str, tokenizer) -> list[dict]:
         raise NotImplementedError
@@ -44,6 +63,26 @@ class MediaHandler:
 
     def inputs(self, media_rows: list[dict[str, list[str]]], model_path: str, tokenizer) -> dict[str, Any]:
         raise NotImplementedError
+
+
+#: The config keys that change how media become model inputs (a handler reads them from ``options``).
+OPTION_KEYS = ("image_max_pixels", "image_min_pixels")
+
+
+def fit_pixels(image, max_pixels: int | None, min_pixels: int | None):
+    """LLaMA-Factory's image preprocessing: an image of more than ``max_pixels`` pixels (width x height)
+    is scaled down, one of fewer than ``min_pixels`` scaled up, by the same factor on both sides
+    (sqrt(limit / pixels), sizes rounded down), keeping its aspect ratio; the model's own processor then
+    resizes it to its patch grid. So the number of image tokens follows the image's pixels after this."""
+    from PIL import Image
+
+    pixels = image.width * image.height
+    for limit, outside in ((max_pixels, lambda: pixels > max_pixels), (min_pixels, lambda: pixels < min_pixels)):
+        if limit and outside():
+            factor = math.sqrt(limit / pixels)
+            size = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
+            return image.resize(size, resample=Image.Resampling.BICUBIC)
+    return image
 
 
 def media_columns(attr) -> list[str]:

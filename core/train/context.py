@@ -25,9 +25,13 @@ class RunContext:
 
     @property
     def media(self):
-        """The template's media handler (tuneforge.data.media.MediaHandler), None when text-only."""
+        """The template's media handler (tuneforge.data.media.MediaHandler) configured with the run's
+        media keys (image_max_pixels...), None when text-only."""
         entry = self.plan.template if self.plan is not None else None
-        return getattr(entry.spec, "media", None) if entry is not None else None
+        media = getattr(entry.spec, "media", None) if entry is not None else None
+        if media is not None and hasattr(media, "configured"):
+            media = media.configured(self.config)
+        return media
 
     @property
     def output_dir(self) -> Path:

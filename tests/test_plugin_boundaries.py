@@ -90,6 +90,7 @@ NOT_PLUGIN_NAMES = {
     ("plugins/apps/tiny_model/cli.py", "qwen2_vl"): "a tiny-model family",
     ("plugins/apps/tiny_model/builder.py", "qwen2_vl"): "a tiny-model family and the template it is built for",
     ("plugins/templates/_media.py", "pt"): "return_tensors='pt' (PyTorch tensors)",
+    ("plugins/apps/export/exporter.py", "pt"): "return_tensors='pt' (PyTorch tensors)",
     ("plugins/apps/tiny_model/builder.py", "default"): "the tokenizer's default chat template",
 }
 

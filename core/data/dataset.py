@@ -16,6 +16,7 @@ stays behind it. The order, as in LLaMA-Factory:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -78,10 +79,6 @@ def make_collator(ctx, kind: str):
     return collator
 
 
-#: The data kinds whose featurizers take a media handler (rows keep their media files).
-MEDIA_KINDS = ("supervised", "pairwise", "kto")
-
-
 def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
     """The batched function mapping ``{"_example": [json, ...]}`` to feature columns for ``kind``;
     ``report=True`` adds the TRUNCATED column (the caller counts and removes it)."""
@@ -94,7 +91,7 @@ def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
         raise ValueError(f"no featurizer for data kind '{kind}'")
     extra = {}
     media = getattr(ctx, "media", None)
-    if kind in MEDIA_KINDS and media is not None:
+    if media is not None and "media" in inspect.signature(BATCH_FUNCTIONS[kind]).parameters:  # rows keep their media
         extra = {"media": media, "model_path": str(ctx.config.model_name_or_path)}
     return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, report=report, **extra)
 

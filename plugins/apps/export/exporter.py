@@ -226,7 +226,7 @@ def _media_chat_template(tokenizer, own: str | None, template) -> str:
     training did and also renders image content parts (``{"type": "image"}``, what processors and
     OpenAI-style clients send), else the training template (text content only). Says which."""
     training = tokenizer.chat_template
-    if own and own != training:
+    if own:
         tokenizer.chat_template = own
         try:
             same = tokenizer.apply_chat_template(CHECK_CONVERSATION, tokenize=False, add_generation_prompt=True) == \
@@ -312,8 +312,9 @@ def run_export(prepared) -> dict:
     template = ctx.template
     dtype = next(model.parameters()).dtype
     probes = _probe_ids(template, tokenizer, config)
-    probe_dir = Path(tempfile.mkdtemp(prefix="tuneforge-probe-"))
-    image_probe = _image_probe(ctx, template, tokenizer, config, probe_dir)
+    media = getattr(ctx, "media", None)
+    probe_dir = Path(tempfile.mkdtemp(prefix="tuneforge-probe-")) if media is not None else None
+    image_probe = _image_probe(ctx, template, tokenizer, config, probe_dir) if probe_dir is not None else None
     if image_probe is not None:  # a vision-language model: the checks also compare logits on an image prompt
         probes.append(image_probe)
     report: dict = {"model_name_or_path": config.model_name_or_path, "adapters": adapters, "template": template.name,
@@ -372,7 +373,8 @@ def run_export(prepared) -> dict:
         report.update(_verify_changed(prepared, out_dir, base_logits, merged_logits, failures))
     report.update(_verify_reload(out_dir, probes, reference, dtype, template, failures,
                                  str(probe_dir / "probe.png") if image_probe is not None else None))
-    shutil.rmtree(probe_dir, ignore_errors=True)
+    if probe_dir is not None:
+        shutil.rmtree(probe_dir, ignore_errors=True)
     (out_dir / "export_verification.json").write_text(json.dumps({**report, "failures": failures}, indent=2, ensure_ascii=False) + "\n",
                                                       encoding="utf-8")
     if failures:

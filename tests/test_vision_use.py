@@ -402,3 +402,18 @@ def test_image_max_and_min_pixels_resize_before_the_processor_and_change_the_ima
     assert _image_tokens(vl_model, tmp_path, "big.jpg", image_max_pixels=56 * 56)[0] == 3
     # image_min_pixels 112x112: 20x20 is scaled up to 112x112 first -> 16 tokens
     assert _image_tokens(vl_model, tmp_path, "small.png", image_min_pixels=112 * 112)[0] == 16
+
+
+def test_data_doctor_shows_the_image_pairs_with_their_image_tokens_folded(vl_model, tmp_path, capsys):
+    from tuneforge.data.doctor import run_doctor
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_tokenizer
+
+    prepared = prepare(None, [f"model_name_or_path={vl_model}", "stage=dpo", "dataset=pairs", "template=qwen2_vl",
+                              f"dataset_dir={picture_pairs(tmp_path)}", "cutoff_len=512"], manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_tokenizer(ctx)
+    assert run_doctor(ctx, "pairwise") == 0
+    out = capsys.readouterr().out
+    assert "media: 6 images in 6 rows" in out
+    assert out.count("<|vision_start|><|image_pad|>*10<|vision_end|>Who are they?") == 2  # chosen and rejected

@@ -417,3 +417,38 @@ def test_data_doctor_shows_the_image_pairs_with_their_image_tokens_folded(vl_mod
     out = capsys.readouterr().out
     assert "media: 6 images in 6 rows" in out
     assert out.count("<|vision_start|><|image_pad|>*10<|vision_end|>Who are they?") == 2  # chosen and rejected
+
+
+def test_openai_messages_with_images_in_several_turns_keep_each_turns_images_in_order():
+    from tuneforge.chat.tools import MessageError, from_openai
+
+    def image(part, where):
+        return f"/pics/{part['image_url']['url']}"
+
+    messages, _ = from_openai([
+        {"role": "user", "content": [{"type": "text", "text": "A "}, {"type": "image_url", "image_url": {"url": "1"}},
+                                     {"type": "text", "text": " and "}, {"type": "image_url", "image_url": {"url": "2"}}]},
+        {"role": "assistant", "content": "Two."},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "3"}}, {"type": "text", "text": "And?"}]},
+    ], image=image)
+    assert messages == [{"role": "user", "content": "A <image> and <image>", "images": ["/pics/1", "/pics/2"]},
+                        {"role": "assistant", "content": "Two."},
+                        {"role": "user", "content": "<image>And?", "images": ["/pics/3"]}]
+    with pytest.raises(MessageError, match=r"messages\[0\].content\[0\].*'input_audio' are not supported"):
+        from_openai([{"role": "user", "content": [{"type": "input_audio"}]}], image=image)
+
+
+def test_api_media_variables_are_checked_before_the_model_loads(monkeypatch, tmp_path):
+    import argparse
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.plugins.apps.api import cli
+
+    args = argparse.Namespace(config=str(tmp_path / "never-read.yaml"), host=None, port=None, overrides=[], disable_plugin=[])
+    monkeypatch.setenv("API_MEDIA_DIR", str(tmp_path / "absent"))
+    with pytest.raises(TuneforgeError, match="API_MEDIA_DIR=.*is not a folder"):
+        cli.run(args)
+    monkeypatch.setenv("API_MEDIA_DIR", str(tmp_path))
+    monkeypatch.setenv("API_ALLOW_REMOTE_MEDIA", "yes")
+    with pytest.raises(TuneforgeError, match="API_ALLOW_REMOTE_MEDIA='yes': use 1"):
+        cli.run(args)

@@ -293,6 +293,8 @@ def test_api_takes_image_url_parts_data_urls_and_paths_under_api_media_dir(vl_en
         "data:image/png;base64,@@@": "not valid base64",
         "https://example.com/cat.png": "remote image URLs are refused by this server",
         "ftp://example.com/cat.png": "unsupported image URL scheme 'ftp'",
+        "bad\u0000name.jpg": "is not a usable file path",
+        "x" * 5000 + ".jpg": "cannot be read",
     }
     for url, message in refused.items():
         with pytest.raises(openai.BadRequestError) as error:

@@ -89,14 +89,20 @@ class ImageParts:
         if self.media_dir is None:
             raise MessageError(where, "local image paths are refused by this server: send the image as a data: URL, or "
                                       "start the server with API_MEDIA_DIR=<folder> to let it read images under that folder")
-        path = Path(name) if Path(name).is_absolute() else self.media_dir / name
-        path = path.resolve()
+        try:
+            path = (Path(name) if Path(name).is_absolute() else self.media_dir / name).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a link loop
+            raise MessageError(where, f"is not a usable file path ({exc})") from None
         if not path.is_relative_to(self.media_dir):
             raise MessageError(where, f"'{name}' is outside API_MEDIA_DIR ({self.media_dir}): this server reads images "
                                       "only under that folder")
-        if not path.is_file():
+        try:
+            data = path.read_bytes() if path.is_file() else None
+        except OSError as exc:  # a name too long, no permission
+            raise MessageError(where, f"'{name}' cannot be read ({exc.strerror or exc})") from None
+        if data is None:
             raise MessageError(where, f"'{name}' does not exist under API_MEDIA_DIR ({self.media_dir})")
-        self._check_image(path.read_bytes(), where)
+        self._check_image(data, where)
         return str(path)
 
     # -- storage

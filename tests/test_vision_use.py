@@ -454,3 +454,17 @@ def test_api_media_variables_are_checked_before_the_model_loads(monkeypatch, tmp
     monkeypatch.setenv("API_ALLOW_REMOTE_MEDIA", "yes")
     with pytest.raises(TuneforgeError, match="API_ALLOW_REMOTE_MEDIA='yes': use 1"):
         cli.run(args)
+
+
+def test_full_dpo_with_images_gives_the_frozen_reference_the_pixels_too(vl_model, tmp_path):
+    from tuneforge.plugins.stages._preference import media_inputs
+
+    ctx = train(vl_model, tmp_path, finetuning_type="full", max_steps=2, learning_rate=1e-3, logging_steps=1)
+    trainer = ctx.extras["trainer"]
+    assert trainer.reference.kind == "frozen-model"
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(2)]))
+    rows, media = (batch["input_ids"], batch["attention_mask"], batch["labels"]), media_inputs(batch)
+    seen = trainer.reference_logps(trainer.model, *rows, **media).total
+    blind = trainer.reference_logps(trainer.model, *rows, **{**media, "pixel_values": torch.zeros_like(media["pixel_values"])}).total
+    assert ((seen - blind).abs() > 1e-4).all(), (seen, blind)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train_logs(tmp_path / "out"))

@@ -129,7 +129,7 @@ def prepare(
     problems += plan_problems
     problems += data_problems(config, plan.stage.spec.data_kind if plan is not None else None)
     if plan is not None:
-        problems += _media_problems(plan, config)
+        problems += _media_problems(plan, config, manager)
     model_problems, model_warnings = model_file_checks(config, manager)
     problems += model_problems
     if plan is not None:
@@ -150,22 +150,23 @@ def prepare(
     return Prepared(config, plan, manager, warnings)
 
 
-def _media_problems(plan, config) -> list[Problem]:
+def _media_problems(plan, config, manager) -> list[Problem]:
     """A media column needs a template with a media handler: never dropped silently (issue 17)."""
     from .data.media import media_columns, text_only_message
 
     template = plan.template
     media = getattr(template.spec, "media", None) if template is not None else None
     problems = []
+    takers = ", ".join(e.name for e in manager.entries("stage") if getattr(e.spec, "takes_media", False)) or "none"
     for dataset in plan.datasets + plan.eval_datasets:
         for column in media_columns(dataset.attr):
             if media is None or column not in media.modalities:
                 message = text_only_message(dataset.attr, column, template.name if template else None, config,
                                             takes=getattr(media, "modalities", ()))
                 problems.append(Problem("dataset", message))
-            elif plan.stage.spec.data_kind != "supervised":
+            elif not plan.stage.spec.takes_media:
                 problems.append(Problem("dataset", f"dataset '{dataset.attr.name}' has {column}, but stage "
-                                        f"'{plan.stage.name}' does not train on media yet (this version: stage sft); "
+                                        f"'{plan.stage.name}' does not train on media yet (stages that do: {takers}); "
                                         f"its {column} would be dropped"))
     videos = any("videos" in media_columns(d.attr) for d in plan.datasets + plan.eval_datasets)
     if config.get("use_audio_in_video") and videos and media is not None and "audios" not in media.modalities:

@@ -357,6 +357,8 @@ class StageSpec(PluginSpec):
     ``lm_loss``: the loss runs over the vocabulary (False: a value head scores, as in rm).
     ``unplanned``: what the planner does not count for this stage ("its generation and extra
     models"); ``None`` when the formulas model it fully.
+    ``takes_media``: the stage feeds each row's media inputs (the collator's ``pixel_values``...) to
+    the model, so datasets with images may be used with it (otherwise they are a `check` error).
     """
 
     kind: ClassVar[str] = "stage"
@@ -367,6 +369,7 @@ class StageSpec(PluginSpec):
     needs_reference: Callable[[Any], bool] | None = None
     lm_loss: bool = True
     unplanned: str | None = None
+    takes_media: bool = False
     #: The stage scores generated replies with reward-function plugins: it owns the ``reward_funcs`` key
     #: (added to its keys), and the plan resolves those names (unknown ones are `check` errors) into
     #: ``ctx.plan.rewards``.

@@ -102,6 +102,7 @@ NOT_PLUGIN_NAMES = {
     ("plugins/apps/tiny_model/builder.py", "intern_vl"): "a tiny-model family and the template it is built for",
     ("core/data/media.py", "pt"): "return_tensors='pt' (PyTorch tensors from the model's processor)",
     ("plugins/templates/_media.py", "pt"): "return_tensors='pt' (PyTorch tensors)",
+    ("plugins/apps/export/exporter.py", "pt"): "return_tensors='pt' (PyTorch tensors)",
     ("plugins/apps/tiny_model/builder.py", "default"): "the tokenizer's default chat template",
 }
 

@@ -86,6 +86,9 @@ class InferenceEngine(Protocol):
     - ``context_length``: the most tokens (prompt + reply) the model takes, or None if unknown.
     - ``generate(..., cancel=event)``: a :class:`threading.Event` checked after every token; once it
       is set the generation ends at the next token and returns what it has.
+    - ``media_modalities``: the media its messages may carry (``("images",)``: a message's
+      ``images`` are file paths, one ``<image>`` each); absent or empty: text only, and the API and
+      web UI refuse images rather than drop them.
     """
 
     name: str

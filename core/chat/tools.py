@@ -239,13 +239,35 @@ def _text(content: Any, where: str) -> str:
     raise MessageError(f"{where}.content", "must be a string or a list of text parts")
 
 
-def from_openai(messages: list[dict]) -> tuple[list[dict], str | None]:
+def _user_content(content: Any, where: str, image) -> tuple[str, list[str]]:
+    """A user message's text, with ``<image>`` where each ``image_url`` part was, and the image files
+    (``image(part, where) -> path`` resolves a part; None: images are refused as text-only)."""
+    if image is None or not isinstance(content, list):
+        return _text(content, where), []
+    texts, images = [], []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+        if kind == "image_url":
+            images.append(image(part if isinstance(part, dict) else part.model_dump(), f"{where}.content[{i}]"))
+            texts.append("<image>")
+        elif kind == "text":
+            texts.append(part.get("text", "") if isinstance(part, dict) else (part.text or ""))
+        else:
+            raise MessageError(f"{where}.content[{i}]", f"content parts of type {kind!r} are not supported; send 'text' or 'image_url'")
+    return "".join(texts), images
+
+
+def from_openai(messages: list[dict], image=None) -> tuple[list[dict], str | None]:
     """OpenAI chat messages -> ``(template messages, system)``.
 
     system/developer messages (at the start) become the system prompt; an assistant message with
     ``tool_calls`` becomes a function turn (JSON list of ``{"name", "arguments"}``); consecutive
     tool results become one observation turn (one result: as it is; several: a JSON list).
     Raises :class:`MessageError` naming the message that breaks the user/assistant alternation.
+
+    ``image(part, where) -> file path``: how ``image_url`` content parts of user messages become
+    files (the message gets ``<image>`` where the part was and ``images``: the paths, in order); it
+    raises :class:`MessageError` for a part it refuses. None: image parts are an error (text-only).
     """
     system_parts: list[str] = []
     out: list[dict] = []
@@ -273,7 +295,8 @@ def from_openai(messages: list[dict]) -> tuple[list[dict], str | None]:
             continue
         flush_tools()
         if role == "user":
-            out.append({"role": "user", "content": _text(message.get("content"), where), "_index": index})
+            text, images = _user_content(message.get("content"), where, image)
+            out.append({"role": "user", "content": text, "_index": index, **({"images": images} if images else {})})
         elif role == "assistant":
             tool_calls = message.get("tool_calls") or []
             if tool_calls:
@@ -305,4 +328,4 @@ def from_openai(messages: list[dict]) -> tuple[list[dict], str | None]:
     if out[-1]["role"] not in ("user", "observation"):
         raise MessageError(f"messages[{out[-1]['_index']}]", "the last message must be from the user (or a tool result)")
     system = "\n".join(system_parts) if system_parts else None
-    return [{"role": m["role"], "content": m["content"]} for m in out], system
+    return [{k: v for k, v in m.items() if k != "_index"} for m in out], system

@@ -124,8 +124,10 @@ MODEL_KEYS = (
     _k("device_map", (str, dict), None, "Device map passed to from_pretrained."),
     _k("compute_dtype", str, None, "Internal: resolved compute dtype.", effective=False),
     _k("block_diag_attn", bool, False, "Internal: block-diagonal attention for neat packing.", effective=False),
-    _k("image_max_pixels", int, 768 * 768, "Multimodal: maximum image pixels.", effective=False, min=1),
-    _k("image_min_pixels", int, 32 * 32, "Multimodal: minimum image pixels.", effective=False, min=1),
+    _k("image_max_pixels", int, 768 * 768, "Multimodal: an image of more pixels (width x height) is scaled down to "
+       "this many before the processor (fewer image tokens).", min=1),
+    _k("image_min_pixels", int, 32 * 32, "Multimodal: an image of fewer pixels is scaled up to this many before "
+       "the processor.", min=1),
     _k("video_max_pixels", int, 256 * 256, "Multimodal: maximum video frame pixels.", min=1),
     _k("video_min_pixels", int, 16 * 16, "Multimodal: minimum video frame pixels.", min=1),
     _k("video_fps", float, 2.0, "Multimodal: frames per second sampled.", min=0, min_open=True),

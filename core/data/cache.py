@@ -172,6 +172,7 @@ def media_fingerprint(ctx) -> dict | None:
         "placeholders": getattr(media, "placeholders", None),
         "files": files.hexdigest()[:32],
         "settings": media.describe() if hasattr(media, "describe") else {},
+        "options": dict(sorted((getattr(media, "options", None) or {}).items())),
     }
 
 

@@ -52,7 +52,9 @@ class PadCollator:
     #: handler's model inputs (pixel_values, ...) and ``mm_token_type_ids`` marks the media tokens.
     media = None
 
-    def add_media(self, batch: dict, features: list[dict]) -> dict:
+    def add_media(self, batch: dict, features: list[dict], prefixes: tuple[str, ...] = ("",)) -> dict:
+        """The handler's model inputs for the rows' files (``features``, in the order of the batch's
+        rows), and ``{prefix}mm_token_type_ids`` for each ``{prefix}input_ids``."""
         import torch
 
         handler, model_path, tokenizer = self.media
@@ -63,11 +65,12 @@ class PadCollator:
         if key is None:
             return batch
         types = handler.media_token_ids(tokenizer)
-        ids = batch["input_ids"]
-        kinds = torch.zeros_like(ids)
-        for token, kind in types.items():
-            kinds[ids == token] = kind
-        batch[key] = kinds
+        for prefix in prefixes:
+            ids = batch[f"{prefix}input_ids"]
+            kinds = torch.zeros_like(ids)
+            for token, kind in types.items():
+                kinds[ids == token] = kind
+            batch[f"{prefix}{key}"] = kinds
         return batch
 
     def __call__(self, features: list[dict]) -> dict:
@@ -87,7 +90,10 @@ class PairwiseCollator(PadCollator):
             {name: f[f"{side}_{name}"] for name in ("input_ids", "attention_mask", "labels")}
             for side in ("chosen", "rejected") for f in features
         ]
-        return self.pad(rows)
+        batch = self.pad(rows)
+        if self.media is not None:  # the chosen rows, then the rejected rows: each pair's prompt media twice
+            batch = self.add_media(batch, list(features) * 2)
+        return batch
 
 
 class KTOCollator(PadCollator):
@@ -97,6 +103,8 @@ class KTOCollator(PadCollator):
         batch = self.pad(features)
         batch.update(self.pad(features, prefix="kl_"))
         batch["kto_tags"] = torch.tensor([bool(f["kto_tags"]) for f in features])
+        if self.media is not None:  # a KL row keeps its row's prompt, so its media: one set of pixels serves both
+            batch = self.add_media(batch, features, prefixes=("", "kl_"))
         return batch
 
 

@@ -16,6 +16,7 @@ stays behind it. The order, as in LLaMA-Factory:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -90,7 +91,7 @@ def featurizer(ctx, kind: str, settings: Settings, report: bool = False):
         raise ValueError(f"no featurizer for data kind '{kind}'")
     extra = {}
     media = getattr(ctx, "media", None)
-    if kind == "supervised" and media is not None:
+    if media is not None and "media" in inspect.signature(BATCH_FUNCTIONS[kind]).parameters:  # rows keep their media
         extra = {"media": media, "model_path": str(ctx.config.model_name_or_path)}
     return partial(BATCH_FUNCTIONS[kind], template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, report=report, **extra)
 

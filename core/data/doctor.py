@@ -212,7 +212,7 @@ def _render_example(say, ctx, kind: str, settings: Settings, example: dict, colo
             variant = {**example, "messages": example["messages"] + [{"role": "assistant", "content": example[side]}]}
             ids, labels = encode_conversation(ctx.template, tokenizer, variant, settings, mask_history=True)
             say(f"--- {side}:")
-            say(render_marked(tokenizer, ids, labels, color))
+            say(_fold_media(render_marked(tokenizer, ids, labels, color), ctx, tokenizer))
         return
     ids, labels = encode_conversation(ctx.template, tokenizer, example, settings, mask_history=True if kind == "kto" else None)
     if kind == "kto":

@@ -14,6 +14,8 @@ a media column is then an error, never a silent drop.
 
 from __future__ import annotations
 
+import copy
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,23 @@ class MediaHandler:
     """
 
     modalities: tuple[str, ...] = ("images",)
+    #: The run's preprocessing keys (:data:`OPTION_KEYS`), set on the copy :meth:`configured` makes.
+    options: dict[str, Any] = {}
+
+    def configured(self, config) -> "MediaHandler":
+        """A copy of this handler for a run: ``options`` holds the config's media preprocessing keys."""
+        clone = copy.copy(self)
+        clone.options = {key: config.get(key) for key in OPTION_KEYS if config.get(key) is not None}
+        return clone
+
+    def open_image(self, path: str):
+        """The image at ``path`` as the processor should get it: RGB, resized into
+        [image_min_pixels, image_max_pixels] as LLaMA-Factory does (see :func:`fit_pixels`)."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        return fit_pixels(image, self.options.get("image_max_pixels"), self.options.get("image_min_pixels"))
 
     def configure(self, config) -> "MediaHandler":
         """The handler for one run's config (a handler whose output depends on keys such as
@@ -59,6 +78,26 @@ class MediaHandler:
         from :meth:`media_token_ids`: ``mm_token_type_ids`` (transformers' name), ``token_type_ids``
         (Gemma 3), or None for a model that takes no such input (LLaVA)."""
         return "mm_token_type_ids"
+
+
+#: The config keys that change how media become model inputs (a handler reads them from ``options``).
+OPTION_KEYS = ("image_max_pixels", "image_min_pixels")
+
+
+def fit_pixels(image, max_pixels: int | None, min_pixels: int | None):
+    """LLaMA-Factory's image preprocessing: an image of more than ``max_pixels`` pixels (width x height)
+    is scaled down, one of fewer than ``min_pixels`` scaled up, by the same factor on both sides
+    (sqrt(limit / pixels), sizes rounded down), keeping its aspect ratio; the model's own processor then
+    resizes it to its patch grid. So the number of image tokens follows the image's pixels after this."""
+    from PIL import Image
+
+    pixels = image.width * image.height
+    for limit, outside in ((max_pixels, lambda: pixels > max_pixels), (min_pixels, lambda: pixels < min_pixels)):
+        if limit and outside():
+            factor = math.sqrt(limit / pixels)
+            size = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
+            return image.resize(size, resample=Image.Resampling.BICUBIC)
+    return image
 
 
 def media_columns(attr) -> list[str]:
@@ -175,13 +214,6 @@ PROCESSOR_MODALITIES = ("image",)
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "text_replacement_offsets"})
 
 
-def _open_image(path: str):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 @lru_cache(maxsize=8)
 def load_processor(model_path: str):
     """The model's own multimodal processor (``AutoProcessor``). Where transformers cannot build it whole
@@ -271,7 +303,7 @@ class ProcessorMedia(MediaHandler):
         if not token or token not in placeholder:
             raise TuneforgeError(f"media_placeholders.image is {placeholder!r}, but {type(processor).__name__} expands "
                                  f"{token!r}: the placeholder must contain the processor's image token")
-        result = processor(text=[placeholder * len(paths)], images=[_open_image(p) for p in paths],
+        result = processor(text=[placeholder * len(paths)], images=[self.open_image(p) for p in paths],
                            return_text_replacement_offsets=True)
         replacements = [o["replacement"] for o in result["text_replacement_offsets"][0] if o["type"] == "image"]
         return [placeholder.replace(token, r, 1) for r in replacements]
@@ -313,7 +345,7 @@ class ProcessorMedia(MediaHandler):
         if not paths:
             return {}
         processor = load_processor(model_path)
-        result = processor(text=[self.placeholders["image"] * len(paths)], images=[_open_image(p) for p in paths],
+        result = processor(text=[self.placeholders["image"] * len(paths)], images=[self.open_image(p) for p in paths],
                            return_tensors="pt")
         return {k: v for k, v in result.items() if k not in _TEXT_KEYS}
 

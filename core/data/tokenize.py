@@ -150,9 +150,7 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
         input_ids, labels, cut = encode_counted(template, tokenizer, example, settings)
         if media is not None:
             labels = mask_media_labels(input_ids, labels, media_ids)
-            expected = sum(m["content"].count(t) for m in example["messages"]
-                           for t in (tokenizer.convert_ids_to_tokens(i) for i in media_ids))
-            if sum(1 for i in input_ids if i in media_ids) != expected:
+            if not _media_whole(input_ids, example, media_ids, tokenizer):
                 continue  # truncation cut into the media tokens
         if _trained(labels):
             out["input_ids"].append(input_ids)
@@ -163,6 +161,22 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
                 for column in media.modalities:
                     out[column].append(files.get(column, []))
     return _reported(out, report)
+
+
+def _media_whole(input_ids: list[int], example: dict, media_ids: dict[int, int], tokenizer) -> bool:
+    """Whether ``input_ids`` hold every media token of the (expanded) example's prompt: a row cut
+    inside an image cannot be fed to the model."""
+    expected = sum(m["content"].count(t) for m in example["messages"]
+                   for t in (tokenizer.convert_ids_to_tokens(i) for i in media_ids))
+    return sum(1 for i in input_ids if i in media_ids) == expected
+
+
+def _media_setup(out: dict, media, tokenizer) -> dict[int, int]:
+    """Add the media file columns to ``out``; the media token ids (empty without a media handler)."""
+    if media is None:
+        return {}
+    out.update({c: [] for c in media.modalities})
+    return media.media_token_ids(tokenizer)
 
 
 def _reported(out: dict, report: bool) -> dict:
@@ -216,15 +230,27 @@ def encode_pair(template, tokenizer, example: dict, settings: Settings) -> dict[
     return out
 
 
-def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
+def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
+                   report: bool = False) -> dict:
+    """``media``: as in :func:`supervised_batch`; both sides share the prompt, so its media (the row
+    keeps one file list, which the collator feeds to the chosen and the rejected forward alike)."""
     out = {f"{side}_{name}": [] for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")}
     out[TRUNCATED] = []
+    media_ids = _media_setup(out, media, tokenizer)
     for text in batch["_example"]:
         example = json.loads(text)
+        files = _media_of(example, media)
+        example = expand_media(example, media, model_path, tokenizer)
         encoded = encode_pair(template, tokenizer, example, settings) or {
             side: encode_counted(template, tokenizer, _reply(example, side), settings, mask_history=True)
             for side in ("chosen", "rejected")}
+        if media_ids:
+            encoded = {side: (ids, mask_media_labels(ids, labels, media_ids), cut) for side, (ids, labels, cut) in encoded.items()}
+            if not all(_media_whole(ids, example, media_ids, tokenizer) for ids, _, _ in encoded.values()):
+                continue  # truncation cut into the prompt's media tokens
         if all(_trained(labels) for _, labels, _ in encoded.values()):
+            for column in media.modalities if media is not None else ():
+                out[column].append(files.get(column, []))
             for side, (input_ids, labels, _) in encoded.items():
                 out[f"{side}_input_ids"].append(input_ids)
                 out[f"{side}_attention_mask"].append([1] * len(input_ids))
@@ -233,16 +259,27 @@ def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, repo
     return _reported(out, report)
 
 
-def kto_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
+def kto_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
+              report: bool = False) -> dict:
+    """``media``: as in :func:`supervised_batch`; a row's KL row keeps its prompt, so its media too."""
     examples = [json.loads(text) for text in batch["_example"]]
     others = examples[::-1]
     names = ("input_ids", "attention_mask", "labels")
     out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": [], TRUNCATED: []}
+    media_ids = _media_setup(out, media, tokenizer)
     for example, other in zip(examples, others):
+        files = _media_of(example, media)
+        example = expand_media(example, media, model_path, tokenizer)
         input_ids, labels, cut = encode_counted(template, tokenizer, example, settings, mask_history=True)
         kl_example = {**example, "messages": example["messages"][:-1] + other["messages"][-1:]}
         kl_ids, kl_labels = encode_conversation(template, tokenizer, kl_example, settings, mask_history=True)
+        if media_ids:
+            labels, kl_labels = mask_media_labels(input_ids, labels, media_ids), mask_media_labels(kl_ids, kl_labels, media_ids)
+            if not (_media_whole(input_ids, example, media_ids, tokenizer) and _media_whole(kl_ids, kl_example, media_ids, tokenizer)):
+                continue  # truncation cut into the prompt's media tokens
         if _trained(labels):
+            for column in media.modalities if media is not None else ():
+                out[column].append(files.get(column, []))
             for prefix, ids, labs in (("", input_ids, labels), ("kl_", kl_ids, kl_labels)):
                 out[f"{prefix}input_ids"].append(ids)
                 out[f"{prefix}attention_mask"].append([1] * len(ids))

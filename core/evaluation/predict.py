@@ -4,7 +4,8 @@
 :func:`run_predict` renders each conversation's prompt with the run's chat template (the last
 assistant turn is the label), generates replies in left-padded batches of
 ``per_device_eval_batch_size`` through the run's inference engine (``infer_backend``; the
-``huggingface`` engine serves the model the run already holds), and writes to ``output_dir``:
+``huggingface`` engine serves the model the run already holds; a row with images goes alone through
+the engine's conversation API, which feeds its pixels), and writes to ``output_dir``:
 
 - ``generated_predictions.jsonl``: one ``{"prompt", "predict", "label"}`` object per example;
 - ``predict_results.json``: ``predict_bleu-4``, ``predict_rouge-1``, ``predict_rouge-2``,
@@ -27,8 +28,16 @@ def _label(template, message: dict) -> str:
     return message["content"]
 
 
-def prediction_rows(ctx, dataset_plans) -> list[dict]:
-    """``{"ids", "label"}`` per example: the prompt ids (at most cutoff_len, keeping the end) and the reference."""
+#: The media columns an example may carry (see tuneforge.data.media): predicted one row at a time.
+_MEDIA = ("images", "videos", "audios")
+
+
+def prediction_rows(ctx, dataset_plans, engine=None) -> list[dict]:
+    """``{"ids", "label"}`` per example: the prompt ids (at most cutoff_len, keeping the end) and the reference.
+
+    An example with media (images...) also keeps ``prompt``: its prompt messages, the first carrying
+    the media files, as the engine takes them; its ids are the engine's (the media tokens expanded),
+    never cut (half an image cannot be fed)."""
     from ..data.loading import load_examples
 
     config, template, tokenizer = ctx.config, ctx.template, ctx.tokenizer
@@ -37,11 +46,30 @@ def prediction_rows(ctx, dataset_plans) -> list[dict]:
         for example in result.examples:
             messages = example["messages"]
             system = example.get("system") if example.get("system") is not None else config.default_system
+            media = {c: example[c] for c in _MEDIA if example.get(c)}
+            if media:
+                prompt = [dict(m) for m in messages[:-1]]
+                prompt[0].update(media)
+                ids = _media_engine(engine, media).encode(prompt, system, example.get("tools"))
+                rows.append({"ids": ids, "label": _label(template, messages[-1]),
+                             "prompt": {"messages": prompt, "system": system, "tools": example.get("tools")}})
+                continue
             ids = template.encode_prompt(tokenizer, messages[:-1], system, example.get("tools"), enable_thinking=config.enable_thinking)
             if config.cutoff_len and len(ids) > config.cutoff_len:
                 ids = ids[len(ids) - config.cutoff_len :]
             rows.append({"ids": ids, "label": _label(template, messages[-1])})
     return rows
+
+
+def _media_engine(engine, media: dict):
+    """The engine, when it takes these media (its ``media_modalities``); else a DataError."""
+    takes = tuple(getattr(engine, "media_modalities", ()) or ()) if engine is not None else ()
+    missing = [c for c in media if c not in takes]
+    if missing:
+        name = getattr(engine, "name", "none")
+        raise DataError(f"the eval set has {', '.join(missing)}, but the inference engine '{name}' takes "
+                        f"{', '.join(takes) or 'text only'}: predict with infer_backend: huggingface")
+    return engine
 
 
 def _batches(rows: list[dict], size: int) -> list[list[int]]:
@@ -67,11 +95,14 @@ def run_predict(ctx, dataset_plans=None) -> dict:
     require_metrics()
     engine = create_engine(ctx)
     ctx.tokenizer, ctx.template = engine.tokenizer, engine.template
-    rows = prediction_rows(ctx, plans)
+    rows = prediction_rows(ctx, plans, engine)
     if not rows:
         raise DataError("the eval dataset has no examples to predict")
     batch_size = int(ctx.config.get("per_device_eval_batch_size") or 8)
-    batches = _batches(rows, batch_size)
+    text = [i for i, row in enumerate(rows) if "prompt" not in row]
+    # rows with media: one at a time through the engine's conversation API, which feeds their pixels
+    batches = [[text[j] for j in b] for b in _batches([rows[i] for i in text], batch_size)]
+    batches += [[i] for i, row in enumerate(rows) if "prompt" in row]
     settings = None
     if ctx.config.eval_num_beams:  # LLaMA-Factory's beam width for predictions only
         from ..chat.engine import GenerationSettings
@@ -80,7 +111,12 @@ def run_predict(ctx, dataset_plans=None) -> dict:
     predictions: list[str] = [""] * len(rows)
     start = time.perf_counter()
     for number, batch in enumerate(batches, 1):
-        for index, response in zip(batch, engine.generate_batch([rows[i]["ids"] for i in batch], settings)):
+        prompt = rows[batch[0]].get("prompt")
+        if prompt is not None:
+            responses = engine.generate(prompt["messages"], prompt["system"], prompt["tools"], settings)
+        else:
+            responses = engine.generate_batch([rows[i]["ids"] for i in batch], settings)
+        for index, response in zip(batch, responses):
             predictions[index] = response.text
         print(f"predict: batch {number}/{len(batches)} done", flush=True)
     runtime = time.perf_counter() - start

@@ -25,10 +25,14 @@ class RunContext:
 
     @property
     def media(self):
-        """The template's media handler (tuneforge.data.media.MediaHandler), None when text-only."""
+        """The template's media handler (tuneforge.data.media.MediaHandler) configured with the run's
+        media keys (image_max_pixels...), None when text-only."""
         entry = self.plan.template if self.plan is not None else None
         media = getattr(entry.spec, "media", None) if entry is not None else None
-        return media.configure(self.config) if media is not None and hasattr(media, "configure") else media
+        if media is not None:
+            media = media.configure(self.config)  # the handler's own keys (video_fps, audio_sampling_rate...)
+            media = media.configured(self.config)  # the image size keys every handler's open_image applies
+        return media
 
     @property
     def output_dir(self) -> Path:

@@ -33,6 +33,12 @@ class HuggingfaceEngine:
         if self.model.training:
             self.model.eval()
 
+    @property
+    def media_modalities(self) -> tuple[str, ...]:
+        """The media this engine takes in messages (``images``...): the template's media handler's."""
+        media = getattr(self.ctx, "media", None)
+        return tuple(media.modalities) if media is not None else ()
+
     # ------------------------------------------------------------------ prompts
 
     def encode(self, messages, system=None, tools=None) -> list[int]:

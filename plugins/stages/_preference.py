@@ -153,10 +153,24 @@ def sequence_logps(logits, labels, attention_mask=None) -> SequenceLogps:
     return SequenceLogps(token_logps.sum(-1), mask.sum(-1), token_logps, mask)
 
 
-def forward_logps(model, input_ids, attention_mask, labels) -> SequenceLogps:
-    """One forward of ``model`` over the rows, scored by :func:`sequence_logps`."""
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+def forward_logps(model, input_ids, attention_mask, labels, **media) -> SequenceLogps:
+    """One forward of ``model`` over the rows, scored by :func:`sequence_logps`; ``media``: the rows'
+    media inputs (pixel_values, image_grid_thw, mm_token_type_ids...; see :func:`media_inputs`)."""
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **media)
     return sequence_logps(outputs.logits, labels, attention_mask)
+
+
+#: Batch fields that are rows or tags, not model inputs of their own.
+_ROW_FIELDS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "position_ids")
+
+
+def media_inputs(inputs: dict, prefix: str = "") -> dict:
+    """The batch's media model inputs for the ``{prefix}input_ids`` rows (empty for text-only rows):
+    the collator's pixel values & co., and those rows' own ``mm_token_type_ids``."""
+    extra = {k: v for k, v in inputs.items() if k != "kto_tags" and not k.endswith(_ROW_FIELDS)}
+    if f"{prefix}mm_token_type_ids" in inputs:
+        extra["mm_token_type_ids"] = inputs[f"{prefix}mm_token_type_ids"]
+    return extra
 
 
 # --- the reference --------------------------------------------------------------------------------------------
@@ -261,10 +275,10 @@ class PreferenceTraining:
 
     # -- scores the objectives ask for
 
-    def policy_logps(self, model, input_ids, attention_mask, labels) -> SequenceLogps:
-        return forward_logps(model, input_ids, attention_mask, labels)
+    def policy_logps(self, model, input_ids, attention_mask, labels, **media) -> SequenceLogps:
+        return forward_logps(model, input_ids, attention_mask, labels, **media)
 
-    def reference_logps(self, model, input_ids, attention_mask, labels) -> SequenceLogps:
+    def reference_logps(self, model, input_ids, attention_mask, labels, **media) -> SequenceLogps:
         """The reference's scores of the rows, without gradients (``model`` is the policy as the
         trainer holds it; its adapter is switched off for an "adapter-disabled" reference)."""
         import torch
@@ -274,13 +288,13 @@ class PreferenceTraining:
             raise RuntimeError(f"{type(self.objective).__name__} asked for reference scores but has no reference")
         with torch.no_grad():
             if kind == "frozen-model":
-                return forward_logps(self.reference.model, input_ids, attention_mask, labels)
+                return forward_logps(self.reference.model, input_ids, attention_mask, labels, **media)
             policy = self.accelerator.unwrap_model(model)
             was_training = policy.training
             policy.eval()  # no dropout: the reference scores the same rows the same way every time
             try:
                 with self.reference.disabled(policy):
-                    return forward_logps(policy, input_ids, attention_mask, labels)
+                    return forward_logps(policy, input_ids, attention_mask, labels, **media)
             finally:
                 policy.train(was_training)
 

@@ -189,16 +189,18 @@ class ValueHeadCheckpoints:
                                  "(set overwrite_output_dir: true to start afresh)")
 
 
-def score(reward_model, input_ids, attention_mask):
+def score(reward_model, input_ids, attention_mask, **media):
     """Each row's reward (float32, shape [B]): the value at its last real token.
 
     Positions count real tokens only, so a row scores the same whether it is padded on the right
     (training), on the left, or around a generated reply (ppo). Gradients flow when the caller
-    allows them (training); wrap the call in ``torch.no_grad()`` to only score.
+    allows them (training); wrap the call in ``torch.no_grad()`` to only score. ``media``: the rows'
+    media inputs (pixel_values, image_grid_thw, mm_token_type_ids): a multimodal model then places
+    the tokens itself (its positions depend on the images, e.g. Qwen2-VL's 3-D rope).
     """
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    position_ids = None if media else (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     _, values = reward_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             **_last_logits_only(reward_model))
+                             **media, **_last_logits_only(reward_model))
     return last_token_values(values, attention_mask).float()
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tuneforge import ConfigKey, StageSpec, hookimpl
 
-from ._preference import SHARED_KEYS, shared_problems, stage_settings
+from ._preference import SHARED_KEYS, media_inputs, shared_problems, stage_settings
 
 KEYS = SHARED_KEYS + (
     ConfigKey("kto_chosen_weight", float, 1.0, "Weight of the desirable rows' loss."),
@@ -72,11 +72,12 @@ class KTOObjective:
         rows = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
         kl_rows = (inputs["kl_input_ids"], inputs["kl_attention_mask"], inputs["kl_labels"])
         desirable = inputs["kto_tags"].bool()
-        policy = trainer.policy_logps(model, *rows)
+        media, kl_media = media_inputs(inputs), media_inputs(inputs, "kl_")  # a KL row keeps its row's images
+        policy = trainer.policy_logps(model, *rows, **media)
         with torch.no_grad():
-            policy_kl = trainer.policy_logps(model, *kl_rows).total
-        reference = trainer.reference_logps(model, *rows).total
-        reference_kl = trainer.reference_logps(model, *kl_rows).total
+            policy_kl = trainer.policy_logps(model, *kl_rows, **kl_media).total
+        reference = trainer.reference_logps(model, *rows, **media).total
+        reference_kl = trainer.reference_logps(model, *kl_rows, **kl_media).total
         kl = trainer.mean_across_processes((policy_kl - reference_kl).mean()).clamp(min=0).detach()
         log_ratio = policy.total - reference
         desirable_losses = self.desirable_weight * (1 - torch.sigmoid(self.beta * (log_ratio - kl)))
@@ -111,6 +112,7 @@ def tuneforge_stages():
         run=run,
         validate=validate,
         data_kind="kto",
+        takes_media=True,
         pairs_rows=True,
         needs_reference=lambda config: True,
     )]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from tuneforge import ConfigKey, StageSpec, hookimpl
 
-from ._preference import SHARED_KEYS, SequenceLogps, shared_problems, stage_settings
+from ._preference import SHARED_KEYS, SequenceLogps, media_inputs, shared_problems, stage_settings
 
 LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
 #: Losses that compare the policy's scores with each other only, so no reference model is loaded.
@@ -152,15 +152,16 @@ class DPOObjective:
         import torch.nn.functional as F
 
         rows = (inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+        media = media_inputs(inputs)  # a multimodal batch: both sides see their prompt's images
         pairs = rows[0].shape[0] // 2
-        policy = trainer.policy_logps(model, *rows)
+        policy = trainer.policy_logps(model, *rows, **media)
         if self.ld_alpha is not None:
             policy = SequenceLogps(length_desensitised(policy, pairs, self.ld_alpha), policy.tokens)
         scores = policy.mean if self.loss_type in LENGTH_NORMALISED else policy.total
         chosen, rejected = scores[:pairs], scores[pairs:]
         metrics = {}
         if self.needs_reference:
-            reference = trainer.reference_logps(model, *rows)
+            reference = trainer.reference_logps(model, *rows, **media)
             ref_scores = reference.mean if self.loss_type in LENGTH_NORMALISED else reference.total
             chosen_ratio, rejected_ratio = chosen - ref_scores[:pairs], rejected - ref_scores[pairs:]
             margin = chosen_ratio - rejected_ratio
@@ -229,6 +230,7 @@ def tuneforge_stages():
         run=run,
         validate=validate,
         data_kind="pairwise",
+        takes_media=True,
         pairs_rows=True,
         needs_reference=lambda config: str(config.get("pref_loss") or "sigmoid") not in REFERENCE_FREE,
     )]

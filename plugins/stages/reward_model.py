@@ -56,7 +56,9 @@ def validate(config, plan) -> list[str]:
 
 def pair_rewards(model, inputs: dict):
     """(chosen, rejected) rewards of a pairwise batch: 2B rows, the B chosen first (PairwiseCollator)."""
-    rewards = score(model, inputs["input_ids"], inputs["attention_mask"])
+    from ._preference import media_inputs
+
+    rewards = score(model, inputs["input_ids"], inputs["attention_mask"], **media_inputs(inputs))
     return rewards.chunk(2)
 
 
@@ -246,12 +248,12 @@ def load_reward_model(ctx, path, reward_model_type: str = "full"):
     return reward_model
 
 
-def score(reward_model, input_ids, attention_mask):
+def score(reward_model, input_ids, attention_mask, **media):
     """Each row's reward: the value at its last real token (``_value_head.score``, shared with ppo;
-    imported here only when called, since it needs torch)."""
+    imported here only when called, since it needs torch); ``media``: the rows' media inputs."""
     from ._value_head import score as value_at_last_token
 
-    return value_at_last_token(reward_model, input_ids, attention_mask)
+    return value_at_last_token(reward_model, input_ids, attention_mask, **media)
 
 
 @hookimpl
@@ -259,5 +261,5 @@ def tuneforge_stages():
     return [StageSpec(
         name="rm",
         description="Reward modelling: a value head learns to score chosen replies above rejected ones.",
-        run=run, validate=validate, data_kind="pairwise", pairs_rows=True, lm_loss=False,
+        run=run, validate=validate, data_kind="pairwise", pairs_rows=True, lm_loss=False, takes_media=True,
     )]

@@ -103,4 +103,4 @@ def run(ctx):
 
 @hookimpl
 def tuneforge_stages():
-    return [StageSpec(name="sft", description="Supervised fine-tuning: learn the responses of conversations.", run=run, validate=validate, data_kind="supervised", keys=KEYS)]
+    return [StageSpec(name="sft", description="Supervised fine-tuning: learn the responses of conversations.", run=run, validate=validate, data_kind="supervised", keys=KEYS, takes_media=True)]

@@ -21,13 +21,6 @@ def image_processor(model_path: str):
     return AutoImageProcessor.from_pretrained(model_path)
 
 
-def _open(path: str):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 class Qwen2VLMedia(MediaHandler):
     modalities = ("images",)
     start, pad, end = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
@@ -36,7 +29,7 @@ class Qwen2VLMedia(MediaHandler):
         if not paths:
             return []
         processor = image_processor(model_path)
-        grids = processor(images=[_open(p) for p in paths], return_tensors="np")["image_grid_thw"]
+        grids = processor(images=[self.open_image(p) for p in paths], return_tensors="np")["image_grid_thw"]
         merge = getattr(processor, "merge_size", 2) ** 2
         return [int(g.prod()) // merge for g in grids]
 
@@ -57,7 +50,7 @@ class Qwen2VLMedia(MediaHandler):
         paths = [p for row in media_rows for p in (row.get("images") or [])]
         if not paths:
             return {}
-        return dict(image_processor(model_path)(images=[_open(p) for p in paths], return_tensors="pt"))
+        return dict(image_processor(model_path)(images=[self.open_image(p) for p in paths], return_tensors="pt"))
 
 
 HANDLERS = {"qwen2_vl": Qwen2VLMedia}

@@ -27,7 +27,7 @@ from typing import Any
 from tuneforge.data.media import MediaHandler
 
 from ._audio import AudioSettings, Qwen2AudioMedia, audio_tokens
-from ._media import _open, image_processor
+from ._media import image_processor
 from ._video import VideoSettings, read_frames, video_patches
 
 
@@ -112,7 +112,7 @@ class Qwen2OmniMedia(MediaHandler):
         processor = image_processor(model_path)
         merge = int(processor.merge_size) ** 2
         images = media.get("images") or []
-        image_counts = iter([int(g.prod()) // merge for g in processor(images=[_open(p) for p in images],
+        image_counts = iter([int(g.prod()) // merge for g in processor(images=[self.open_image(p) for p in images],
                                                                           return_tensors="np")["image_grid_thw"]]
                             if images else [])
         alone, paired = self.sounds(media)
@@ -169,7 +169,7 @@ class Qwen2OmniMedia(MediaHandler):
         out: dict[str, Any] = {}
         images = [p for row in media_rows for p in (row.get("images") or [])]
         if images:
-            pixels = image_processor(model_path)(images=[_open(p) for p in images], return_tensors="np")
+            pixels = image_processor(model_path)(images=[self.open_image(p) for p in images], return_tensors="np")
             out.update({k: torch.from_numpy(np.asarray(v)) for k, v in pixels.items()})
         videos = [p for row in media_rows for p in (row.get("videos") or [])]
         if videos:

@@ -282,9 +282,14 @@ def _prompt_chars(messages: list[dict], system: str | None, tools) -> int:
 
 def create_app(engine, *, model_name: str, api_key: str | None = None, max_concurrent: int = 1, max_queue: int = 16,
                root_path: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_prompt_tokens: int | None = None,
-               request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT):
+               request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT, media_dir: str | None = None,
+               allow_remote_media: bool = False):
     """The ASGI app. ``max_prompt_tokens`` (None: the context only) and ``request_timeout``
-    (seconds, waiting included; None or 0: none) bound each request; see the module docstring."""
+    (seconds, waiting included; None or 0: none) bound each request; see the module docstring.
+    ``media_dir`` (API_MEDIA_DIR): the folder image_url file paths may point into (None: no local
+    paths); ``allow_remote_media`` (API_ALLOW_REMOTE_MEDIA): fetch http(s) image URLs (see media.py)."""
+    import shutil
+    import tempfile
     from contextlib import asynccontextmanager
 
     import anyio
@@ -308,10 +313,19 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
     # Tokenising a prompt near the body limit takes a second of CPU: a few at a time, not one per request.
     encoders = anyio.CapacityLimiter(max(2, limiter.max_concurrent))
 
+    from .media import ImageParts
+
+    image_folder = tempfile.mkdtemp(prefix="tuneforge-api-images-")
+    images = ImageParts(engine, image_folder, media_dir=media_dir, allow_remote=allow_remote_media,
+                        max_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+
     @asynccontextmanager
     async def lifespan(app):
         state["loop"] = asyncio.get_running_loop()
-        yield
+        try:
+            yield
+        finally:
+            shutil.rmtree(image_folder, ignore_errors=True)
 
     app = FastAPI(title="tuneforge API", root_path=root_path, version="1", lifespan=lifespan)
     if max_body_bytes:
@@ -445,7 +459,8 @@ def create_app(engine, *, model_name: str, api_key: str | None = None, max_concu
         if state["closing"]:
             raise shutting_down()
         try:
-            messages, system = from_openai([m.model_dump(exclude_none=True) for m in body.messages])
+            messages, system = await anyio.to_thread.run_sync(
+                lambda: from_openai([m.model_dump(exclude_none=True) for m in body.messages], image=images))
         except MessageError as exc:
             raise ApiError(400, exc.message if exc.param == "messages" else str(exc), param=exc.param) from None
         tools = None

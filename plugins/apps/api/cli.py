@@ -7,7 +7,9 @@ default the model folder's name), ``MAX_CONCURRENT`` (generations at once, defau
 default 16), ``API_MAX_BODY_BYTES`` (413 above it, default 4 MiB), ``API_MAX_PROMPT_TOKENS`` (400
 above it; default: the model's context only), ``API_REQUEST_TIMEOUT`` (seconds a request may take,
 waiting included, default 600; 0: none), ``API_SHUTDOWN_TIMEOUT`` (seconds SIGTERM/SIGINT give
-running requests before they are cut, default 5).
+running requests before they are cut, default 5); images in ``image_url`` content parts (a
+vision-language model): ``data:`` URLs always, local file paths only under ``API_MEDIA_DIR`` (unset:
+none), http(s) URLs only with ``API_ALLOW_REMOTE_MEDIA=1``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ def run(args) -> int:
                   max_prompt_tokens=_int_env("API_MAX_PROMPT_TOKENS", 0, minimum=0) or None,
                   request_timeout=_seconds_env("API_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT) or None)
     grace = _seconds_env("API_SHUTDOWN_TIMEOUT", 5)
+    media_dir = os.environ.get("API_MEDIA_DIR", "").strip() or None
+    if media_dir and not os.path.isdir(media_dir):
+        raise TuneforgeError(f"API_MEDIA_DIR={media_dir!r} is not a folder: set it to the folder whose images clients may "
+                             "name by path, or unset it (then only data: URLs are read)")
+    remote = os.environ.get("API_ALLOW_REMOTE_MEDIA", "").strip().lower()
+    if remote not in ("", "0", "1", "true", "false"):
+        raise TuneforgeError(f"API_ALLOW_REMOTE_MEDIA={remote!r}: use 1 (fetch http(s) image URLs) or 0")
+    limits.update(media_dir=media_dir, allow_remote_media=remote in ("1", "true"))
     prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin, inference=True)
     for warning in prepared.warnings:
         print(f"warning: {warning}", file=sys.stderr)

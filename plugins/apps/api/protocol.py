@@ -18,8 +18,11 @@ class _Model(BaseModel):
 
 
 class TextPart(_Model):
+    """A content part: ``text``, or ``image_url`` (``{"url": "data:..." | path | "http(s)://..."}``)."""
+
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | None = None
 
 
 class FunctionCall(_Model):
@@ -73,7 +76,15 @@ class ChatMessage(_Model):
                 text = part.get("text")
                 if part["type"] == "text" and not isinstance(text, str):
                     raise ValueError(f"part {i} of type 'text' needs 'text' to be a string, got {_kind(text)}")
-                parts.append(TextPart(type=part["type"], text=text if isinstance(text, str) else None))
+                image_url = part.get("image_url")
+                if part["type"] == "image_url":
+                    if isinstance(image_url, str):  # a bare URL: accepted, as several OpenAI-compatible servers do
+                        image_url = {"url": image_url}
+                    if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
+                        raise ValueError(f"part {i} of type 'image_url' needs 'image_url': {{'url': '...'}} (a data: URL, "
+                                         f"an allowed file path or http(s) URL), got {_kind(image_url)}")
+                parts.append(TextPart(type=part["type"], text=text if isinstance(text, str) else None,
+                                      image_url=image_url if part["type"] == "image_url" else None))
             return parts
         raise ValueError(f"must be a string or a list of content parts, got {_kind(value)}")
 

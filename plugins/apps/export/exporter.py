@@ -16,6 +16,11 @@ Verification, printed and saved to ``export_verification.json``:
    base + adapter (unmerged) within a dtype-dependent tolerance (max |diff| printed);
 4. the saved tokenizer's chat template renders prompts exactly as training did.
 
+A vision-language model (its template has a media handler) also gets its processor files
+(``preprocessor_config.json`` & co.) in the export; the checks then add an image prompt (a drawn
+picture) to the probes, reload with ``AutoModelForImageTextToText``, and check that the export's own
+image processor gives the pixels training gave.
+
 A failed check raises :class:`ExportError` (non-zero exit) naming what is wrong.
 """
 
@@ -144,9 +149,56 @@ def _shard_size(config) -> str:
     return f"{max(1, int(round(float(config.export_size) * 1024)))}MB"
 
 
-def _probe_ids(template, tokenizer, config) -> list[list[int]]:
+def _probe_ids(template, tokenizer, config) -> list[tuple[list[int], dict]]:
+    """The prompts the checks compare logits on: (ids, extra model inputs); the extra inputs are empty
+    for text prompts (see :func:`_image_probe` for a vision-language model's)."""
     system = config.default_system
-    return [template.encode_prompt(tokenizer, messages, system, enable_thinking=config.enable_thinking)[-256:] for messages in PROBES]
+    return [(template.encode_prompt(tokenizer, messages, system, enable_thinking=config.enable_thinking)[-256:], {})
+            for messages in PROBES]
+
+
+#: The image prompt a vision-language export is checked on (a drawn picture, so nothing is read from disk
+#: but what the check writes).
+IMAGE_PROBE = [{"role": "user", "content": "<image>What is in this picture?"}]
+
+
+def _probe_image(folder: Path) -> str:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (96, 64), (30, 90, 200))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((10, 8, 50, 40), fill=(230, 40, 40))
+    draw.ellipse((55, 20, 90, 60), fill=(250, 220, 30))
+    path = folder / "probe.png"
+    image.save(path)
+    return str(path)
+
+
+def _image_probe(ctx, template, tokenizer, config, folder: Path):
+    """(ids, model inputs) of an image prompt, through the template's media handler (the processor
+    that training used), or None for a text-only template."""
+    import torch
+
+    media = getattr(ctx, "media", None)
+    if media is None or "images" not in media.modalities:
+        return None
+    files = {"images": [_probe_image(folder)]}
+    model_path = str(config.model_name_or_path)
+    messages = media.expand(IMAGE_PROBE, files, model_path, tokenizer)
+    ids = template.encode_prompt(tokenizer, messages, config.default_system, enable_thinking=config.enable_thinking)
+    extra = dict(media.inputs([files], model_path, tokenizer))
+    tensor = torch.tensor([ids])
+    kinds = torch.zeros_like(tensor)
+    for token, kind in media.media_token_ids(tokenizer).items():
+        kinds[tensor == token] = kind
+    extra["mm_token_type_ids"] = kinds
+    return ids, extra
+
+
+def _on(model, extra: dict) -> dict:
+    """The probe's extra inputs on the model's device; floating ones (pixels) in the model's dtype."""
+    dtype = next(model.parameters()).dtype
+    return {k: v.to(model.device, dtype=dtype) if v.is_floating_point() else v.to(model.device) for k, v in extra.items()}
 
 
 def _logits(model, probes):
@@ -154,10 +206,60 @@ def _logits(model, probes):
 
     out = []
     with torch.inference_mode():
-        for ids in probes:
+        for ids, extra in probes:
             tensor = torch.tensor([ids], device=model.device)
-            out.append(model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits[0].float().cpu())
+            out.append(model(input_ids=tensor, attention_mask=torch.ones_like(tensor), **_on(model, extra)).logits[0].float().cpu())
     return out
+
+
+#: Processor files a vision/audio-language model keeps beside its weights (transformers' names).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+
+
+#: The conversation whose rendering must not change between training and the export's chat template.
+CHECK_CONVERSATION = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am a model."},
+                      {"role": "user", "content": "你好"}]
+
+
+def _media_chat_template(tokenizer, own: str | None, template) -> str:
+    """A vision-language export's chat template: the model's own when it renders text exactly as
+    training did and also renders image content parts (``{"type": "image"}``, what processors and
+    OpenAI-style clients send), else the training template (text content only). Says which."""
+    training = tokenizer.chat_template
+    if own:
+        tokenizer.chat_template = own
+        try:
+            same = tokenizer.apply_chat_template(CHECK_CONVERSATION, tokenize=False, add_generation_prompt=True) == \
+                template.render_prompt(tokenizer, CHECK_CONVERSATION)
+            text = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+            image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+            takes_images = tokenizer.apply_chat_template(image, tokenize=False) != tokenizer.apply_chat_template(text, tokenize=False)
+        except Exception:
+            same = takes_images = False
+        if same and takes_images:
+            say("chat template: the model's own (it renders text as training did, and image content parts)")
+            return "model"
+        tokenizer.chat_template = training
+    say(f"warning: chat template: the '{template.name}' training template, which renders text content only; give "
+        "images to the export as the template's media tokens in the text")
+    return "training"
+
+
+def _save_processor(source: str, out_dir: Path) -> list[str]:
+    """The model's processor (image processor & co.) written to ``out_dir``, before the tokenizer (a
+    processor saves a tokenizer too, and the export's tokenizer carries the training chat template).
+    transformers' AutoProcessor when it can build one, else the image processor alone; the files a
+    local model folder has that neither wrote are copied. Returns the files written."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    try:
+        AutoProcessor.from_pretrained(source).save_pretrained(out_dir)
+    except Exception:  # e.g. Qwen2-VL's processor needs torchvision's video processor; its image processor does not
+        AutoImageProcessor.from_pretrained(source).save_pretrained(out_dir)
+    for name in PROCESSOR_FILES:
+        if (Path(source) / name).is_file() and not (out_dir / name).exists():
+            shutil.copy2(Path(source) / name, out_dir / name)
+    return [name for name in PROCESSOR_FILES if (out_dir / name).is_file()]
 
 
 def _max_diff(a, b) -> float:
@@ -210,6 +312,11 @@ def run_export(prepared) -> dict:
     template = ctx.template
     dtype = next(model.parameters()).dtype
     probes = _probe_ids(template, tokenizer, config)
+    media = getattr(ctx, "media", None)
+    probe_dir = Path(tempfile.mkdtemp(prefix="tuneforge-probe-")) if media is not None else None
+    image_probe = _image_probe(ctx, template, tokenizer, config, probe_dir) if probe_dir is not None else None
+    if image_probe is not None:  # a vision-language model: the checks also compare logits on an image prompt
+        probes.append(image_probe)
     report: dict = {"model_name_or_path": config.model_name_or_path, "adapters": adapters, "template": template.name,
                     "dtype": _dtype_name(dtype), "export_dir": str(final_dir)}
 
@@ -234,7 +341,10 @@ def run_export(prepared) -> dict:
     removed = _clean(out_dir)
     if removed:
         say(f"removed the weights of an earlier export in {out_dir}: {', '.join(removed)}")
+    own_template = getattr(tokenizer, "chat_template", None)
     template.apply_to_tokenizer(tokenizer)
+    if image_probe is not None:
+        report["chat_template_source"] = _media_chat_template(tokenizer, own_template, template)
     tokenizer.padding_side = "left"  # for batched generation, as LLaMA-Factory exports it
     tokenizer.init_kwargs["padding_side"] = "left"  # transformers 5 saves init kwargs, not the attribute
     _fix_generation_config(model, template, tokenizer)
@@ -244,6 +354,8 @@ def run_export(prepared) -> dict:
     else:
         model.save_pretrained(out_dir, max_shard_size=shard)
         files = sorted(p.name for p in out_dir.glob("model*.safetensors"))
+    if image_probe is not None:
+        report["processor_files"] = _save_processor(str(config.model_name_or_path), out_dir)
     tokenizer.save_pretrained(out_dir)
     from .modelfile import ollama_modelfile
 
@@ -259,7 +371,10 @@ def run_export(prepared) -> dict:
     failures: list[str] = []
     if adapters:
         report.update(_verify_changed(prepared, out_dir, base_logits, merged_logits, failures))
-    report.update(_verify_reload(out_dir, probes, reference, dtype, template, failures))
+    report.update(_verify_reload(out_dir, probes, reference, dtype, template, failures,
+                                 str(probe_dir / "probe.png") if image_probe is not None else None))
+    if probe_dir is not None:
+        shutil.rmtree(probe_dir, ignore_errors=True)
     (out_dir / "export_verification.json").write_text(json.dumps({**report, "failures": failures}, indent=2, ensure_ascii=False) + "\n",
                                                       encoding="utf-8")
     if failures:
@@ -297,30 +412,41 @@ def _verify_changed(prepared, out_dir: Path, base_logits, merged_logits, failure
     return out
 
 
-def _verify_reload(out_dir: Path, probes, reference, dtype, template, failures: list[str]) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _verify_reload(out_dir: Path, probes, reference, dtype, template, failures: list[str], image_file: str | None = None) -> dict:
+    """``image_file``: the last probe is an image prompt of that picture; the export is then reloaded as
+    an image-text-to-text model, and its saved image processor must give the pixels training gave."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     name = _dtype_name(dtype)
+    auto = AutoModelForImageTextToText if image_file else AutoModelForCausalLM
     try:
-        reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=dtype)
+        reloaded = auto.from_pretrained(out_dir, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(out_dir)
     except Exception as exc:  # the point of the check: say exactly why plain transformers cannot load it
-        failures.append(f"plain transformers cannot load the export: {type(exc).__name__}: {exc}")
+        failures.append(f"plain transformers cannot load the export ({auto.__name__}): {type(exc).__name__}: {exc}")
         return {"reload": "failed"}
     reloaded.eval()
+    out: dict = {"reload_class": auto.__name__}
+    if image_file:
+        out.update(_verify_processor(out_dir, image_file, probes[-1][1], failures))
     logits = _logits(reloaded, probes)
     diff = _max_diff(logits, reference)
     scale = max(1.0, max(r.abs().max().item() for r in reference))
     tolerance = TOLERANCE.get(name, 1e-2) * scale
     agree = sum((a.argmax(-1) == b.argmax(-1)).sum().item() for a, b in zip(logits, reference))
     positions = sum(r.shape[0] for r in reference)
-    say(f"reloaded with AutoModelForCausalLM ({name}): logits vs base + adapter max |diff| {diff:.3e} "
+    what = f" (on {len(probes) - 1} text prompts and an image prompt)" if image_file else ""
+    say(f"reloaded with {auto.__name__} ({name}): logits vs base + adapter max |diff| {diff:.3e}{what} "
         f"(tolerance {tolerance:.1e}); top token agrees at {agree}/{positions} positions")
     if diff > tolerance:
         failures.append(f"the reloaded export does not reproduce base + adapter: logits max |diff| {diff:.3e} > {tolerance:.1e}")
-    out = {"reload": "ok", "logits_vs_adapter_max_abs_diff": diff, "tolerance": tolerance, "top_token_agreement": f"{agree}/{positions}"}
-    conversation = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am a model."},
-                    {"role": "user", "content": "你好"}]
+    out.update({"reload": "ok", "logits_vs_adapter_max_abs_diff": diff, "tolerance": tolerance,
+                "top_token_agreement": f"{agree}/{positions}"})
+    if image_file:
+        image_diff = (logits[-1] - reference[-1]).abs().max().item()
+        out["image_prompt_logits_vs_adapter_max_abs_diff"] = image_diff
+        say(f"image prompt: reloaded export vs base + adapter logits max |diff| {image_diff:.3e}")
+    conversation = CHECK_CONVERSATION
     try:
         rendered = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         same = rendered == template.render_prompt(tokenizer, conversation)
@@ -331,6 +457,29 @@ def _verify_reload(out_dir: Path, probes, reference, dtype, template, failures: 
         f"warning: the saved tokenizer's chat template renders differently from the '{template.name}' template used in training")
     del reloaded
     return out
+
+
+def _verify_processor(out_dir: Path, image_file: str, trained: dict, failures: list[str]) -> dict:
+    """The export's own image processor (AutoImageProcessor, transformers alone) makes the pixels the
+    training processor made for the probe image."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(out_dir)
+    except Exception as exc:
+        failures.append(f"the export's image processor does not load with AutoImageProcessor: {type(exc).__name__}: {exc}")
+        return {"image_processor": "failed"}
+    with Image.open(image_file) as image:
+        saved = processor(images=[image.convert("RGB")], return_tensors="pt")
+    same = all(k in saved and saved[k].shape == v.shape and bool((saved[k] == v).all())
+               for k, v in trained.items() if k != "mm_token_type_ids")
+    say("image processor: the export's own gives the pixels training gave" if same else
+        "image processor: the export's own gives different pixels from training's")
+    if not same:
+        failures.append("the export's image processor makes different pixel values from the one training used "
+                        "(preprocessor_config.json differs); copy the model's preprocessor_config.json into the export")
+    return {"image_processor": type(processor).__name__, "image_processor_matches_training": same}
 
 
 def _quantize(prepared, ctx, merged_dir: Path, final_dir: Path) -> dict:

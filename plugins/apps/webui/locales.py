@@ -130,6 +130,7 @@ LOCALES: dict[str, dict[str, dict[str, str]]] = {
     "chat.unload_btn": _t("Unload model", "卸载模型"),
     "chat.chatbot": _t("Conversation", "对话"),
     "chat.query": _t("Message", "输入", "", "", ),
+    "chat.image": _t("Image (sent with the next message; vision-language models)", "图像（随下一条消息发送；多模态模型）"),
     "chat.submit": _t("Send", "发送"),
     "chat.clear": _t("Clear history", "清空历史"),
     "chat.system": _t("System prompt", "系统提示词"),

@@ -1,5 +1,10 @@
 """The Chat tab: load / unload the model of the top bar (with its checkpoint) through an inference
-engine plugin, then chat with a system prompt, tools, sampling sliders and streamed replies."""
+engine plugin, then chat with a system prompt, tools, sampling sliders and streamed replies.
+
+An image (a vision-language model) goes with the next message: the engine gets it as the message's
+``images`` with an ``<image>`` placeholder, as `tuneforge chat --image` sends it; the conversation
+the engine sees (images of earlier turns included) is kept in a state beside the chatbot, which only
+shows it. A text-only model refuses the image with its error in the conversation."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from tuneforge.plugins import DEFAULT_SELECTIONS
 
 from .. import locales
 from ..args import ArgumentError
-from ..chat_session import message_text, short_error
+from ..chat_session import short_error
 from ..generated import build_plugin_accordions, plugin_choices, show_selected
 
 
@@ -29,6 +34,7 @@ def build(ui) -> None:
         with gr.Column(scale=3):
             page.make("chat.chatbot", gr.Chatbot, height=420, buttons=["copy"])
             page.make("chat.query", gr.Textbox, lines=2)
+            page.make("chat.image", gr.Image, type="filepath", sources=["upload", "clipboard"], height=160)
             with gr.Row():
                 page.make("chat.submit", gr.Button, variant="primary")
                 page.make("chat.clear", gr.Button)
@@ -43,6 +49,8 @@ def build(ui) -> None:
 
 def wire(ui) -> None:
     page = ui.page
+    # The conversation as the engine gets it (user turns keep their images); the chatbot only shows it.
+    conversation = gr.State([])
     accordions = ui.accordions["engine"]
     page["chat.infer_backend"].change(show_selected(accordions), page["chat.infer_backend"], list(accordions.values()),
                                       queue=False)
@@ -66,38 +74,48 @@ def wire(ui) -> None:
 
     def unload(lang):
         ui.chat.unload()
-        return locales.message("chat_unloaded", lang), []
+        return locales.message("chat_unloaded", lang), [], []
 
-    page["chat.unload_btn"].click(unload, page["top.lang"], [page["chat.info"], page["chat.chatbot"]])
+    page["chat.unload_btn"].click(unload, page["top.lang"], [page["chat.info"], page["chat.chatbot"], conversation])
 
-    def respond(history, query, system, tools, max_new_tokens, top_p, temperature, skip_special, lang):
-        history = [{"role": m["role"], "content": message_text(m["content"])} for m in (history or [])]
+    def respond(history, query, image, turns, system, tools, max_new_tokens, top_p, temperature, skip_special, lang):
+        shown = [{"role": m["role"], "content": m["content"]} for m in (history or [])]
+        turns = list(turns or [])
         if not ui.chat.loaded:
             gr.Warning(locales.message("chat_not_loaded", lang))
-            yield history, query
+            yield shown, query, image, turns
             return
         if not (query or "").strip():
-            yield history, query
+            yield shown, query, image, turns
             return
-        history = history + [{"role": "user", "content": query}]
-        shown = history + [{"role": "assistant", "content": ""}]
-        yield shown, ""
+        message = {"role": "user", "content": query}
+        if image:
+            message = {"role": "user", "content": "<image>" + query, "images": [image]}
+            shown.append({"role": "user", "content": {"path": image}})
+        turns.append(message)
+        shown += [{"role": "user", "content": query}, {"role": "assistant", "content": ""}]
+        yield shown, "", None, turns
         settings = {"max_new_tokens": int(max_new_tokens), "top_p": float(top_p), "skip_special_tokens": bool(skip_special)}
         if float(temperature) > 0:
             settings["temperature"] = float(temperature)
         else:
             settings["do_sample"] = False
+        reply = ""
         try:
-            for piece in ui.chat.stream(history, system=system, tools=tools, **settings):
-                shown[-1]["content"] += piece
-                yield shown, ""
-        except Exception as exc:  # bad tools JSON, a model error: show it, keep the page
-            shown[-1]["content"] += f"\n\n[{locales.message('chat_error', lang)}: {short_error(exc)}]"
-            yield shown, ""
+            for piece in ui.chat.stream(turns, system=system, tools=tools, **settings):
+                reply += piece
+                shown[-1]["content"] = reply
+                yield shown, "", None, turns
+            turns.append({"role": "assistant", "content": reply})
+        except Exception as exc:  # bad tools JSON, a text-only model given an image: show it, keep the page
+            turns.pop()  # the failed turn is not part of the conversation the model continues
+            shown[-1]["content"] = reply + f"\n\n[{locales.message('chat_error', lang)}: {short_error(exc)}]"
+        yield shown, "", None, turns
 
-    inputs = [page["chat.chatbot"], page["chat.query"], page["chat.system"], page["chat.tools"], page["chat.max_new_tokens"],
-              page["chat.top_p"], page["chat.temperature"], page["chat.skip_special_tokens"], page["top.lang"]]
-    outputs = [page["chat.chatbot"], page["chat.query"]]
+    inputs = [page["chat.chatbot"], page["chat.query"], page["chat.image"], conversation, page["chat.system"],
+              page["chat.tools"], page["chat.max_new_tokens"], page["chat.top_p"], page["chat.temperature"],
+              page["chat.skip_special_tokens"], page["top.lang"]]
+    outputs = [page["chat.chatbot"], page["chat.query"], page["chat.image"], conversation]
     page["chat.submit"].click(respond, inputs, outputs)
     page["chat.query"].submit(respond, inputs, outputs)
-    page["chat.clear"].click(lambda: [], None, page["chat.chatbot"], queue=False)
+    page["chat.clear"].click(lambda: ([], []), None, [page["chat.chatbot"], conversation], queue=False)

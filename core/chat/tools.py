@@ -169,6 +169,9 @@ def parse_tool_calls(template, text: str, tokenizer=None) -> tuple[str, list[dic
     content = ""
     body = text.strip(_WS)
     close = template.thought_words[1].strip(_WS) if template.reasoning else ""
+    apart = (getattr(template, "tool_call_thought_close", None) or "").strip(_WS) if template.reasoning else ""
+    if apart and apart in body:  # gpt-oss: the calls follow the thought on their own channel
+        close = apart
     if close and close in body:
         cut = body.rindex(close) + len(close)
         content, body = body[:cut], body[cut:].strip(_WS)

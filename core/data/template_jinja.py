@@ -41,15 +41,16 @@ class _JinjaWriter:
         return " ~ ".join(pieces) if pieces else "''"
 
     def msg(self, slot: str, content: str, idx: str = "0") -> str:
-        return self.expr(slot, {"content": content, "bos_token": "_bos", "eos_token": "_eos", "idx": idx})
+        return self.expr(slot, {"content": content, "bos_token": "_bos", "eos_token": "_eos", "idx": idx, "name": "ns.call"})
 
     def build(self) -> str:
         t = self.t
         eos_after = " ~ _eos" if t.append_eos else ""
-        out = [
+        out = _TYPESCRIPT_MACROS if "parameters_typescript" in _PLACEHOLDER.findall(t.format_tool) else []
+        out = out + [
             "{%- set _bos = bos_token if bos_token is defined and bos_token is not none else '' -%}",
             "{%- set _eos = eos_token if eos_token is defined and eos_token is not none else '' -%}",
-            "{%- set ns = namespace(system=" + _jinja_str(t.default_system) + ", items='', names='', args='') -%}",
+            "{%- set ns = namespace(system=" + _jinja_str(t.default_system) + ", items='', names='', args='', call='') -%}",
             "{%- if messages and messages[0]['role'] == 'system' -%}",
             "{%- if messages[0]['content'] -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}",
             "{%- set loop_messages = messages[1:] -%}",
@@ -71,6 +72,7 @@ class _JinjaWriter:
             "name": "_fn['name'] if _fn['name'] is defined else ''",
             "description": "_fn['description'] if _fn['description'] is defined else ''",
             "parameters": "(_fn['parameters'] if _fn['parameters'] is defined else {}) | tojson",
+            "parameters_typescript": "_ts_parameters(_fn['parameters'] if _fn['parameters'] is defined else {})",
         })
         out += [
             "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_separator) + " if not loop.first else '') ~ " + item + " -%}",
@@ -109,7 +111,9 @@ class _JinjaWriter:
                 "{%- if (not _last and not _keep) or (_last and enable_thinking is defined and enable_thinking is false) -%}",
                 "{%- if " + close_tag + " in content -%}{%- set content = content.split(" + close_tag + ")[-1].lstrip('\\n') -%}{%- endif -%}",
                 "{%- endif -%}",
-                "{%- if _last and " + open_tag + " not in content and " + close_tag + " not in content -%}"
+                "{%- if _last and " + open_tag + " not in content and " + close_tag + " not in content"
+                + (" and not (message['tool_calls'] is defined and message['tool_calls'])" if t.tool_call_thought_close is not None else "")
+                + " -%}"
                 "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}",
             ]
         arguments = "_c['arguments'] if _c['arguments'] is string else (_c['arguments'] | tojson)"
@@ -129,7 +133,8 @@ class _JinjaWriter:
             "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}",
             "{%- set ns.items = '' -%}",
             "{%- for _tc in message['tool_calls'] -%}",
-            "{%- set _c = _tc['function'] if _tc['function'] is defined else _tc -%}" + each_argument,
+            "{%- set _c = _tc['function'] if _tc['function'] is defined else _tc -%}"
+            "{%- if loop.first -%}{%- set ns.call = _c['name'] -%}{%- endif -%}" + each_argument,
             "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_call_separator) + " if not loop.first else '') ~ " + call + " -%}",
             "{%- endfor -%}",
             "{%- if message['tool_calls'] | length > 1 -%}{%- set _calls = " + self.expr(many, {"content": "ns.items"}) + " -%}"
@@ -147,3 +152,58 @@ class _JinjaWriter:
             out.append("{%- if add_generation_prompt and enable_thinking is defined and enable_thinking is false -%}"
                        "{{- " + _jinja_str(t.empty_thought) + " -}}{%- endif -%}")
         return "\n".join(out) + "\n"
+
+
+#: Jinja macros writing a tool's JSON schema parameters as harmony's TypeScript-like function type, exactly as
+#: :func:`tuneforge.data.template.typescript_parameters` does (the ``{{parameters_typescript}}`` placeholder).
+_TYPESCRIPT_MACROS = [
+    "{%- macro _ts_type(s) -%}",
+    "{%- set _k = s['type'] if s is mapping and s['type'] is defined else none -%}",
+    "{%- set _null = ' | null' if s is mapping and s['nullable'] is defined and s['nullable'] else '' -%}",
+    "{%- if s is not mapping -%}{{- 'any' -}}",
+    "{%- elif _k == 'array' -%}",
+    "{%- set _i = s['items'] if s['items'] is defined else none -%}",
+    "{%- if not _i -%}{{- 'any[]' ~ _null -}}",
+    "{%- elif _i is mapping and _i['type'] is defined and _i['type'] in ['string', 'number', 'integer', 'boolean'] -%}"
+    "{{- ('number' if _i['type'] == 'integer' else _i['type']) ~ '[]' ~ _null -}}",
+    "{%- else -%}{%- set _inner = _ts_type(_i) -%}"
+    "{{- ('any[]' if _inner == 'object | object' or _inner | length > 50 else _inner ~ '[]') ~ _null -}}{%- endif -%}",
+    "{%- elif _k is iterable and _k is not string and _k is not mapping and _k | length > 0 -%}{{- _k | join(' | ') -}}",
+    "{%- elif s['oneOf'] is defined and s['oneOf'] -%}",
+    "{%- set _o = namespace(obj=false) -%}",
+    "{%- for _v in s['oneOf'] -%}{%- if _v is mapping and _v['type'] is defined and _v['type'] == 'object' -%}"
+    "{%- set _o.obj = true -%}{%- endif -%}{%- endfor -%}",
+    "{%- if _o.obj and s['oneOf'] | length > 1 -%}{{- 'any' -}}{%- else -%}"
+    "{%- for _v in s['oneOf'] -%}{{- (' | ' if not loop.first else '') ~ _ts_type(_v) -}}{%- endfor -%}{%- endif -%}",
+    "{%- elif _k == 'string' -%}",
+    "{%- if s['enum'] is defined and s['enum'] -%}{{- '\"' ~ (s['enum'] | join('\" | \"')) ~ '\"' -}}"
+    "{%- else -%}{{- 'string' ~ _null -}}{%- endif -%}",
+    "{%- elif _k == 'number' or _k == 'integer' -%}{{- 'number' -}}",
+    "{%- elif _k == 'boolean' -%}{{- 'boolean' -}}",
+    "{%- elif _k == 'object' -%}",
+    "{%- if s['properties'] is defined and s['properties'] -%}",
+    "{%- set _r = s['required'] if s['required'] is defined and s['required'] else [] -%}",
+    "{{- '{\\n' -}}{%- for _n, _p in s['properties'].items() -%}"
+    "{{- (', ' if not loop.first else '') ~ _n ~ ('' if _n in _r else '?') ~ ': ' ~ _ts_type(_p) -}}{%- endfor -%}{{- '}' -}}",
+    "{%- else -%}{{- 'object' -}}{%- endif -%}",
+    "{%- else -%}{{- 'any' -}}{%- endif -%}",
+    "{%- endmacro -%}",
+    "{%- macro _ts_parameters(p) -%}",
+    "{%- if p is mapping and p['properties'] is defined and p['properties'] is mapping and p['properties'] -%}",
+    "{%- set _r = p['required'] if p['required'] is defined and p['required'] else [] -%}",
+    "{{- '(_: {\\n' -}}",
+    "{%- for _n, _s in p['properties'].items() -%}",
+    "{%- set _s = _s if _s is mapping else {} -%}",
+    "{%- if _s['description'] is defined and _s['description'] -%}{{- '// ' ~ _s['description'] ~ '\\n' -}}{%- endif -%}",
+    "{{- _n ~ ('' if _n in _r else '?') ~ ': ' ~ _ts_type(_s) -}}",
+    "{%- if _s['default'] is defined -%}",
+    "{%- if _s['enum'] is defined and _s['enum'] -%}{{- ', // default: ' ~ _s['default'] -}}",
+    "{%- elif _s['oneOf'] is defined and _s['oneOf'] -%}{{- '// default: ' ~ _s['default'] -}}",
+    "{%- else -%}{{- ', // default: ' ~ (_s['default'] | tojson) -}}{%- endif -%}",
+    "{%- endif -%}",
+    "{{- ',\\n' -}}",
+    "{%- endfor -%}",
+    "{{- '}) => any' -}}",
+    "{%- else -%}{{- '() => any' -}}{%- endif -%}",
+    "{%- endmacro -%}",
+]

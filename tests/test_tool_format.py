@@ -304,3 +304,84 @@ def test_gpt_oss_a_tool_result_needs_its_call_and_calls_are_one_per_turn(tokeniz
     two = json.dumps([{"name": "add", "arguments": {}}, {"name": "now", "arguments": {}}])
     with pytest.raises(ValueError, match="one tool call per turn"):
         template.render_turns(tokenizer, [MESSAGES[0], {"role": "function", "content": two}])
+
+
+# Gemma 4: <|tool>declaration:NAME{...}<tool|> items after the system text (each parameter written with its description,
+# enum, items, nullable, properties, required and upper-case type, sorted by name), calls as <|tool_call>call:NAME{...}
+# <tool_call|> ended by <|tool_response>, the result in the same model turn. Written from Gemma 4's published chat template.
+GEMMA4_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Gets the weather.", "parameters": {
+    "type": "object", "required": ["location"], "properties": {
+        "location": {"type": "string", "description": "The city, e.g. Paris"},
+        "Unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "nullable": True},
+        "points": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}},
+        "opts": {"type": "object", "properties": {"deep": {"type": "boolean"}}, "required": ["deep"]}}}}},
+    {"type": "function", "function": {"name": "now", "description": "The time."}}]
+GEMMA4_DECLARATIONS = (
+    '<|tool>declaration:get_weather{description:<|"|>Gets the weather.<|"|>,parameters:{properties:{'
+    'days:{nullable:true,type:<|"|>INTEGER<|"|>},'
+    'location:{description:<|"|>The city, e.g. Paris<|"|>,type:<|"|>STRING<|"|>},'
+    'opts:{properties:{deep:{type:<|"|>BOOLEAN<|"|>}},required:[<|"|>deep<|"|>],type:<|"|>OBJECT<|"|>},'
+    'points:{items:{properties:{x:{type:<|"|>NUMBER<|"|>}},required:[<|"|>x<|"|>],type:<|"|>OBJECT<|"|>},type:<|"|>ARRAY<|"|>},'
+    'Unit:{enum:[<|"|>celsius<|"|>,<|"|>fahrenheit<|"|>],type:<|"|>STRING<|"|>}},'
+    'required:[<|"|>location<|"|>],type:<|"|>OBJECT<|"|>}}<tool|>'
+    '<|tool>declaration:now{description:<|"|>The time.<|"|>}<tool|>')
+GEMMA4_ARGUMENTS = {"location": "Paris, FR", "days": 3, "Unit": "celsius", "opts": {"deep": True, "Alpha": [1, "x"]}}
+GEMMA4_CALL = ('<|tool_call>call:get_weather{days:3,location:<|"|>Paris, FR<|"|>,opts:{Alpha:[1,<|"|>x<|"|>],deep:true},'
+               'Unit:<|"|>celsius<|"|>}<tool_call|><|tool_response>')
+GEMMA4_RESULT = 'response:get_weather{value:<|"|>{"t": 20}<|"|>}<tool_response|>'
+
+
+@pytest.mark.parametrize("name", ["gemma4", "gemma4n"])
+def test_gemma4_writes_declarations_a_call_and_a_result_as_its_chat_template(name, tokenizer):
+    from tuneforge.chat.tools import parse_tool_calls
+    from tuneforge.data.template import IGNORE_INDEX
+
+    template = template_for(template=name)
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "function", "content": json.dumps({"name": "get_weather", "arguments": GEMMA4_ARGUMENTS})},
+                {"role": "observation", "content": '{"t": 20}'},
+                {"role": "assistant", "content": "Warm."}]
+    (prompt, reply), (result_prompt, answer) = template.render_turns(tokenizer, messages, "Be exact.", tools=json.dumps(GEMMA4_TOOLS))
+    assert prompt == ("<|turn>system\n<|think|>\nBe exact." + GEMMA4_DECLARATIONS + "<turn|>\n"
+                      "<|turn>user\nWeather?<turn|>\n<|turn>model\n")
+    assert reply == GEMMA4_CALL  # no empty thought block in front of a call; <|tool_response> ends it (a stop word)
+    assert result_prompt == GEMMA4_RESULT and answer == "<|channel>thought\n<channel|>Warm.<turn|>\n"
+    assert "<|tool_response>" in template.stop_words
+    # ids and labels: the call (with its closing <|tool_response>) is trained, the result is not
+    ids, labels = template.encode_supervised(tokenizer, messages, "Be exact.", tools=json.dumps(GEMMA4_TOOLS))
+    prompt_ids, call_ids = (tokenizer.encode(t, add_special_tokens=False) for t in (prompt, reply))
+    result_ids = tokenizer.encode(result_prompt, add_special_tokens=False)
+    assert ids[: len(prompt_ids) + len(call_ids) + len(result_ids)] == prompt_ids + call_ids + result_ids
+    assert labels[: len(prompt_ids) + len(call_ids) + len(result_ids)] == (
+        [IGNORE_INDEX] * len(prompt_ids) + call_ids + [IGNORE_INDEX] * len(result_ids))
+    # parsed back: argument values keep their types, strings with commas included
+    assert parse_tool_calls(template, GEMMA4_CALL.removesuffix("<|tool_response>"), tokenizer) == (
+        "", [{"name": "get_weather", "arguments": {"days": 3, "location": "Paris, FR", "opts": {"Alpha": [1, "x"], "deep": True},
+                                                   "Unit": "celsius"}}])
+    # the saved tokenizer's Jinja renders a Hugging Face tool call and its result the same way
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen2"))
+    template.apply_to_tokenizer(tokenizer)
+    hf = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Weather?"},
+          {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": GEMMA4_ARGUMENTS}}]},
+          {"role": "tool", "content": '{"t": 20}'}]
+    rendered = tokenizer.apply_chat_template(hf, tools=GEMMA4_TOOLS, tokenize=False, add_generation_prompt=True)
+    assert rendered == prompt + GEMMA4_CALL + GEMMA4_RESULT
+
+
+def test_gemma4_tool_loop_equals_an_independent_rendering_of_its_published_template(tokenizer):
+    """Gemma 4's pinned template as rendered by an independent implementation (a C++ inference frontend's test): tools,
+    a call and its result. Two differences are LLaMA-Factory's gemma4 policy, not the tool format: a default system
+    prompt when none is given (here one is given), and the prompt not opening a thought block."""
+    published = ('<bos><|turn>system\n<|think|>\n<|tool>declaration:weather{description:<|"|>Weather<|"|>,parameters:{'
+                 'properties:{city:{description:<|"|>City<|"|>,type:<|"|>STRING<|"|>}},required:[<|"|>city<|"|>],'
+                 'type:<|"|>OBJECT<|"|>}}<tool|><turn|>\n<|turn>user\nPlan<turn|>\n<|turn>model\n'
+                 '<|tool_call>call:weather{city:<|"|>Paris<|"|>}<tool_call|><|tool_response>response:weather{value:<|"|>sunny<|"|>}'
+                 '<tool_response|><|channel>thought\n')
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "description": "City"}}, "required": ["city"]}}}]
+    messages = [{"role": "user", "content": "Plan"},
+                {"role": "function", "content": json.dumps({"name": "weather", "arguments": {"city": "Paris"}})},
+                {"role": "observation", "content": "sunny"}]
+    ours = template_for(template="gemma4").render_prompt(tokenizer, messages, "Be exact.", tools=json.dumps(tools))
+    assert ours == published.replace("<bos>", "").replace("<|think|>\n", "<|think|>\nBe exact.").removesuffix("<|channel>thought\n")

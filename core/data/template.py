@@ -42,7 +42,7 @@ _SLOT_VARS = {
     "user": {"content", "bos_token", "eos_token", "idx"},
     "observation": {"content", "bos_token", "eos_token", "idx", "name"},
     "tool_call": {"name", "arguments"},
-    "tool": {"tool", "name", "description", "parameters", "parameters_typescript"},
+    "tool": {"tool", "name", "description", "parameters", "parameters_typescript", "parameters_declaration"},
     "tools": {"content", "tool_names"},
     "tool_argument": {"key", "value"},
 }
@@ -97,6 +97,11 @@ class Template:
     tool_argument_separator: str = ""
     #: Argument values that are strings are written as JSON strings (quoted) too, not as they are.
     tool_argument_json_strings: bool = False
+    #: Arguments in an object notation whose strings sit between this quote (Gemma 4: ``<|"|>``): lists ``[a,b]``,
+    #: objects ``{key:value}``, ``true``/``false``, numbers as they are; also the quote of ``{{parameters_declaration}}``.
+    tool_argument_quote: str | None = None
+    #: Arguments (and the keys of object values) are written sorted by name, case-insensitively (Jinja's dictsort).
+    tool_argument_sorted: bool = False
     #: Reasoning templates whose calls go on another channel than the answer (gpt-oss): what closes a thought
     #: block in front of tool calls instead of thought_words[1]; set, a function turn gets no empty thought block.
     tool_call_thought_close: str | None = None
@@ -218,6 +223,7 @@ class Template:
                 "description": str(fn.get("description", "")),
                 "parameters": json.dumps(fn.get("parameters", {}), ensure_ascii=False),
                 "parameters_typescript": typescript_parameters(fn.get("parameters")),
+                "parameters_declaration": declaration_parameters(fn.get("parameters"), self.tool_argument_quote or '"'),
             }))
         return self._fill(self.format_tools, {"content": self.tool_separator.join(items), "tool_names": ", ".join(names)})
 
@@ -270,8 +276,12 @@ class Template:
             raise ValueError(f"template {self.name!r} writes each argument of a call; the arguments of {name!r} "
                              f"must be an object, got {type(arguments).__name__}")
         items = []
-        for key, value in arguments.items():
-            text = value if isinstance(value, str) and not self.tool_argument_json_strings else json.dumps(value, ensure_ascii=False)
+        pairs = sorted(arguments.items(), key=lambda kv: str(kv[0]).lower()) if self.tool_argument_sorted else arguments.items()
+        for key, value in pairs:
+            if self.tool_argument_quote is not None:
+                text = quoted_value(value, self.tool_argument_quote, sort=self.tool_argument_sorted)
+            else:
+                text = value if isinstance(value, str) and not self.tool_argument_json_strings else json.dumps(value, ensure_ascii=False)
             items.append(self._fill(self.format_tool_argument, {"key": str(key), "value": text}))
         return self.tool_argument_separator.join(items)
 
@@ -606,6 +616,88 @@ def typescript_parameters(parameters: Any) -> str:
     return "(_: {\n" + "".join(lines) + "}) => any"
 
 
+def quoted_value(value: Any, quote: str, *, sort: bool = True, quote_keys: bool = False) -> str:
+    """A value in Gemma 4's object notation: strings between ``quote``, ``[a,b]``, ``{key:value}`` (keys sorted
+    case-insensitively when ``sort``; between quotes when ``quote_keys``), ``true``/``false``, anything else as it is."""
+    if isinstance(value, str):
+        return quote + value + quote
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        pairs = sorted(value.items(), key=lambda kv: str(kv[0]).lower()) if sort else value.items()
+        return "{" + ",".join((quote + str(k) + quote if quote_keys else str(k)) + ":" + quoted_value(v, quote, sort=sort, quote_keys=quote_keys)
+                              for k, v in pairs) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(quoted_value(v, quote, sort=sort, quote_keys=quote_keys) for v in value) + "]"
+    return str(value)
+
+
+_DECLARATION_STANDARD_KEYS = ("description", "type", "properties", "required", "nullable")
+
+
+def _sorted_items(mapping: dict) -> list:
+    return sorted(mapping.items(), key=lambda kv: str(kv[0]).lower())
+
+
+def _declaration_properties(properties: dict, quote: str, skip_standard: bool = False) -> str:
+    """Each property of a JSON schema as Gemma 4's declaration writes it (sorted by name)."""
+    out = []
+    for key, spec in _sorted_items(properties):
+        if skip_standard and key in _DECLARATION_STANDARD_KEYS:
+            continue
+        spec = spec if isinstance(spec, dict) else {}
+        kind = str(spec["type"]).upper() if "type" in spec else ""
+        parts = []
+        if spec.get("description"):
+            parts.append(f"description:{quote}{spec['description']}{quote}")
+        if kind == "STRING" and spec.get("enum"):
+            parts.append("enum:" + quoted_value(spec["enum"], quote, quote_keys=True))
+        if kind == "ARRAY" and isinstance(spec.get("items"), dict) and spec["items"]:
+            items = []
+            for item_key, item_value in _sorted_items(spec["items"]):
+                if item_value is None:
+                    continue
+                if item_key == "properties":
+                    inner = _declaration_properties(item_value, quote) if isinstance(item_value, dict) else ""
+                    items.append("properties:{" + inner + "}")
+                elif item_key == "required":
+                    items.append("required:[" + ",".join(f"{quote}{r}{quote}" for r in item_value) + "]")
+                elif item_key == "type":
+                    shown = item_value.upper() if isinstance(item_value, str) else [str(t).upper() for t in item_value]
+                    items.append("type:" + quoted_value(shown, quote, quote_keys=True))
+                else:
+                    items.append(f"{item_key}:" + quoted_value(item_value, quote, quote_keys=True))
+            parts.append("items:{" + ",".join(items) + "}")
+        if spec.get("nullable"):
+            parts.append("nullable:true")
+        if kind == "OBJECT":
+            if isinstance(spec.get("properties"), dict):
+                parts.append("properties:{" + _declaration_properties(spec["properties"], quote) + "}")
+            else:
+                parts.append("properties:{" + _declaration_properties(spec, quote, skip_standard=True) + "}")
+            if spec.get("required"):
+                parts.append("required:[" + ",".join(f"{quote}{r}{quote}" for r in spec["required"]) + "]")
+        parts.append(f"type:{quote}{kind}{quote}")
+        out.append(f"{key}:{{" + ",".join(parts) + "}")
+    return ",".join(out)
+
+
+def declaration_parameters(parameters: Any, quote: str = '"') -> str:
+    """A tool's parameters as Gemma 4's declaration writes them, with the comma in front:
+    ``,parameters:{properties:{a:{description:<|"|>...<|"|>,type:<|"|>STRING<|"|>}},required:[<|"|>a<|"|>],type:<|"|>OBJECT<|"|>}``
+    (the ``{{parameters_declaration}}`` placeholder of ``format_tool``); "" without parameters."""
+    if not parameters or not isinstance(parameters, dict):
+        return ""
+    text = ",parameters:{"
+    if parameters.get("properties") and isinstance(parameters["properties"], dict):
+        text += "properties:{" + _declaration_properties(parameters["properties"], quote) + "},"
+    if parameters.get("required"):
+        text += "required:[" + ",".join(f"{quote}{r}{quote}" for r in parameters["required"]) + "],"
+    if parameters.get("type"):
+        text += f"type:{quote}{str(parameters['type']).upper()}{quote}}}"
+    return text
+
+
 def split_budget(source_len: int, target_len: int, room: int) -> tuple[int, int]:
     """How many prompt and response tokens of one exchange fit in ``room`` (LLaMA-Factory's rule)."""
     if target_len * 2 < room:
@@ -636,6 +728,7 @@ TOOL_KEYS = (
     "tools_before_system",
     "format_tool_call", "tool_call_separator", "format_tool_calls", "format_tool_calls_many", "parallel_tool_calls",
     "format_tool_argument", "tool_argument_separator", "tool_argument_json_strings", "tool_call_thought_close",
+    "tool_argument_quote", "tool_argument_sorted",
 )
 
 

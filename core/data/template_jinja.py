@@ -47,6 +47,9 @@ class _JinjaWriter:
         t = self.t
         eos_after = " ~ _eos" if t.append_eos else ""
         out = _TYPESCRIPT_MACROS if "parameters_typescript" in _PLACEHOLDER.findall(t.format_tool) else []
+        if t.tool_argument_quote is not None or "parameters_declaration" in _PLACEHOLDER.findall(t.format_tool):
+            quote = _jinja_str(t.tool_argument_quote or '"')
+            out = out + [line.replace("Q", quote) for line in _DECLARATION_MACROS]
         out = out + [
             "{%- set _bos = bos_token if bos_token is defined and bos_token is not none else '' -%}",
             "{%- set _eos = eos_token if eos_token is defined and eos_token is not none else '' -%}",
@@ -73,6 +76,7 @@ class _JinjaWriter:
             "description": "_fn['description'] if _fn['description'] is defined else ''",
             "parameters": "(_fn['parameters'] if _fn['parameters'] is defined else {}) | tojson",
             "parameters_typescript": "_ts_parameters(_fn['parameters'] if _fn['parameters'] is defined else {})",
+            "parameters_declaration": "_decl_params(_fn['parameters'] if _fn['parameters'] is defined else {})",
         })
         out += [
             "{%- set ns.items = ns.items ~ (" + _jinja_str(t.tool_separator) + " if not loop.first else '') ~ " + item + " -%}",
@@ -120,9 +124,12 @@ class _JinjaWriter:
         each_argument = ""
         if t.format_tool_argument is not None:
             value = "(_v | tojson)" if t.tool_argument_json_strings else "(_v if _v is string else (_v | tojson))"
+            if t.tool_argument_quote is not None:
+                value = "_qv(_v, false, " + ("true" if t.tool_argument_sorted else "false") + ")"
+            pairs = "_c['arguments'] | dictsort" if t.tool_argument_sorted else "_c['arguments'].items()"
             argument = self.expr(t.format_tool_argument, {"key": "_k", "value": value})
             each_argument = ("{%- set ns.args = '' -%}{%- if _c['arguments'] is mapping -%}"
-                             "{%- for _k, _v in _c['arguments'].items() -%}"
+                             "{%- for _k, _v in " + pairs + " -%}"
                              "{%- set ns.args = ns.args ~ (" + _jinja_str(t.tool_argument_separator) + " if not loop.first else '') ~ "
                              + argument + " -%}{%- endfor -%}{%- else -%}{%- set ns.args = _c['arguments'] -%}{%- endif -%}")
             arguments = "ns.args"
@@ -205,5 +212,63 @@ _TYPESCRIPT_MACROS = [
     "{%- endfor -%}",
     "{{- '}) => any' -}}",
     "{%- else -%}{{- '() => any' -}}{%- endif -%}",
+    "{%- endmacro -%}",
+]
+
+
+#: Jinja macros for Gemma 4's object notation (``Q``: the quote, filled in), as :func:`tuneforge.data.template.quoted_value`
+#: and :func:`tuneforge.data.template.declaration_parameters` write it (``tool_argument_quote``, ``{{parameters_declaration}}``).
+_DECLARATION_MACROS = [
+    "{%- macro _qv(v, qk, srt) -%}",
+    "{%- if v is string -%}{{- Q ~ v ~ Q -}}",
+    "{%- elif v is boolean -%}{{- 'true' if v else 'false' -}}",
+    "{%- elif v is mapping -%}{{- '{' -}}{%- for _k, _x in (v | dictsort if srt else v.items()) -%}"
+    "{{- (',' if not loop.first else '') ~ ((Q ~ _k ~ Q) if qk else _k) ~ ':' ~ _qv(_x, qk, srt) -}}{%- endfor -%}{{- '}' -}}",
+    "{%- elif v is iterable -%}{{- '[' -}}{%- for _x in v -%}{{- (',' if not loop.first else '') ~ _qv(_x, qk, srt) -}}{%- endfor -%}{{- ']' -}}",
+    "{%- else -%}{{- v -}}{%- endif -%}",
+    "{%- endmacro -%}",
+    "{%- macro _qlist(l) -%}{%- for _r in l -%}{{- (',' if not loop.first else '') ~ Q ~ _r ~ Q -}}{%- endfor -%}{%- endmacro -%}",
+    "{%- macro _decl_props(props, skip) -%}",
+    "{%- set _o = namespace(s='') -%}",
+    "{%- for _k, _s0 in props | dictsort -%}",
+    "{%- if not skip or _k not in ['description', 'type', 'properties', 'required', 'nullable'] -%}",
+    "{%- set _s = _s0 if _s0 is mapping else {} -%}",
+    "{%- set _kind = (_s['type'] | string | upper) if _s['type'] is defined else '' -%}",
+    "{%- set _n = namespace(s='') -%}",
+    "{%- if _s['description'] is defined and _s['description'] -%}{%- set _n.s = 'description:' ~ Q ~ _s['description'] ~ Q -%}{%- endif -%}",
+    "{%- if _kind == 'STRING' and _s['enum'] is defined and _s['enum'] -%}"
+    "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'enum:' ~ _qv(_s['enum'], true, true) -%}{%- endif -%}",
+    "{%- if _kind == 'ARRAY' and _s['items'] is defined and _s['items'] is mapping and _s['items'] -%}",
+    "{%- set _m = namespace(s='') -%}",
+    "{%- for _ik, _iv in _s['items'] | dictsort -%}{%- if _iv is not none -%}",
+    "{%- if _ik == 'properties' -%}{%- set _piece = 'properties:{' ~ (_decl_props(_iv, false) if _iv is mapping else '') ~ '}' -%}",
+    "{%- elif _ik == 'required' -%}{%- set _piece = 'required:[' ~ _qlist(_iv) ~ ']' -%}",
+    "{%- elif _ik == 'type' -%}{%- set _piece = 'type:' ~ _qv((_iv | upper) if _iv is string else (_iv | map('upper') | list), true, true) -%}",
+    "{%- else -%}{%- set _piece = _ik ~ ':' ~ _qv(_iv, true, true) -%}{%- endif -%}",
+    "{%- set _m.s = _m.s ~ (',' if _m.s else '') ~ _piece -%}",
+    "{%- endif -%}{%- endfor -%}",
+    "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'items:{' ~ _m.s ~ '}' -%}",
+    "{%- endif -%}",
+    "{%- if _s['nullable'] is defined and _s['nullable'] -%}{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'nullable:true' -%}{%- endif -%}",
+    "{%- if _kind == 'OBJECT' -%}",
+    "{%- if _s['properties'] is defined and _s['properties'] is mapping -%}"
+    "{%- set _piece = 'properties:{' ~ _decl_props(_s['properties'], false) ~ '}' -%}",
+    "{%- else -%}{%- set _piece = 'properties:{' ~ _decl_props(_s, true) ~ '}' -%}{%- endif -%}",
+    "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ _piece -%}",
+    "{%- if _s['required'] is defined and _s['required'] -%}{%- set _n.s = _n.s ~ ',required:[' ~ _qlist(_s['required']) ~ ']' -%}{%- endif -%}",
+    "{%- endif -%}",
+    "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'type:' ~ Q ~ _kind ~ Q -%}",
+    "{%- set _o.s = _o.s ~ (',' if _o.s else '') ~ _k ~ ':{' ~ _n.s ~ '}' -%}",
+    "{%- endif -%}{%- endfor -%}",
+    "{{- _o.s -}}",
+    "{%- endmacro -%}",
+    "{%- macro _decl_params(p) -%}",
+    "{%- if p is mapping and p -%}",
+    "{{- ',parameters:{' -}}",
+    "{%- if p['properties'] is defined and p['properties'] is mapping and p['properties'] -%}"
+    "{{- 'properties:{' ~ _decl_props(p['properties'], false) ~ '},' -}}{%- endif -%}",
+    "{%- if p['required'] is defined and p['required'] -%}{{- 'required:[' ~ _qlist(p['required']) ~ '],' -}}{%- endif -%}",
+    "{%- if p['type'] is defined and p['type'] -%}{{- 'type:' ~ Q ~ (p['type'] | string | upper) ~ Q ~ '}' -}}{%- endif -%}",
+    "{%- endif -%}",
     "{%- endmacro -%}",
 ]

@@ -49,7 +49,7 @@ class _JinjaWriter:
         out = _TYPESCRIPT_MACROS if "parameters_typescript" in _PLACEHOLDER.findall(t.format_tool) else []
         if t.tool_argument_quote is not None or "parameters_declaration" in _PLACEHOLDER.findall(t.format_tool):
             quote = _jinja_str(t.tool_argument_quote or '"')
-            out = out + [line.replace("Q", quote) for line in _DECLARATION_MACROS]
+            out = out + [line.replace("@Q@", quote) for line in _DECLARATION_MACROS]
         out = out + [
             "{%- set _bos = bos_token if bos_token is defined and bos_token is not none else '' -%}",
             "{%- set _eos = eos_token if eos_token is defined and eos_token is not none else '' -%}",
@@ -216,18 +216,18 @@ _TYPESCRIPT_MACROS = [
 ]
 
 
-#: Jinja macros for Gemma 4's object notation (``Q``: the quote, filled in), as :func:`tuneforge.data.template.quoted_value`
+#: Jinja macros for Gemma 4's object notation (``@Q@``: the quote, filled in), as :func:`tuneforge.data.template.quoted_value`
 #: and :func:`tuneforge.data.template.declaration_parameters` write it (``tool_argument_quote``, ``{{parameters_declaration}}``).
 _DECLARATION_MACROS = [
     "{%- macro _qv(v, qk, srt) -%}",
-    "{%- if v is string -%}{{- Q ~ v ~ Q -}}",
+    "{%- if v is string -%}{{- @Q@ ~ v ~ @Q@ -}}",
     "{%- elif v is boolean -%}{{- 'true' if v else 'false' -}}",
     "{%- elif v is mapping -%}{{- '{' -}}{%- for _k, _x in (v | dictsort if srt else v.items()) -%}"
-    "{{- (',' if not loop.first else '') ~ ((Q ~ _k ~ Q) if qk else _k) ~ ':' ~ _qv(_x, qk, srt) -}}{%- endfor -%}{{- '}' -}}",
+    "{{- (',' if not loop.first else '') ~ ((@Q@ ~ _k ~ @Q@) if qk else _k) ~ ':' ~ _qv(_x, qk, srt) -}}{%- endfor -%}{{- '}' -}}",
     "{%- elif v is iterable -%}{{- '[' -}}{%- for _x in v -%}{{- (',' if not loop.first else '') ~ _qv(_x, qk, srt) -}}{%- endfor -%}{{- ']' -}}",
     "{%- else -%}{{- v -}}{%- endif -%}",
     "{%- endmacro -%}",
-    "{%- macro _qlist(l) -%}{%- for _r in l -%}{{- (',' if not loop.first else '') ~ Q ~ _r ~ Q -}}{%- endfor -%}{%- endmacro -%}",
+    "{%- macro _qlist(l) -%}{%- for _r in l -%}{{- (',' if not loop.first else '') ~ @Q@ ~ _r ~ @Q@ -}}{%- endfor -%}{%- endmacro -%}",
     "{%- macro _decl_props(props, skip) -%}",
     "{%- set _o = namespace(s='') -%}",
     "{%- for _k, _s0 in props | dictsort -%}",
@@ -235,7 +235,7 @@ _DECLARATION_MACROS = [
     "{%- set _s = _s0 if _s0 is mapping else {} -%}",
     "{%- set _kind = (_s['type'] | string | upper) if _s['type'] is defined else '' -%}",
     "{%- set _n = namespace(s='') -%}",
-    "{%- if _s['description'] is defined and _s['description'] -%}{%- set _n.s = 'description:' ~ Q ~ _s['description'] ~ Q -%}{%- endif -%}",
+    "{%- if _s['description'] is defined and _s['description'] -%}{%- set _n.s = 'description:' ~ @Q@ ~ _s['description'] ~ @Q@ -%}{%- endif -%}",
     "{%- if _kind == 'STRING' and _s['enum'] is defined and _s['enum'] -%}"
     "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'enum:' ~ _qv(_s['enum'], true, true) -%}{%- endif -%}",
     "{%- if _kind == 'ARRAY' and _s['items'] is defined and _s['items'] is mapping and _s['items'] -%}",
@@ -257,7 +257,7 @@ _DECLARATION_MACROS = [
     "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ _piece -%}",
     "{%- if _s['required'] is defined and _s['required'] -%}{%- set _n.s = _n.s ~ ',required:[' ~ _qlist(_s['required']) ~ ']' -%}{%- endif -%}",
     "{%- endif -%}",
-    "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'type:' ~ Q ~ _kind ~ Q -%}",
+    "{%- set _n.s = _n.s ~ (',' if _n.s else '') ~ 'type:' ~ @Q@ ~ _kind ~ @Q@ -%}",
     "{%- set _o.s = _o.s ~ (',' if _o.s else '') ~ _k ~ ':{' ~ _n.s ~ '}' -%}",
     "{%- endif -%}{%- endfor -%}",
     "{{- _o.s -}}",
@@ -268,7 +268,7 @@ _DECLARATION_MACROS = [
     "{%- if p['properties'] is defined and p['properties'] is mapping and p['properties'] -%}"
     "{{- 'properties:{' ~ _decl_props(p['properties'], false) ~ '},' -}}{%- endif -%}",
     "{%- if p['required'] is defined and p['required'] -%}{{- 'required:[' ~ _qlist(p['required']) ~ '],' -}}{%- endif -%}",
-    "{%- if p['type'] is defined and p['type'] -%}{{- 'type:' ~ Q ~ (p['type'] | string | upper) ~ Q ~ '}' -}}{%- endif -%}",
+    "{%- if p['type'] is defined and p['type'] -%}{{- 'type:' ~ @Q@ ~ (p['type'] | string | upper) ~ @Q@ ~ '}' -}}{%- endif -%}",
     "{%- endif -%}",
     "{%- endmacro -%}",
 ]

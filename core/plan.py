@@ -234,7 +234,9 @@ def resolve_plan(config: Config, manager: PluginManager, *, inference: bool = Fa
     template = _select(manager, "template", "template", config, problems) if config.template else None
     tool_format = config.get("tool_format")
     if tool_format:
-        tool_entry = _select(manager, "template", "tool_format", config, problems, name=str(tool_format))
+        from .data.template import tool_format_template
+
+        tool_entry = _select(manager, "template", "tool_format", config, problems, name=tool_format_template(manager, str(tool_format)))
         if tool_entry is not None and tool_entry.spec.build is not None:
             problems.append(Problem("tool_format", f"'{tool_format}' is not a tool format: name a template whose tool format to use "
                                     "(default, glm4, llama3, mistral, qwen, ...)", config.where("tool_format")))

@@ -289,6 +289,9 @@ class ChatTemplateSpec(PluginSpec):
     #: this model's tokens and inputs); None: text-only, and a dataset with a media column is an error.
     #: A definition's ``media: processor`` + ``media_placeholders`` (docs/multimodal.md) sets it.
     media: Any = None
+    #: Other names ``tool_format:`` accepts for this template's tool format (LLaMA-Factory's ``ling``
+    #: names bailing_v2's), so a tool format value that is no template name still resolves.
+    tool_format_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         if "media" in self.definition or "media_placeholders" in self.definition:

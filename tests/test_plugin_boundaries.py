@@ -47,6 +47,7 @@ NOT_PLUGIN_NAMES = {
     ("plugins/quantizers/_common.py", "auto"): "device_map / dtype 'auto'",
     ("plugins/stages/_models.py", "auto"): "transformers' dtype 'auto'",
     ("core/config/model.py", "default"): "where a value came from: the declared default",
+    ("core/data/template.py", "default"): "a JSON schema's 'default' (a tool parameter's default value)",
     ("core/config/hf_training_args.py", "huggingface"): "transformers' default trackio project name",
     ("core/config/hf_training_args.py", "length"): "transformers' length_column_name default",
     ("core/config/keys.py", "llama3"): "a rope_scaling type",

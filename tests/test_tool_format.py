@@ -199,3 +199,189 @@ def test_glm4_7_renders_tools_a_call_and_a_result_as_its_chat_template(tokenizer
     call = "<tool_call>get_weather<arg_key>location</arg_key><arg_value>Tokyo</arg_value></tool_call><tool_call>f</tool_call>"
     assert parse_tool_calls(template, call, tokenizer)[1] == [{"name": "get_weather", "arguments": {"location": "Tokyo"}},
                                                               {"name": "f", "arguments": {}}]
+
+
+def test_ling_is_llamafactorys_name_for_bailing_v2s_tool_format(tokenizer):
+    """tool_format: ling (LLaMA-Factory's value) passes check and writes bailing_v2's tools, call and result."""
+    from tuneforge.chat.tools import parse_tool_calls
+
+    ling, bailing = template_for(tool_format="ling"), template_for(tool_format="bailing_v2")
+    turns = ling.render_turns(tokenizer, MESSAGES, "Be exact.", tools=TOOLS)
+    assert turns == bailing.render_turns(tokenizer, MESSAGES, "Be exact.", tools=TOOLS)
+    (prompt, reply), (result_prompt, answer) = turns
+    assert prompt.startswith("<|im_start|>system\nBe exact.\n\n# Tools\n\n") and prompt.count("detailed thinking off<|im_end|>") == 1
+    assert reply == '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call><|im_end|>\n'
+    assert result_prompt == "<|im_start|>tool\n3<|im_end|>\n<|im_start|>assistant\n" and answer == "3.<|im_end|>\n"
+    assert parse_tool_calls(ling, reply.removesuffix("<|im_end|>\n"), tokenizer)[1] == [{"name": "add", "arguments": {"a": 1, "b": 2}}]
+    with pytest.raises(ConfigError, match="unknown tool_format 'lign'"):
+        template_for(tool_format="lign")
+
+
+def test_every_llamafactory_tool_format_value_passes_check():
+    """LLaMA-Factory 0.9.5's tool_format values (the names of data/tool_utils.py's TOOLS table)."""
+    for value in ("default", "gemma4", "glm4", "llama3", "lfm2", "minimax1", "minimax2", "mistral", "qwen", "qwen3_5",
+                  "glm4_moe", "seed_oss", "ling"):
+        assert template_for(tool_format=value).name == "chatml", value
+
+
+# gpt-oss (harmony): tools in a developer message as a TypeScript-like namespace, a call on the commentary channel to
+# functions.NAME ending with <|call|>, its result from functions.NAME back to the assistant. Written from gpt-oss's
+# published chat_template.jinja (tool rendering) and the harmony format docs (the call as the model writes it).
+HARMONY_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Gets the weather.", "parameters": {
+    "type": "object", "required": ["location"], "properties": {
+        "location": {"type": "string", "description": "The city, e.g. Paris"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+        "days": {"type": "integer", "default": 3},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "either": {"type": ["string", "number"]},
+        "note": {"type": "string", "nullable": True}}}}},
+    {"type": "function", "function": {"name": "now", "description": "The time.", "parameters": {"type": "object", "properties": {}}}}]
+HARMONY_DEVELOPER = (
+    "<|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {\n\n"
+    "// Gets the weather.\ntype get_weather = (_: {\n// The city, e.g. Paris\nlocation: string,\n"
+    'unit?: "celsius" | "fahrenheit", // default: celsius,\ndays?: number, // default: 3,\ntags?: string[],\n'
+    "either?: string | number,\nnote?: string | null,\n}) => any;\n\n"
+    "// The time.\ntype now = () => any;\n\n} // namespace functions<|end|>")
+HARMONY_CALL = '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"location": "Paris"}<|call|>'
+HARMONY_RESULT = '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temp": 20}<|end|><|start|>assistant'
+HARMONY_SPECIALS = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|call|>", "<|return|>"]
+
+
+def test_gpt_oss_writes_tools_a_call_and_a_result_in_harmony_format():
+    from tuneforge.chat.tools import parse_tool_calls
+    from tuneforge.data.template import IGNORE_INDEX
+
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen2"))
+    tokenizer.add_special_tokens({"additional_special_tokens": HARMONY_SPECIALS})
+    template = template_for(template="gpt_oss")
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "function", "content": json.dumps({"name": "get_weather", "arguments": {"location": "Paris"}})},
+                {"role": "observation", "content": '{"temp": 20}'},
+                {"role": "assistant", "content": "20 degrees."}]
+    (prompt, reply), (result_prompt, answer) = template.render_turns(tokenizer, messages, "Be exact.", tools=json.dumps(HARMONY_TOOLS))
+    assert prompt == ("<|start|>system<|message|>Be exact.<|end|>" + HARMONY_DEVELOPER
+                      + "<|start|>user<|message|>Weather?<|end|><|start|>assistant")
+    assert reply == HARMONY_CALL  # no empty analysis/final block in front of a call: it goes on the commentary channel
+    assert result_prompt == HARMONY_RESULT
+    assert answer == "<|channel|>analysis<|message|><|end|><|start|>assistant<|channel|>final<|message|>20 degrees.<|end|>"
+    # token for token: each harmony marker is one token, and the call is exactly the trained tokens
+    ids, labels = template.encode_supervised(tokenizer, messages, "Be exact.", tools=json.dumps(HARMONY_TOOLS))
+    special = {t: tokenizer.convert_tokens_to_ids(t) for t in HARMONY_SPECIALS}
+    call_ids = ([special["<|channel|>"]] + tokenizer.encode("commentary to=functions.get_weather ", add_special_tokens=False)
+                + [special["<|constrain|>"]] + tokenizer.encode("json", add_special_tokens=False) + [special["<|message|>"]]
+                + tokenizer.encode('{"location": "Paris"}', add_special_tokens=False) + [special["<|call|>"]])
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    assert ids[len(prompt_ids): len(prompt_ids) + len(call_ids)] == call_ids
+    assert labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    assert labels[len(prompt_ids): len(prompt_ids) + len(call_ids)] == call_ids
+    result_ids = tokenizer.encode(HARMONY_RESULT, add_special_tokens=False)
+    assert ids[len(prompt_ids) + len(call_ids): len(prompt_ids) + len(call_ids) + len(result_ids)] == result_ids
+    # efficient_eos: the first result token's label is the EOS (the model stops after <|call|>), the rest are masked
+    assert labels[len(prompt_ids) + len(call_ids)] == tokenizer.eos_token_id
+    assert set(labels[len(prompt_ids) + len(call_ids) + 1: len(prompt_ids) + len(call_ids) + len(result_ids)]) == {IGNORE_INDEX}
+    # a reply with its analysis first, as the model generates it, is parsed back
+    generated = "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant" + HARMONY_CALL
+    assert parse_tool_calls(template, generated, tokenizer) == (
+        "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant", [{"name": "get_weather", "arguments": {"location": "Paris"}}])
+    assert parse_tool_calls(template, "<|channel|>final<|message|>Hi.", tokenizer) is None
+    # a function turn that carries its thought keeps it, closed the way a call follows it
+    thought = "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>final<|message|>"
+    [(_, reply)] = template.render_turns(tokenizer, [messages[0], {"role": "function", "content": thought + messages[1]["content"]}])
+    assert reply == generated
+    # the saved tokenizer's Jinja renders a Hugging Face tool call and its result the same way
+    template.apply_to_tokenizer(tokenizer)
+    hf = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Weather?"},
+          {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}}]},
+          {"role": "tool", "content": '{"temp": 20}'}]
+    rendered = tokenizer.apply_chat_template(hf, tools=HARMONY_TOOLS, tokenize=False, add_generation_prompt=True)
+    assert rendered == prompt + HARMONY_CALL + HARMONY_RESULT
+
+
+def test_gpt_oss_a_tool_result_needs_its_call_and_calls_are_one_per_turn(tokenizer):
+    template = template_for(template="gpt_oss")
+    with pytest.raises(ValueError, match="names the tool in a tool result; put the function"):
+        template.render_turns(tokenizer, [{"role": "observation", "content": "3"}, {"role": "assistant", "content": "3."}])
+    two = json.dumps([{"name": "add", "arguments": {}}, {"name": "now", "arguments": {}}])
+    with pytest.raises(ValueError, match="one tool call per turn"):
+        template.render_turns(tokenizer, [MESSAGES[0], {"role": "function", "content": two}])
+
+
+# Gemma 4: <|tool>declaration:NAME{...}<tool|> items after the system text (each parameter written with its description,
+# enum, items, nullable, properties, required and upper-case type, sorted by name), calls as <|tool_call>call:NAME{...}
+# <tool_call|> ended by <|tool_response>, the result in the same model turn. Written from Gemma 4's published chat template.
+GEMMA4_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Gets the weather.", "parameters": {
+    "type": "object", "required": ["location"], "properties": {
+        "location": {"type": "string", "description": "The city, e.g. Paris"},
+        "Unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "nullable": True},
+        "points": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}},
+        "opts": {"type": "object", "properties": {"deep": {"type": "boolean"}}, "required": ["deep"]}}}}},
+    {"type": "function", "function": {"name": "now", "description": "The time."}}]
+GEMMA4_DECLARATIONS = (
+    '<|tool>declaration:get_weather{description:<|"|>Gets the weather.<|"|>,parameters:{properties:{'
+    'days:{nullable:true,type:<|"|>INTEGER<|"|>},'
+    'location:{description:<|"|>The city, e.g. Paris<|"|>,type:<|"|>STRING<|"|>},'
+    'opts:{properties:{deep:{type:<|"|>BOOLEAN<|"|>}},required:[<|"|>deep<|"|>],type:<|"|>OBJECT<|"|>},'
+    'points:{items:{properties:{x:{type:<|"|>NUMBER<|"|>}},required:[<|"|>x<|"|>],type:<|"|>OBJECT<|"|>},type:<|"|>ARRAY<|"|>},'
+    'Unit:{enum:[<|"|>celsius<|"|>,<|"|>fahrenheit<|"|>],type:<|"|>STRING<|"|>}},'
+    'required:[<|"|>location<|"|>],type:<|"|>OBJECT<|"|>}}<tool|>'
+    '<|tool>declaration:now{description:<|"|>The time.<|"|>}<tool|>')
+GEMMA4_ARGUMENTS = {"location": "Paris, FR", "days": 3, "Unit": "celsius", "opts": {"deep": True, "Alpha": [1, "x"]}}
+GEMMA4_CALL = ('<|tool_call>call:get_weather{days:3,location:<|"|>Paris, FR<|"|>,opts:{Alpha:[1,<|"|>x<|"|>],deep:true},'
+               'Unit:<|"|>celsius<|"|>}<tool_call|><|tool_response>')
+GEMMA4_RESULT = 'response:get_weather{value:<|"|>{"t": 20}<|"|>}<tool_response|>'
+
+
+@pytest.mark.parametrize("name", ["gemma4", "gemma4n"])
+def test_gemma4_writes_declarations_a_call_and_a_result_as_its_chat_template(name, tokenizer):
+    from tuneforge.chat.tools import parse_tool_calls
+    from tuneforge.data.template import IGNORE_INDEX
+
+    template = template_for(template=name)
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "function", "content": json.dumps({"name": "get_weather", "arguments": GEMMA4_ARGUMENTS})},
+                {"role": "observation", "content": '{"t": 20}'},
+                {"role": "assistant", "content": "Warm."}]
+    (prompt, reply), (result_prompt, answer) = template.render_turns(tokenizer, messages, "Be exact.", tools=json.dumps(GEMMA4_TOOLS))
+    assert prompt == ("<|turn>system\n<|think|>\nBe exact." + GEMMA4_DECLARATIONS + "<turn|>\n"
+                      "<|turn>user\nWeather?<turn|>\n<|turn>model\n")
+    assert reply == GEMMA4_CALL  # no empty thought block in front of a call; <|tool_response> ends it (a stop word)
+    assert result_prompt == GEMMA4_RESULT and answer == "<|channel>thought\n<channel|>Warm.<turn|>\n"
+    assert "<|tool_response>" in template.stop_words
+    # ids and labels: the call (with its closing <|tool_response>) is trained, the result is not
+    ids, labels = template.encode_supervised(tokenizer, messages, "Be exact.", tools=json.dumps(GEMMA4_TOOLS))
+    prompt_ids, call_ids = (tokenizer.encode(t, add_special_tokens=False) for t in (prompt, reply))
+    result_ids = tokenizer.encode(result_prompt, add_special_tokens=False)
+    assert ids[: len(prompt_ids) + len(call_ids) + len(result_ids)] == prompt_ids + call_ids + result_ids
+    assert labels[: len(prompt_ids) + len(call_ids) + len(result_ids)] == (
+        [IGNORE_INDEX] * len(prompt_ids) + call_ids + [IGNORE_INDEX] * len(result_ids))
+    # parsed back: argument values keep their types, strings with commas included
+    assert parse_tool_calls(template, GEMMA4_CALL.removesuffix("<|tool_response>"), tokenizer) == (
+        "", [{"name": "get_weather", "arguments": {"days": 3, "location": "Paris, FR", "opts": {"Alpha": [1, "x"], "deep": True},
+                                                   "Unit": "celsius"}}])
+    # the saved tokenizer's Jinja renders a Hugging Face tool call and its result the same way
+    tokenizer = AutoTokenizer.from_pretrained(cached_tiny_model("qwen2"))
+    template.apply_to_tokenizer(tokenizer)
+    hf = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Weather?"},
+          {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": GEMMA4_ARGUMENTS}}]},
+          {"role": "tool", "content": '{"t": 20}'}]
+    rendered = tokenizer.apply_chat_template(hf, tools=GEMMA4_TOOLS, tokenize=False, add_generation_prompt=True)
+    assert rendered == prompt + GEMMA4_CALL + GEMMA4_RESULT
+
+
+def test_gemma4_tool_loop_equals_an_independent_rendering_of_its_published_template(tokenizer):
+    """Gemma 4's pinned template as rendered by an independent implementation (a C++ inference frontend's test): tools,
+    a call and its result. Two differences are LLaMA-Factory's gemma4 policy, not the tool format: a default system
+    prompt when none is given (here one is given), and the prompt not opening a thought block."""
+    published = ('<bos><|turn>system\n<|think|>\n<|tool>declaration:weather{description:<|"|>Weather<|"|>,parameters:{'
+                 'properties:{city:{description:<|"|>City<|"|>,type:<|"|>STRING<|"|>}},required:[<|"|>city<|"|>],'
+                 'type:<|"|>OBJECT<|"|>}}<tool|><turn|>\n<|turn>user\nPlan<turn|>\n<|turn>model\n'
+                 '<|tool_call>call:weather{city:<|"|>Paris<|"|>}<tool_call|><|tool_response>response:weather{value:<|"|>sunny<|"|>}'
+                 '<tool_response|><|channel>thought\n')
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "description": "City"}}, "required": ["city"]}}}]
+    messages = [{"role": "user", "content": "Plan"},
+                {"role": "function", "content": json.dumps({"name": "weather", "arguments": {"city": "Paris"}})},
+                {"role": "observation", "content": "sunny"}]
+    ours = template_for(template="gemma4").render_prompt(tokenizer, messages, "Be exact.", tools=json.dumps(tools))
+    assert ours == published.replace("<bos>", "").replace("<|think|>\n", "<|think|>\nBe exact.").removesuffix("<|channel>thought\n")

@@ -119,6 +119,12 @@ def _parse_arguments(template, text: str, pos: int, stop: str) -> tuple[dict, in
                     return None
                 pos += len(literal)
                 continue
+            if placeholder.group(1) == "value" and getattr(template, "tool_argument_quote", None) is not None:
+                read = _read_quoted(text, _skip_ws(text, pos), template.tool_argument_quote)
+                if read is None:
+                    return None
+                arguments[key or ""], pos = read
+                continue
             if placeholder.group(1) == "value" and template.tool_argument_json_strings:
                 pos = _skip_ws(text, pos)
                 try:
@@ -140,6 +146,61 @@ def _parse_arguments(template, text: str, pos: int, stop: str) -> tuple[dict, in
                     arguments[key or ""] = json.loads(raw)
                 except json.JSONDecodeError:
                     arguments[key or ""] = raw
+
+
+def _read_quoted(text: str, pos: int, quote: str) -> tuple[Any, int] | None:
+    """One value in Gemma 4's object notation (strings between ``quote``, ``[a,b]``, ``{key:value}``, bare
+    numbers and true/false) from ``pos``: ``(value, end)``, or None when the text is not one."""
+    pos = _skip_ws(text, pos)
+    if text.startswith(quote, pos):
+        end = text.find(quote, pos + len(quote))
+        return None if end < 0 else (text[pos + len(quote): end], end + len(quote))
+    if text.startswith("[", pos) or text.startswith("{", pos):
+        is_map, close = text[pos] == "{", "]" if text[pos] == "[" else "}"
+        out: Any = {} if is_map else []
+        pos += 1
+        while True:
+            pos = _skip_ws(text, pos)
+            if text.startswith(close, pos):
+                return out, pos + 1
+            if out and not text.startswith(",", pos):
+                return None
+            if out:
+                pos = _skip_ws(text, pos + 1)
+            if is_map:
+                if text.startswith(quote, pos):
+                    key_end = text.find(quote, pos + len(quote))
+                    if key_end < 0:
+                        return None
+                    key, pos = text[pos + len(quote): key_end], key_end + len(quote)
+                else:
+                    colon = text.find(":", pos)
+                    if colon < 0:
+                        return None
+                    key, pos = text[pos:colon].strip(_WS), colon
+                if not text.startswith(":", pos):
+                    return None
+                item = _read_quoted(text, pos + 1, quote)
+                if item is None:
+                    return None
+                out[key], pos = item
+            else:
+                item = _read_quoted(text, pos, quote)
+                if item is None:
+                    return None
+                out.append(item[0])
+                pos = item[1]
+    match = re.compile(r"[^,\]\}]+").match(text, pos)
+    if not match:
+        return None
+    raw = match.group(0).strip(_WS)
+    bare = {"true": True, "false": False, "null": None, "None": None}
+    if raw in bare:
+        return bare[raw], match.end()
+    try:
+        return json.loads(raw), match.end()
+    except json.JSONDecodeError:
+        return raw, match.end()
 
 
 def _strip(text: str, head: str, tail: str, *, required: bool) -> str | None:
@@ -169,6 +230,9 @@ def parse_tool_calls(template, text: str, tokenizer=None) -> tuple[str, list[dic
     content = ""
     body = text.strip(_WS)
     close = template.thought_words[1].strip(_WS) if template.reasoning else ""
+    apart = (getattr(template, "tool_call_thought_close", None) or "").strip(_WS) if template.reasoning else ""
+    if apart and apart in body:  # gpt-oss: the calls follow the thought on their own channel
+        close = apart
     if close and close in body:
         cut = body.rindex(close) + len(close)
         content, body = body[:cut], body[cut:].strip(_WS)

@@ -40,8 +40,9 @@ _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _SLOT_VARS = {
     "message": {"content", "bos_token", "eos_token"},
     "user": {"content", "bos_token", "eos_token", "idx"},
+    "observation": {"content", "bos_token", "eos_token", "idx", "name"},
     "tool_call": {"name", "arguments"},
-    "tool": {"tool", "name", "description", "parameters"},
+    "tool": {"tool", "name", "description", "parameters", "parameters_typescript", "parameters_declaration"},
     "tools": {"content", "tool_names"},
     "tool_argument": {"key", "value"},
 }
@@ -96,6 +97,14 @@ class Template:
     tool_argument_separator: str = ""
     #: Argument values that are strings are written as JSON strings (quoted) too, not as they are.
     tool_argument_json_strings: bool = False
+    #: Arguments in an object notation whose strings sit between this quote (Gemma 4: ``<|"|>``): lists ``[a,b]``,
+    #: objects ``{key:value}``, ``true``/``false``, numbers as they are; also the quote of ``{{parameters_declaration}}``.
+    tool_argument_quote: str | None = None
+    #: Arguments (and the keys of object values) are written sorted by name, case-insensitively (Jinja's dictsort).
+    tool_argument_sorted: bool = False
+    #: Reasoning templates whose calls go on another channel than the answer (gpt-oss): what closes a thought
+    #: block in front of tool calls instead of thought_words[1]; set, a function turn gets no empty thought block.
+    tool_call_thought_close: str | None = None
     # thinking
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
@@ -156,7 +165,7 @@ class Template:
     def _placeholder_problems(self) -> list[str]:
         kinds = {
             "format_prefix": "message", "format_system": "message", "format_user": "user",
-            "format_assistant": "message", "format_function": "message", "format_observation": "user",
+            "format_assistant": "message", "format_function": "message", "format_observation": "observation",
             "format_tools": "tools", "format_tool": "tool", "format_tool_call": "tool_call",
             "format_tool_calls": "message", "format_tool_calls_many": "message",
             "format_tool_argument": "tool_argument",
@@ -176,9 +185,9 @@ class Template:
     def _fill(slot: str, values: dict[str, str]) -> str:
         return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), slot)
 
-    def _message(self, slot: str, content: str, tokenizer, idx: int = 0) -> str:
+    def _message(self, slot: str, content: str, tokenizer, idx: int = 0, name: str = "") -> str:
         return self._fill(slot, {
-            "content": content, "idx": str(idx),
+            "content": content, "idx": str(idx), "name": name,
             "bos_token": getattr(tokenizer, "bos_token", None) or "",
             "eos_token": getattr(tokenizer, "eos_token", None) or "",
         })
@@ -213,6 +222,8 @@ class Template:
                 "name": str(fn.get("name", "")),
                 "description": str(fn.get("description", "")),
                 "parameters": json.dumps(fn.get("parameters", {}), ensure_ascii=False),
+                "parameters_typescript": typescript_parameters(fn.get("parameters")),
+                "parameters_declaration": declaration_parameters(fn.get("parameters"), self.tool_argument_quote or '"'),
             }))
         return self._fill(self.format_tools, {"content": self.tool_separator.join(items), "tool_names": ", ".join(names)})
 
@@ -222,12 +233,7 @@ class Template:
         A leading thought block (reasoning templates) is kept in front of the calls. ``arguments``
         given as a string are written as they are; otherwise they are dumped as JSON.
         """
-        thought = ""
-        close = self.thought_words[1].strip()
-        if self.reasoning and close and close in content:
-            cut = content.rindex(close) + len(close)
-            rest = content[cut:].lstrip("\n")
-            thought, content = content[: len(content) - len(rest)], rest
+        thought, content = self._split_call_thought(content)
         calls = function_calls(content)
         if len(calls) > 1 and not self.parallel_tool_calls:
             raise ValueError(f"template {self.name!r} writes one tool call per turn; got {len(calls)}")
@@ -242,6 +248,22 @@ class Template:
         wrap = self.format_tool_calls_many if len(parts) > 1 and self.format_tool_calls_many is not None else self.format_tool_calls
         return thought + self._fill(wrap, {"content": self.tool_call_separator.join(parts)})
 
+    def _split_call_thought(self, content: str) -> tuple[str, str]:
+        """A function turn's leading thought block (closed by ``tool_call_thought_close`` when set) and its calls."""
+        close = self.thought_words[1].strip()
+        if not (self.reasoning and close and close in content):
+            return "", content
+        cut = content.rindex(close) + len(close)
+        rest = content[cut:].lstrip("\n")
+        thought = content[: len(content) - len(rest)]
+        if self.tool_call_thought_close is not None:
+            thought = thought[: thought.rindex(close)] + self.tool_call_thought_close
+        return thought, rest
+
+    def _call_name(self, content: str) -> str:
+        """The name of a function turn's first call (a tool result slot may name it, as gpt-oss's does)."""
+        return str(function_calls(self._split_call_thought(content)[1])[0]["name"])
+
     def _render_arguments(self, name: str, arguments: Any) -> str:
         """A call's arguments written one by one with ``format_tool_argument`` (XML-style formats)."""
         if isinstance(arguments, str):
@@ -254,8 +276,12 @@ class Template:
             raise ValueError(f"template {self.name!r} writes each argument of a call; the arguments of {name!r} "
                              f"must be an object, got {type(arguments).__name__}")
         items = []
-        for key, value in arguments.items():
-            text = value if isinstance(value, str) and not self.tool_argument_json_strings else json.dumps(value, ensure_ascii=False)
+        pairs = sorted(arguments.items(), key=lambda kv: str(kv[0]).lower()) if self.tool_argument_sorted else arguments.items()
+        for key, value in pairs:
+            if self.tool_argument_quote is not None:
+                text = quoted_value(value, self.tool_argument_quote, sort=self.tool_argument_sorted)
+            else:
+                text = value if isinstance(value, str) and not self.tool_argument_json_strings else json.dumps(value, ensure_ascii=False)
             items.append(self._fill(self.format_tool_argument, {"key": str(key), "value": text}))
         return self.tool_argument_separator.join(items)
 
@@ -292,6 +318,8 @@ class Template:
                 raise ValueError(f"messages[{index}]: content must be a string")
         system_text = self._system_text(system, tools)
         out: list[tuple[str, str | None]] = []
+        named = self.format_observation is not None and "name" in _PLACEHOLDER.findall(self.format_observation)
+        last_call = None
         for i in range(0, len(messages), 2):
             query = messages[i]
             prompt, content = "", query["content"]
@@ -302,7 +330,10 @@ class Template:
                 elif system_text:
                     prompt += self._message(self.format_system, system_text, tokenizer)
             slot = self.format_user if query["role"] == "user" else (self.format_observation or self.format_user)
-            prompt += self._message(slot, content, tokenizer, idx=i // 2)
+            if query["role"] == "observation" and named and last_call is None:
+                raise ValueError(f"messages[{i}]: template {self.name!r} names the tool in a tool result; "
+                                 "put the function (tool call) turn right before it")
+            prompt += self._message(slot, content, tokenizer, idx=i // 2, name=last_call or "")
             if i + 1 >= len(messages):
                 if self.reasoning and not enable_thinking:
                     prompt += self.empty_thought
@@ -311,11 +342,13 @@ class Template:
             reply = messages[i + 1]
             answer = reply["content"]
             lead = ""
+            last_call = self._call_name(answer) if named and reply["role"] == "function" else None
             if self.reasoning:
                 is_target = targets == "all" or (targets == "last" and i + 2 >= len(messages))
                 if (not is_target and not self.preserve_thinking) or (is_target and not enable_thinking):
                     answer = self._remove_thought(answer)
-                if is_target and not self._has_thought(answer):
+                calls_apart = reply["role"] == "function" and self.tool_call_thought_close is not None
+                if is_target and not calls_apart and not self._has_thought(answer):
                     if enable_thinking:
                         lead = self.empty_thought  # trained: the model learns to open (and close) the block
                     else:
@@ -521,6 +554,150 @@ class Template:
                 tokenizer.eos_token = word
 
 
+_TS_PRIMITIVES = {"string": "string", "number": "number", "integer": "number", "boolean": "boolean"}
+
+
+def _typescript_type(spec: Any) -> str:
+    """One JSON schema as a TypeScript-like type, the way gpt-oss's harmony format writes tool parameters."""
+    if not isinstance(spec, dict):
+        return "any"
+    kind = spec.get("type")
+    nullable = " | null" if spec.get("nullable") else ""
+    if kind == "array":
+        items = spec.get("items")
+        if not items:
+            return "any[]" + nullable
+        if isinstance(items, dict) and items.get("type") in _TS_PRIMITIVES:
+            return _TS_PRIMITIVES[items["type"]] + "[]" + nullable
+        inner = _typescript_type(items)
+        return ("any[]" if inner == "object | object" or len(inner) > 50 else inner + "[]") + nullable
+    if isinstance(kind, list) and kind:
+        return " | ".join(str(k) for k in kind)
+    if spec.get("oneOf"):
+        variants = spec["oneOf"]
+        if len(variants) > 1 and any(isinstance(v, dict) and v.get("type") == "object" for v in variants):
+            return "any"
+        return " | ".join(_typescript_type(v) for v in variants)
+    if kind == "string":
+        if spec.get("enum"):
+            return '"' + '" | "'.join(str(v) for v in spec["enum"]) + '"'
+        return "string" + nullable
+    if kind in ("number", "integer", "boolean"):
+        return _TS_PRIMITIVES[kind]
+    if kind == "object":
+        properties = spec.get("properties")
+        if not properties:
+            return "object"
+        required = spec.get("required") or []
+        return "{\n" + ", ".join(f"{k}{'' if k in required else '?'}: {_typescript_type(v)}" for k, v in properties.items()) + "}"
+    return "any"
+
+
+def typescript_parameters(parameters: Any) -> str:
+    """A tool's parameters as harmony's function type: ``(_: {\n// description\nname?: type,\n}) => any``, or
+    ``() => any`` without parameters (the ``{{parameters_typescript}}`` placeholder of ``format_tool``)."""
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not properties or not isinstance(properties, dict):
+        return "() => any"
+    required = parameters.get("required") or []
+    lines = []
+    for name, spec in properties.items():
+        spec = spec if isinstance(spec, dict) else {}
+        line = f"// {spec['description']}\n" if spec.get("description") else ""
+        line += f"{name}{'' if name in required else '?'}: {_typescript_type(spec)}"
+        if "default" in spec:
+            if spec.get("enum"):
+                line += f", // default: {spec['default']}"
+            elif spec.get("oneOf"):
+                line += f"// default: {spec['default']}"
+            else:
+                line += ", // default: " + json.dumps(spec["default"], ensure_ascii=False)
+        lines.append(line + ",\n")
+    return "(_: {\n" + "".join(lines) + "}) => any"
+
+
+def quoted_value(value: Any, quote: str, *, sort: bool = True, quote_keys: bool = False) -> str:
+    """A value in Gemma 4's object notation: strings between ``quote``, ``[a,b]``, ``{key:value}`` (keys sorted
+    case-insensitively when ``sort``; between quotes when ``quote_keys``), ``true``/``false``, anything else as it is."""
+    if isinstance(value, str):
+        return quote + value + quote
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        pairs = sorted(value.items(), key=lambda kv: str(kv[0]).lower()) if sort else value.items()
+        return "{" + ",".join((quote + str(k) + quote if quote_keys else str(k)) + ":" + quoted_value(v, quote, sort=sort, quote_keys=quote_keys)
+                              for k, v in pairs) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(quoted_value(v, quote, sort=sort, quote_keys=quote_keys) for v in value) + "]"
+    return str(value)
+
+
+_DECLARATION_STANDARD_KEYS = ("description", "type", "properties", "required", "nullable")
+
+
+def _sorted_items(mapping: dict) -> list:
+    return sorted(mapping.items(), key=lambda kv: str(kv[0]).lower())
+
+
+def _declaration_properties(properties: dict, quote: str, skip_standard: bool = False) -> str:
+    """Each property of a JSON schema as Gemma 4's declaration writes it (sorted by name)."""
+    out = []
+    for key, spec in _sorted_items(properties):
+        if skip_standard and key in _DECLARATION_STANDARD_KEYS:
+            continue
+        spec = spec if isinstance(spec, dict) else {}
+        kind = str(spec["type"]).upper() if "type" in spec else ""
+        parts = []
+        if spec.get("description"):
+            parts.append(f"description:{quote}{spec['description']}{quote}")
+        if kind == "STRING" and spec.get("enum"):
+            parts.append("enum:" + quoted_value(spec["enum"], quote, quote_keys=True))
+        if kind == "ARRAY" and isinstance(spec.get("items"), dict) and spec["items"]:
+            items = []
+            for item_key, item_value in _sorted_items(spec["items"]):
+                if item_value is None:
+                    continue
+                if item_key == "properties":
+                    inner = _declaration_properties(item_value, quote) if isinstance(item_value, dict) else ""
+                    items.append("properties:{" + inner + "}")
+                elif item_key == "required":
+                    items.append("required:[" + ",".join(f"{quote}{r}{quote}" for r in item_value) + "]")
+                elif item_key == "type":
+                    shown = item_value.upper() if isinstance(item_value, str) else [str(t).upper() for t in item_value]
+                    items.append("type:" + quoted_value(shown, quote, quote_keys=True))
+                else:
+                    items.append(f"{item_key}:" + quoted_value(item_value, quote, quote_keys=True))
+            parts.append("items:{" + ",".join(items) + "}")
+        if spec.get("nullable"):
+            parts.append("nullable:true")
+        if kind == "OBJECT":
+            if isinstance(spec.get("properties"), dict):
+                parts.append("properties:{" + _declaration_properties(spec["properties"], quote) + "}")
+            else:
+                parts.append("properties:{" + _declaration_properties(spec, quote, skip_standard=True) + "}")
+            if spec.get("required"):
+                parts.append("required:[" + ",".join(f"{quote}{r}{quote}" for r in spec["required"]) + "]")
+        parts.append(f"type:{quote}{kind}{quote}")
+        out.append(f"{key}:{{" + ",".join(parts) + "}")
+    return ",".join(out)
+
+
+def declaration_parameters(parameters: Any, quote: str = '"') -> str:
+    """A tool's parameters as Gemma 4's declaration writes them, with the comma in front:
+    ``,parameters:{properties:{a:{description:<|"|>...<|"|>,type:<|"|>STRING<|"|>}},required:[<|"|>a<|"|>],type:<|"|>OBJECT<|"|>}``
+    (the ``{{parameters_declaration}}`` placeholder of ``format_tool``); "" without parameters."""
+    if not parameters or not isinstance(parameters, dict):
+        return ""
+    text = ",parameters:{"
+    if parameters.get("properties") and isinstance(parameters["properties"], dict):
+        text += "properties:{" + _declaration_properties(parameters["properties"], quote) + "},"
+    if parameters.get("required"):
+        text += "required:[" + ",".join(f"{quote}{r}{quote}" for r in parameters["required"]) + "],"
+    if parameters.get("type"):
+        text += f"type:{quote}{str(parameters['type']).upper()}{quote}}}"
+    return text
+
+
 def split_budget(source_len: int, target_len: int, room: int) -> tuple[int, int]:
     """How many prompt and response tokens of one exchange fit in ``room`` (LLaMA-Factory's rule)."""
     if target_len * 2 < room:
@@ -550,7 +727,8 @@ TOOL_KEYS = (
     "format_tools", "format_tool", "tool_separator", "tool_json_indent", "tool_wrap_function", "system_tools_separator",
     "tools_before_system",
     "format_tool_call", "tool_call_separator", "format_tool_calls", "format_tool_calls_many", "parallel_tool_calls",
-    "format_tool_argument", "tool_argument_separator", "tool_argument_json_strings",
+    "format_tool_argument", "tool_argument_separator", "tool_argument_json_strings", "tool_call_thought_close",
+    "tool_argument_quote", "tool_argument_sorted",
 )
 
 
@@ -559,6 +737,18 @@ def with_tool_format(definition: dict, tool_definition: dict) -> dict:
     out = {k: v for k, v in definition.items() if k not in TOOL_KEYS}
     out.update({k: v for k, v in tool_definition.items() if k in TOOL_KEYS})
     return out
+
+
+def tool_format_template(manager, name: str) -> str:
+    """The template whose tool format ``tool_format: name`` selects: the template of that name, else the one
+    whose spec lists ``name`` in its ``tool_format_names`` (LLaMA-Factory's ``ling`` -> bailing_v2)."""
+    names = set(manager.names("template"))
+    if name in names:
+        return name
+    for entry in manager.entries("template"):
+        if name in (getattr(entry.spec, "tool_format_names", None) or ()):
+            return entry.name
+    return name
 
 
 #: Every key a template definition may use (the Template fields but ``name``).

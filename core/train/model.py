@@ -42,9 +42,10 @@ def resolve_template(ctx: RunContext, tokenizer):
         definition = spec.definition
         tool_format = ctx.config.get("tool_format")
         if tool_format:
-            from ..data.template import with_tool_format
+            from ..data.template import tool_format_template, with_tool_format
 
-            definition = with_tool_format(definition, ctx.manager.template(str(tool_format)).definition)
+            tool_template = ctx.manager.template(tool_format_template(ctx.manager, str(tool_format)))
+            definition = with_tool_format(definition, tool_template.definition)
         template = Template.from_definition(spec.name, definition)
     preserve = ctx.config.get("preserve_thinking")
     return template if preserve is None else dataclasses.replace(template, preserve_thinking=bool(preserve))

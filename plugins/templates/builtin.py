@@ -28,7 +28,8 @@ def _load() -> tuple[tuple[str, dict], ...]:
 
 def _definitions() -> dict[str, dict]:
     """Template name -> its rendering definition (a fresh copy; the YAML files are read once)."""
-    return {name: {k: v for k, v in d.items() if k not in ("models", "media", "media_placeholders")} for name, d in _load()}
+    return {name: {k: v for k, v in d.items() if k not in ("models", "media", "media_placeholders", "tool_format_names")}
+            for name, d in _load()}
 
 
 def media_placeholders(name: str) -> dict[str, str]:
@@ -157,7 +158,7 @@ def tuneforge_chat_templates():
               for name, models in multimodal_names().items()]
     return vision + [AUTO] + [
         ChatTemplateSpec(name=name, description=d.get("description", ""), definition=d, models=_known_models(name),
-                         media=_media(name))
+                         media=_media(name), tool_format_names=tuple(dict(_load())[name].get("tool_format_names") or ()))
         for name, d in _definitions().items()
     ]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .media import mask_media_labels
-from .template import IGNORE_INDEX
+from .template import IGNORE_INDEX, Template
 
 #: What the whole length is measured against when the doctor wants untruncated lengths.
 NO_CUTOFF = 1 << 30
@@ -139,12 +139,19 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
     (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
     dropped: a partial image cannot be fed to the model."""
+    examples = [json.loads(text) for text in batch["_example"]]
+    if media is None and batch_encodable(template, tokenizer):
+        return _reported(_supervised_batched(examples, template, tokenizer, settings), report)
+    return _reported(_supervised_rows(examples, template, tokenizer, settings, media, model_path), report)
+
+
+def _supervised_rows(examples: list[dict], template, tokenizer, settings: Settings, media=None, model_path: str = "") -> dict:
+    """:func:`supervised_batch` one row at a time (media rows, and templates or tokenizers that cannot batch)."""
     out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
     if media is not None:
         out.update({c: [] for c in media.modalities})
         media_ids = media.media_token_ids(tokenizer)
-    for text in batch["_example"]:
-        example = json.loads(text)
+    for example in examples:
         files = _media_of(example, media)
         example = expand_media(example, media, model_path, tokenizer)
         input_ids, labels, cut = encode_counted(template, tokenizer, example, settings)
@@ -162,7 +169,44 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
             if media is not None:
                 for column in media.modalities:
                     out[column].append(files.get(column, []))
-    return _reported(out, report)
+    return out
+
+
+#: The Template methods whose composition the batched path reproduces; a template class that overrides
+#: any of them encodes its own way and gets the per-row path.
+_BATCHED_METHODS = ("encode_supervised", "encode_turns", "encode_turns_many", "supervised_from_turns", "_encode",
+                    "_response_ids", "check_supervised")
+
+
+def batch_encodable(template, tokenizer) -> bool:
+    """Whether a batch of conversations can be encoded with one tokenizer call instead of one per text
+    piece and give the same ids: a fast (Rust) tokenizer, whose batch call encodes every text exactly
+    as its single call does, and a template that encodes through :class:`Template`'s own pieces."""
+    cls = type(template)
+    return (bool(getattr(tokenizer, "is_fast", False)) and isinstance(template, Template)
+            and all(getattr(cls, name) is getattr(Template, name) for name in _BATCHED_METHODS))
+
+
+def _supervised_batched(examples: list[dict], template, tokenizer, settings: Settings) -> dict:
+    """:func:`supervised_batch` for a whole batch at once: every row rendered to its text pieces, all
+    pieces encoded in one tokenizer call, then each row truncated and labelled as
+    :func:`encode_counted` does (uncut first; a row longer than cutoff_len is cut from the same pieces)."""
+    template.check_supervised(settings.train_on_prompt)
+    conversations = [(e["messages"], e.get("system") or settings.default_system, e.get("tools") or None) for e in examples]
+    eos_id = tokenizer.eos_token_id
+    out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
+    for turns in template.encode_turns_many(tokenizer, conversations, enable_thinking=settings.enable_thinking):
+        ids, labels = template.supervised_from_turns(turns, eos_id, NO_CUTOFF, settings.train_on_prompt, settings.mask_history)
+        cut = len(ids) > settings.cutoff_len
+        if cut:
+            ids, labels = template.supervised_from_turns(turns, eos_id, settings.cutoff_len, settings.train_on_prompt,
+                                                         settings.mask_history)
+        if _trained(labels):
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+            out[TRUNCATED].append(cut)
+    return out
 
 
 def _reported(out: dict, report: bool) -> dict:

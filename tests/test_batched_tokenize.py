@@ -142,3 +142,28 @@ def test_a_template_that_encodes_its_own_way_is_encoded_row_by_row(tokenizers):
     first = EXAMPLES[0]["messages"]
     loud = [{**m, "content": m["content"].upper()} for m in first]
     assert out["input_ids"][0] == base.encode_supervised(tokenizer, loud, EXAMPLES[0].get("system"), 256)[0]
+
+
+def test_arrow_handover_stores_the_features_datasets_infers_from_lists(tokenizers):
+    """The featurizer's columns handed to datasets as one Arrow table (as_arrow) are stored with the same
+    features and values as the lists datasets types itself (int32 ids, int8 mask, int64 labels)."""
+    from functools import partial
+
+    from datasets import Dataset
+
+    from tuneforge.data.tokenize import TRUNCATED, as_arrow
+
+    tokenizer = tokenizers["llama3"]
+    featurize = partial(supervised_batch, template=_template("llama3", tokenizer), tokenizer=tokenizer,
+                        settings=SETTINGS["truncated"], report=True)
+    raw = Dataset.from_dict({"_example": BATCH["_example"][:60]})
+    kwargs = {"batched": True, "batch_size": 16, "remove_columns": ["_example"], "load_from_cache_file": False}
+    lists = raw.map(featurize, **kwargs)
+    arrow = raw.map(as_arrow(featurize), **kwargs)
+    assert arrow.features == lists.features
+    assert str(lists.features["input_ids"].feature.dtype) == "int32"  # datasets' own narrowing, kept
+    assert arrow.data.table.equals(lists.data.table)
+    assert sum(arrow[TRUNCATED]) > 0
+    # a batch that does not fit the narrow types stays lists, typed by datasets as before
+    huge = as_arrow(lambda batch: {"input_ids": [[2**40]], "attention_mask": [[1]], "labels": [[2**40]], TRUNCATED: [False]})
+    assert isinstance(huge({})["input_ids"], list)

@@ -424,17 +424,19 @@ class Template:
         conversation: each piece is still encoded on its own, only the calls are batched."""
         rendered = [self._texts(tokenizer, m, s, t, enable_thinking, "all") for m, s, t in conversations]
         pieces = [text for texts in rendered for pair in texts for text in pair if text]
-        encoded = iter(tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else [])
+        from .batch_encode import encode_texts
+
+        encoded = iter(encode_texts(tokenizer, pieces))
         eos = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
         out = []
         for texts in rendered:
             pairs = []
             for prompt, response in texts:
-                prompt_ids = list(next(encoded)) if prompt else []
+                prompt_ids = next(encoded) if prompt else []
                 if response is None:
                     pairs.append((prompt_ids, []))
                 else:
-                    pairs.append((prompt_ids, (list(next(encoded)) if response else []) + eos))
+                    pairs.append((prompt_ids, (next(encoded) if response else []) + eos))
             out.append(pairs)
         return out
 

@@ -117,7 +117,7 @@ def _reply(example: dict, key: str) -> dict:
 
 
 def _trained(labels: list[int]) -> bool:
-    return any(label != IGNORE_INDEX for label in labels)
+    return labels.count(IGNORE_INDEX) != len(labels)
 
 
 def _media_of(example: dict, media) -> dict[str, list[str]]:
@@ -207,6 +207,32 @@ def _supervised_batched(examples: list[dict], template, tokenizer, settings: Set
             out["labels"].append(labels)
             out[TRUNCATED].append(cut)
     return out
+
+
+#: The Arrow type ``datasets`` infers for each of these columns from Python lists (its narrower
+#: "optimized" ints for input_ids and attention_mask).
+_ARROW_TYPES = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64", TRUNCATED: None}
+
+
+def as_arrow(featurize):
+    """``featurize`` returning an Arrow table of the types ``datasets.map`` would infer from its lists:
+    the same stored features, built by Arrow one column at a time instead of value by value in Python.
+    A batch with other columns, no rows, or values that do not fit those types (an id past int32)
+    is returned as lists, for datasets to type as before."""
+    import pyarrow as pa
+
+    def wrapped(batch: dict) -> dict:
+        out = featurize(batch)
+        if not out or set(out) - set(_ARROW_TYPES) or not all(isinstance(v, list) and v for v in out.values()):
+            return out
+        try:
+            return pa.table({column: pa.array(values, type=pa.bool_() if _ARROW_TYPES[column] is None
+                                              else pa.list_(getattr(pa, _ARROW_TYPES[column])()))
+                             for column, values in out.items()})
+        except (pa.ArrowInvalid, OverflowError, TypeError):
+            return out
+
+    return wrapped
 
 
 def _reported(out: dict, report: bool) -> dict:

@@ -133,13 +133,19 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
     unit = "texts" if kind == "text" else "rows"
     say(f"token lengths of the {unit} training uses (untruncated; cutoff_len={settings.cutoff_len}):")
     fn = partial(lengths_batch, template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, kind=kind)
+    key, _ = cache_key(ctx, kind, settings)
+    stored = _stored_lengths(key, config)
+    measured: dict[str, dict] = {}
     kept_all: list[int] = []
-    for result in all_results:
+    for index, result in enumerate(all_results):
         if not result.examples:
             continue
-        raw = _examples_dataset(result.examples)
-        stats = raw.map(fn, remove_columns=["_example"], desc=f"Measuring {result.attr.name}",
-                        **_map_kwargs(config, len(raw), f"doctor-{len(raw)}"))
+        stats = stored.get(str(index))
+        if stats is None or len(stats["full"]) != len(result.examples):
+            raw = _examples_dataset(result.examples)
+            stats = raw.map(fn, remove_columns=["_example"], desc=f"Measuring {result.attr.name}",
+                            **_map_kwargs(config, len(raw), f"doctor-{len(raw)}")).to_dict()
+        measured[str(index)] = stats
         full, kept, trained = stats["full"], stats["kept"], stats["trained"]
         truncated = sum(1 for n in full if n > settings.cutoff_len)
         emptied = sum(1 for n in trained if n == 0)
@@ -163,7 +169,8 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
         rows = sum(len(greedy_knapsack(kept_all[i : i + size], settings.cutoff_len)) for i in range(0, len(kept_all), size))
         say(f"  packing: {len(kept_all)} samples -> {rows} rows" + (" (neat: no attention across samples)" if settings.neat_packing else ""))
 
-    key, _ = cache_key(ctx, kind, settings)
+    if measured != stored:
+        _store_lengths(key, measured)
     if key is None:
         say("  cache: not used (hub datasets)")
     else:
@@ -189,6 +196,46 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
         return 2
     say(f"result: OK ({sum(len(r.examples) for r in all_results)} rows ready" + (f", {bad} bad row(s) skipped" if bad else "") + ")")
     return 0
+
+
+def _lengths_path(key: str | None):
+    """Where the doctor keeps the token lengths it measured for the cache key ``key`` (beside the
+    tokenised entry of the same key; the doctor's own source is part of the name)."""
+    if key is None:
+        return None
+    from .cache import _source_digest, entry_path
+
+    path = entry_path(key)
+    return path.parent / f"{path.name}.lengths-{(_source_digest(sys.modules[__name__]) or 'x')[:12]}.json"
+
+
+def _stored_lengths(key: str | None, config) -> dict:
+    """The per-dataset lengths a previous `tuneforge data` measured with the same data, tokenizer,
+    template and settings (the tokenised cache's key), so a second call tokenises nothing; {} when
+    there are none, when they cannot be read, or with ``overwrite_cache: true``."""
+    path = _lengths_path(key)
+    if path is None or config.overwrite_cache or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _store_lengths(key: str | None, measured: dict) -> None:
+    path = _lengths_path(key)
+    if path is None:
+        return
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(measured), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the next call measures again
 
 
 def _render_example(say, ctx, kind: str, settings: Settings, example: dict, color: bool) -> None:

@@ -135,7 +135,11 @@ def expand_media(example: dict, media, model_path: str, tokenizer) -> dict:
 
 def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
                      report: bool = False) -> dict:
-    """``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
+    """A batch of conversations is rendered to text pieces and every piece encoded in one tokenizer
+    call when :func:`batch_encodable` says the ids cannot differ from one call per piece (the features
+    are the same; tests/test_batched_tokenize.py); otherwise row by row.
+
+    ``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
     (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
     dropped: a partial image cannot be fed to the model."""

@@ -167,3 +167,24 @@ def test_arrow_handover_stores_the_features_datasets_infers_from_lists(tokenizer
     # a batch that does not fit the narrow types stays lists, typed by datasets as before
     huge = as_arrow(lambda batch: {"input_ids": [[2**40]], "attention_mask": [[1]], "labels": [[2**40]], TRUNCATED: [False]})
     assert isinstance(huge({})["input_ids"], list)
+
+
+@pytest.mark.parametrize("name,family,label", [("llama3", "llama3", "truncated"), ("auto", "qwen3", "mask_history")])
+def test_data_doctor_lengths_from_the_batched_path_equal_the_per_row_lengths(name, family, label, tokenizers):
+    from tuneforge.data.doctor import lengths_batch
+    from tuneforge.data.tokenize import NO_CUTOFF, encode_conversation
+
+    tokenizer, settings = tokenizers[family], SETTINGS[label]
+    template = _template(name, tokenizer)
+    examples = EXAMPLES[:40] + EXAMPLES[-30:]
+    got = lengths_batch({"_example": [json.dumps(e) for e in examples]}, template=template, tokenizer=tokenizer,
+                        settings=settings, kind="supervised")
+    want = {"full": [], "kept": [], "trained": []}
+    for example in examples:
+        full, _ = encode_conversation(template, tokenizer, example, settings, cutoff_len=NO_CUTOFF)
+        ids, labels = encode_conversation(template, tokenizer, example, settings)
+        want["full"].append(len(full))
+        want["kept"].append(len(ids))
+        want["trained"].append(sum(label != -100 for label in labels))
+    assert {k: got[k] for k in want} == want
+    assert max(want["full"]) > settings.cutoff_len  # some rows were cut

@@ -18,7 +18,7 @@ from functools import partial
 from .loading import Converted, bad_rows_message, convert_dataset
 from .packing import greedy_knapsack
 from .template import IGNORE_INDEX
-from .tokenize import NO_CUTOFF, Settings, encode_conversation, expand_media, text_token_ids
+from .tokenize import NO_CUTOFF, Settings, batch_encodable, encode_conversation, expand_media, text_token_ids
 
 GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
 
@@ -35,7 +35,23 @@ def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind:
             out["trained"].append(min(len(ids), settings.cutoff_len))
             out["rewritten"].append(False)
         return out
-    for example in examples:
+    batched = kind == "supervised" and batch_encodable(template, tokenizer)
+    if batched:  # every row's pieces in one tokenizer call, as training encodes them
+        template.check_supervised(settings.train_on_prompt)
+        conversations = [(e["messages"], e.get("system") or settings.default_system, e.get("tools") or None)
+                         for e in examples]
+        encoded = template.encode_turns_many(tokenizer, conversations, enable_thinking=settings.enable_thinking)
+    for position, example in enumerate(examples):
+        if batched:
+            turns, eos_id = encoded[position], tokenizer.eos_token_id
+            full_ids, _ = template.supervised_from_turns(turns, eos_id, NO_CUTOFF, settings.train_on_prompt, settings.mask_history)
+            ids, labels = template.supervised_from_turns(turns, eos_id, settings.cutoff_len, settings.train_on_prompt,
+                                                         settings.mask_history)
+            out["full"].append(len(full_ids))
+            out["kept"].append(len(ids))
+            out["trained"].append(len(labels) - labels.count(IGNORE_INDEX))
+            out["rewritten"].append(_rewritten(rewritten, tokenizer, example, settings, kind))
+            continue
         variants = [example]
         if kind == "pairwise":
             variants = [{**example, "messages": example["messages"] + [{"role": "assistant", "content": example[side]}]}
@@ -51,11 +67,15 @@ def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind:
         out["full"].append(max(full))
         out["kept"].append(max(kept))
         out["trained"].append(min(trained))
-        # the tokenizer's own template (template: auto) rewrites earlier turns: only the last reply trains
-        out["rewritten"].append(bool(rewritten) and kind == "supervised" and not settings.mask_history and rewritten(
-            tokenizer, example["messages"], example.get("system") or settings.default_system,
-            example.get("tools") or None, enable_thinking=settings.enable_thinking))
+        out["rewritten"].append(_rewritten(rewritten, tokenizer, example, settings, kind))
     return out
+
+
+def _rewritten(rewritten, tokenizer, example: dict, settings: Settings, kind: str) -> bool:
+    """The tokenizer's own template (template: auto) rewrites earlier turns: only the last reply trains."""
+    return bool(rewritten) and kind == "supervised" and not settings.mask_history and rewritten(
+        tokenizer, example["messages"], example.get("system") or settings.default_system,
+        example.get("tools") or None, enable_thinking=settings.enable_thinking)
 
 
 def render_marked(tokenizer, ids: list[int], labels: list[int], color: bool) -> str:

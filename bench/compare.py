@@ -16,7 +16,8 @@ Peak memory is the child's peak RSS (os.wait4) on CPU, torch.cuda.max_memory_all
 Step memory is what the training steps add above the memory held when training begins: the peak RSS
 of the steps (VmHWM, reset through /proc/self/clear_refs at train begin) minus the RSS then (on a GPU,
 the allocator's peak minus what was allocated then); weights, libraries and data are left out.
-Final loss is the last logged training loss (set logging_steps: 1 to compare step by step).
+Final loss is the last logged training loss (set logging_steps: 1 to compare step by step; --json keeps
+every logged loss and grad norm of each run).
 
 With --against, LLaMA-Factory's runs use the interpreter of that llamafactory-cli (its venv) and its
 own ``run_exp``; ratios are then tuneforge variant / LLaMA-Factory, otherwise variant / first variant.
@@ -119,6 +120,7 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
     train_loss = next((r["train_loss"] for r in reversed(history) if "train_loss" in r), None)
     result = {
         "marks": marks, "warmup": warmup, "final_loss": losses[-1] if losses else None, "train_loss": train_loss,
+        "losses": losses, "grad_norms": [r["grad_norm"] for r in history if r.get("grad_norm") is not None],
         # what the model does, not what the arguments say (LLaMA-Factory enables it on the model itself)
         "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
         "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,

@@ -17,7 +17,7 @@ Step memory is what the training steps add above the memory held when training b
 of the steps (VmHWM, reset through /proc/self/clear_refs at train begin) minus the RSS then (on a GPU,
 the allocator's peak minus what was allocated then); weights, libraries and data are left out.
 Final loss is the last logged training loss (set logging_steps: 1 to compare step by step; --json keeps
-every logged loss and grad norm of each run).
+every logged loss, grad norm and learning rate of each run).
 
 With --against, LLaMA-Factory's runs use the interpreter of that llamafactory-cli (its venv) and its
 own ``run_exp``; ratios are then tuneforge variant / LLaMA-Factory, otherwise variant / first variant.
@@ -121,6 +121,7 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
     result = {
         "marks": marks, "warmup": warmup, "final_loss": losses[-1] if losses else None, "train_loss": train_loss,
         "losses": losses, "grad_norms": [r["grad_norm"] for r in history if r.get("grad_norm") is not None],
+        "learning_rates": [r["learning_rate"] for r in history if "learning_rate" in r],
         # what the model does, not what the arguments say (LLaMA-Factory enables it on the model itself)
         "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
         "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,

@@ -95,6 +95,10 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
             counts["tokens"] += int(mask.sum()) if mask is not None and mask.dim() == 2 else ids.numel()
             if "labels" in inputs:
                 counts["targets"] += int((inputs["labels"] != -100).sum())
+            # what each micro-batch holds (non-pad ids and labels), to find where two runs part
+            keep = mask.bool() if mask is not None and mask.dim() == 2 else torch.ones_like(ids, dtype=torch.bool)
+            seen.setdefault("batches", []).append(
+                [hash(tuple(ids[keep].tolist())), hash(tuple(inputs["labels"][keep].tolist())) if "labels" in inputs else None])
             return step(model, inputs, *a, **k)
 
         self.training_step = counted
@@ -122,6 +126,7 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
         "marks": marks, "warmup": warmup, "final_loss": losses[-1] if losses else None, "train_loss": train_loss,
         "losses": losses, "grad_norms": [r["grad_norm"] for r in history if r.get("grad_norm") is not None],
         "learning_rates": [r["learning_rate"] for r in history if "learning_rate" in r],
+        "micro_batches": seen.get("batches", []),
         # what the model does, not what the arguments say (LLaMA-Factory enables it on the model itself)
         "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
         "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,

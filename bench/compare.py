@@ -13,7 +13,11 @@ before the framework imports it, wraps ``training_step`` to count what each micr
 times optimizer steps, leaving out the first --warmup-steps. Non-pad tokens are the attention mask's
 ones (all ids in a padding-free batch, which has no pad); target tokens are labels other than -100.
 Peak memory is the child's peak RSS (os.wait4) on CPU, torch.cuda.max_memory_allocated() on a GPU.
-Final loss is the last logged training loss (set logging_steps: 1 to compare step by step).
+Step memory is what the training steps add above the memory held when training begins: the peak RSS
+of the steps (VmHWM, reset through /proc/self/clear_refs at train begin) minus the RSS then (on a GPU,
+the allocator's peak minus what was allocated then); weights, libraries and data are left out.
+Final loss is the last logged training loss (set logging_steps: 1 to compare step by step; --json keeps
+every logged loss, grad norm and learning rate of each run).
 
 With --against, LLaMA-Factory's runs use the interpreter of that llamafactory-cli (its venv) and its
 own ``run_exp``; ratios are then tuneforge variant / LLaMA-Factory, otherwise variant / first variant.
@@ -49,11 +53,27 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
     counts = {"samples": 0, "tokens": 0, "targets": 0}
     seen: dict = {}
 
+    def rss_status(field: str) -> int | None:  # VmRSS / VmHWM of this process, bytes (Linux)
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
     class Clock(transformers.TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+                seen["train_start"] = torch.cuda.memory_allocated()
+            else:
+                try:  # reset the peak RSS (VmHWM) so the training steps' own peak can be read at the end
+                    Path("/proc/self/clear_refs").write_text("5")
+                except OSError:
+                    pass
+                seen["train_start"] = rss_status("VmRSS")
             marks.append((state.global_step, time.perf_counter(), 0, 0, 0))
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -75,6 +95,10 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
             counts["tokens"] += int(mask.sum()) if mask is not None and mask.dim() == 2 else ids.numel()
             if "labels" in inputs:
                 counts["targets"] += int((inputs["labels"] != -100).sum())
+            # what each micro-batch holds (non-pad ids and labels), to find where two runs part
+            keep = mask.bool() if mask is not None and mask.dim() == 2 else torch.ones_like(ids, dtype=torch.bool)
+            seen.setdefault("batches", []).append(
+                [hash(tuple(ids[keep].tolist())), hash(tuple(inputs["labels"][keep].tolist())) if "labels" in inputs else None])
             return step(model, inputs, *a, **k)
 
         self.training_step = counted
@@ -100,9 +124,16 @@ def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) 
     train_loss = next((r["train_loss"] for r in reversed(history) if "train_loss" in r), None)
     result = {
         "marks": marks, "warmup": warmup, "final_loss": losses[-1] if losses else None, "train_loss": train_loss,
+        "losses": losses, "grad_norms": [r["grad_norm"] for r in history if r.get("grad_norm") is not None],
+        "learning_rates": [r["learning_rate"] for r in history if "learning_rate" in r],
+        "micro_batches": seen.get("batches", []),
         # what the model does, not what the arguments say (LLaMA-Factory enables it on the model itself)
         "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) is True for m in trainer.model.modules()),
         "cuda_peak": torch.cuda.max_memory_allocated() if cuda else None,
+        # the training steps' peak (RSS high-water since train began; on a GPU the allocator's) and what
+        # the steps add above the memory held when training began (weights, optimizer set-up, data)
+        "train_peak": torch.cuda.max_memory_allocated() if cuda else rss_status("VmHWM"),
+        "train_start": seen.get("train_start"),
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if cuda else "cpu",
     }
@@ -140,7 +171,9 @@ def run_once(python: str, framework: str, config: str, overrides: list[str], thr
     peak = result["cuda_peak"] if result["cuda_peak"] is not None else usage.ru_maxrss * 1024
     return {**result, "seconds": seconds, "samples": samples, "tokens": tokens, "targets": targets,
             "tokens_per_second": tokens / seconds, "target_tokens_per_second": targets / seconds,
-            "samples_per_second": samples / seconds, "peak_memory_bytes": peak}
+            "samples_per_second": samples / seconds, "peak_memory_bytes": peak,
+            "step_memory_bytes": (result["train_peak"] - result["train_start"])
+            if result.get("train_peak") is not None and result.get("train_start") is not None else None}
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -187,7 +220,8 @@ def main(argv=None) -> int:
         return statistics.median(values) if values else None
 
     base = "llamafactory" if args.against else runs[0][0]
-    keys = ("tokens_per_second", "target_tokens_per_second", "samples_per_second", "peak_memory_bytes", "final_loss")
+    keys = ("tokens_per_second", "target_tokens_per_second", "samples_per_second", "peak_memory_bytes",
+            "step_memory_bytes", "final_loss")
     summary = {label: {k: median(label, k) for k in keys} for label in results}
     for label in results:
         summary[label]["gradient_checkpointing"] = results[label][0]["gradient_checkpointing"]
@@ -195,17 +229,21 @@ def main(argv=None) -> int:
     print(f"\nconfig {args.config} {' '.join(args.overrides)}")
     print(f"device {first['device']}, {args.threads} thread(s), {args.repeats} interleaved repeat(s), medians; "
           f"first {args.warmup_steps} step(s) left out; ratios against {base}")
-    header = f"{'run':<18}{'tokens/s':>11}{'target tok/s':>14}{'samples/s':>11}{'peak MiB':>10}{'final loss':>12}{'GC':>4}" \
-             f"{'tok/s x':>9}{'mem x':>7}"
+    header = f"{'run':<18}{'tokens/s':>11}{'target tok/s':>14}{'samples/s':>11}{'peak MiB':>10}{'step MiB':>10}" \
+             f"{'final loss':>12}{'GC':>4}{'tok/s x':>9}{'mem x':>7}{'step x':>8}"
     print(header)
     for label, s in summary.items():
         ratio = s["tokens_per_second"] / summary[base]["tokens_per_second"]
         mem = s["peak_memory_bytes"] / summary[base]["peak_memory_bytes"]
         s["tokens_per_second_ratio"], s["peak_memory_ratio"] = ratio, mem
+        step, base_step = s["step_memory_bytes"], summary[base]["step_memory_bytes"]
+        s["step_memory_ratio"] = step / base_step if step and base_step else None
         loss = f"{s['final_loss']:.6f}" if s["final_loss"] is not None else "-"
+        step_text = f"{step / 2**20:>10.0f}" if step is not None else f"{'-':>10}"
+        step_ratio = f"{s['step_memory_ratio']:>8.2f}" if s["step_memory_ratio"] else f"{'-':>8}"
         print(f"{label:<18}{s['tokens_per_second']:>11.1f}{s['target_tokens_per_second']:>14.1f}{s['samples_per_second']:>11.3f}"
-              f"{s['peak_memory_bytes'] / 2**20:>10.0f}{loss:>12}{'on' if s['gradient_checkpointing'] else 'off':>4}"
-              f"{ratio:>9.2f}{mem:>7.2f}")
+              f"{s['peak_memory_bytes'] / 2**20:>10.0f}{step_text}{loss:>12}{'on' if s['gradient_checkpointing'] else 'off':>4}"
+              f"{ratio:>9.2f}{mem:>7.2f}{step_ratio}")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     print(json.dumps(summary))

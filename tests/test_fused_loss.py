@@ -100,3 +100,28 @@ def test_eval_mode_and_generation_see_real_logits(tiny_model, data_dir, tmp_path
 def test_fused_loss_true_says_why_it_cannot_be_exact(tiny_model, data_dir, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="fused_loss: true cannot be exact here: label smoothing"):
         train(tiny_model, data_dir, tmp_path / "out", fused_loss=True, label_smoothing_factor=0.1, max_steps=1)
+
+
+def test_default_chunks_of_a_128k_head_are_small_and_exact():
+    """A Llama-3-sized head is chunked by memory (64 MiB of logits per chunk, not 1024 rows: 512 MiB),
+    and the loss and hidden-state gradient still equal the plain loss."""
+    import torch
+
+    from tuneforge.train.fused_loss import CHUNK_BYTES, chunk_rows_for
+
+    vocab = 128_256
+    assert chunk_rows_for(vocab) * vocab * 4 <= CHUNK_BYTES and chunk_rows_for(vocab) >= 16
+    assert chunk_rows_for(2048) == 1024
+    torch.manual_seed(0)
+    hidden = torch.randn(200, 8, requires_grad=True)
+    weight = torch.randn(vocab, 8) * 0.1
+    targets = torch.randint(0, vocab, (200,))
+    targets[::4] = -100
+    fused = linear_cross_entropy(hidden, weight, targets)  # 150 target rows: two chunks
+    fused.backward()
+    grad_fused = hidden.grad.clone()
+    hidden.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, ignore_index=-100)
+    plain.backward()
+    assert abs(fused.item() - plain.item()) < 1e-5
+    assert torch.allclose(grad_fused, hidden.grad, atol=1e-6)

@@ -43,7 +43,7 @@ _TOKENIZER_FILES = {
     "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
     "chat_template.json", "qwen.tiktoken", "tokenizer.tiktoken",
 }
-_DATA_MODULES = ("example", "loading", "tokenize", "packing", "dataset", "media")
+_DATA_MODULES = ("example", "loading", "tokenize", "batch_encode", "packing", "dataset", "media")
 
 
 def cache_root() -> Path:

@@ -37,7 +37,7 @@ from .loading import load_examples, skip_summary, stream_examples
 from .packing import pack_batch
 from .registry import data_problems, interleave_probabilities
 from .template import IGNORE_INDEX
-from .tokenize import BATCH_FUNCTIONS, TRUNCATED, Settings, text_batch
+from .tokenize import BATCH_FUNCTIONS, TRUNCATED, Settings, as_arrow, text_batch
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,10 @@ def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint:
     """Tokenise (and pack) a dataset of JSON examples; report rows cutoff_len truncates and rows that
     lose every trained token (printed, and added to ``notes`` so a run from the cache repeats them)."""
     config = ctx.config
-    features = raw.map(featurizer(ctx, kind, settings, report=True), remove_columns=["_example"], desc=f"Tokenising {label}",
+    featurize = featurizer(ctx, kind, settings, report=True)
+    if stage_data_kind(ctx, kind) is None:  # the built-in featurizers' int columns: handed over as Arrow
+        featurize = as_arrow(featurize)
+    features = raw.map(featurize, remove_columns=["_example"], desc=f"Tokenising {label}",
                        **_map_kwargs(config, len(raw), f"{fingerprint[:24]}-{label.split()[0]}-tokens"))
     if TRUNCATED in features.column_names:
         truncated = sum(features[TRUNCATED])

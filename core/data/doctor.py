@@ -19,7 +19,7 @@ from pathlib import Path
 from .loading import Converted, bad_rows_message, convert_dataset
 from .packing import greedy_knapsack
 from .template import IGNORE_INDEX
-from .tokenize import NO_CUTOFF, Settings, encode_conversation, expand_media, text_token_ids
+from .tokenize import NO_CUTOFF, Settings, batch_encodable, encode_conversation, expand_media, text_token_ids
 
 GREEN, RESET = "\x1b[1;32m", "\x1b[0m"
 
@@ -36,7 +36,23 @@ def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind:
             out["trained"].append(min(len(ids), settings.cutoff_len))
             out["rewritten"].append(False)
         return out
-    for example in examples:
+    batched = kind == "supervised" and batch_encodable(template, tokenizer)
+    if batched:  # every row's pieces in one tokenizer call, as training encodes them
+        template.check_supervised(settings.train_on_prompt)
+        conversations = [(e["messages"], e.get("system") or settings.default_system, e.get("tools") or None)
+                         for e in examples]
+        encoded = template.encode_turns_many(tokenizer, conversations, enable_thinking=settings.enable_thinking)
+    for position, example in enumerate(examples):
+        if batched:
+            turns, eos_id = encoded[position], tokenizer.eos_token_id
+            full_ids, _ = template.supervised_from_turns(turns, eos_id, NO_CUTOFF, settings.train_on_prompt, settings.mask_history)
+            ids, labels = template.supervised_from_turns(turns, eos_id, settings.cutoff_len, settings.train_on_prompt,
+                                                         settings.mask_history)
+            out["full"].append(len(full_ids))
+            out["kept"].append(len(ids))
+            out["trained"].append(len(labels) - labels.count(IGNORE_INDEX))
+            out["rewritten"].append(_rewritten(rewritten, tokenizer, example, settings, kind))
+            continue
         variants = [example]
         if kind == "pairwise":
             variants = [{**example, "messages": example["messages"] + [{"role": "assistant", "content": example[side]}]}
@@ -52,11 +68,15 @@ def lengths_batch(batch: dict, *, template, tokenizer, settings: Settings, kind:
         out["full"].append(max(full))
         out["kept"].append(max(kept))
         out["trained"].append(min(trained))
-        # the tokenizer's own template (template: auto) rewrites earlier turns: only the last reply trains
-        out["rewritten"].append(bool(rewritten) and kind == "supervised" and not settings.mask_history and rewritten(
-            tokenizer, example["messages"], example.get("system") or settings.default_system,
-            example.get("tools") or None, enable_thinking=settings.enable_thinking))
+        out["rewritten"].append(_rewritten(rewritten, tokenizer, example, settings, kind))
     return out
+
+
+def _rewritten(rewritten, tokenizer, example: dict, settings: Settings, kind: str) -> bool:
+    """The tokenizer's own template (template: auto) rewrites earlier turns: only the last reply trains."""
+    return bool(rewritten) and kind == "supervised" and not settings.mask_history and rewritten(
+        tokenizer, example["messages"], example.get("system") or settings.default_system,
+        example.get("tools") or None, enable_thinking=settings.enable_thinking)
 
 
 def render_marked(tokenizer, ids: list[int], labels: list[int], color: bool) -> str:
@@ -134,13 +154,19 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
     unit = "texts" if kind == "text" else "rows"
     say(f"token lengths of the {unit} training uses (untruncated; cutoff_len={settings.cutoff_len}):")
     fn = partial(lengths_batch, template=ctx.template, tokenizer=ctx.tokenizer, settings=settings, kind=kind)
+    key, _ = cache_key(ctx, kind, settings)
+    stored = _stored_lengths(key, config)
+    measured: dict[str, dict] = {}
     kept_all: list[int] = []
-    for result in all_results:
+    for index, result in enumerate(all_results):
         if not result.examples:
             continue
-        raw = _examples_dataset(result.examples)
-        stats = raw.map(fn, remove_columns=["_example"], desc=f"Measuring {result.attr.name}",
-                        **_map_kwargs(config, len(raw), f"doctor-{len(raw)}"))
+        stats = stored.get(str(index))
+        if stats is None or len(stats["full"]) != len(result.examples):
+            raw = _examples_dataset(result.examples)
+            stats = raw.map(fn, remove_columns=["_example"], desc=f"Measuring {result.attr.name}",
+                            **_map_kwargs(config, len(raw), f"doctor-{len(raw)}")).to_dict()
+        measured[str(index)] = stats
         full, kept, trained = stats["full"], stats["kept"], stats["trained"]
         truncated = sum(1 for n in full if n > settings.cutoff_len)
         emptied = sum(1 for n in trained if n == 0)
@@ -164,7 +190,8 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
         rows = sum(len(greedy_knapsack(kept_all[i : i + size], settings.cutoff_len)) for i in range(0, len(kept_all), size))
         say(f"  packing: {len(kept_all)} samples -> {rows} rows" + (" (neat: no attention across samples)" if settings.neat_packing else ""))
 
-    key, _ = cache_key(ctx, kind, settings)
+    if measured != stored:
+        _store_lengths(key, measured)
     tokenized = config.tokenized_path
     if tokenized and Path(tokenized).is_dir() and any(Path(tokenized).iterdir()):
         say(f"  cache: not used: training loads tokenized_path {tokenized} as it is (the rows above are not what it trains on "
@@ -199,6 +226,46 @@ def run_doctor(ctx, kind: str, *, color: bool = False) -> int:
         return 2
     say(f"result: OK ({sum(len(r.examples) for r in all_results)} rows ready" + (f", {bad} bad row(s) skipped" if bad else "") + ")")
     return 0
+
+
+def _lengths_path(key: str | None):
+    """Where the doctor keeps the token lengths it measured for the cache key ``key`` (beside the
+    tokenised entry of the same key; the doctor's own source is part of the name)."""
+    if key is None:
+        return None
+    from .cache import _source_digest, entry_path
+
+    path = entry_path(key)
+    return path.parent / f"{path.name}.lengths-{(_source_digest(sys.modules[__name__]) or 'x')[:12]}.json"
+
+
+def _stored_lengths(key: str | None, config) -> dict:
+    """The per-dataset lengths a previous `tuneforge data` measured with the same data, tokenizer,
+    template and settings (the tokenised cache's key), so a second call tokenises nothing; {} when
+    there are none, when they cannot be read, or with ``overwrite_cache: true``."""
+    path = _lengths_path(key)
+    if path is None or config.overwrite_cache or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _store_lengths(key: str | None, measured: dict) -> None:
+    path = _lengths_path(key)
+    if path is None:
+        return
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(measured), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the next call measures again
 
 
 def _render_example(say, ctx, kind: str, settings: Settings, example: dict, color: bool) -> None:

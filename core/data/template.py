@@ -471,12 +471,46 @@ class Template:
         A conversation whose first exchange cannot keep a single response token gives no trained
         label at all (callers drop such rows).
         """
+        self.check_supervised(train_on_prompt)
+        turns = self.encode_turns(tokenizer, messages, system, tools, enable_thinking=enable_thinking)
+        return self.supervised_from_turns(turns, tokenizer.eos_token_id, cutoff_len, train_on_prompt, mask_history)
+
+    def check_supervised(self, train_on_prompt: bool) -> None:
+        """Raise the error :meth:`encode_supervised` gives for settings this template refuses."""
         if train_on_prompt and self.efficient_eos:
             from ..errors import TuneforgeError
 
             raise TuneforgeError(f"template {self.name!r} uses efficient_eos, which does not support train_on_prompt")
-        turns = [(p, r) for p, r in self.encode_turns(tokenizer, messages, system, tools, enable_thinking=enable_thinking) if r]
-        eos_id = tokenizer.eos_token_id
+
+    def encode_turns_many(self, tokenizer, conversations: list[tuple[list[dict], str | None, Any]], *,
+                          enable_thinking: bool = True) -> list[list[tuple[list[int], list[int]]]]:
+        """:meth:`encode_turns` of many ``(messages, system, tools)`` conversations, every text piece
+        of all of them encoded in one batched tokenizer call (a fast tokenizer encodes a batch in Rust,
+        in parallel, without Python work per piece). The same ids as one :meth:`encode_turns` per
+        conversation: each piece is still encoded on its own, only the calls are batched."""
+        rendered = [self._texts(tokenizer, m, s, t, enable_thinking, "all") for m, s, t in conversations]
+        pieces = [text for texts in rendered for pair in texts for text in pair if text]
+        from .batch_encode import encode_texts
+
+        encoded = iter(encode_texts(tokenizer, pieces))
+        eos = [tokenizer.eos_token_id] if self.append_eos and tokenizer.eos_token_id is not None else []
+        out = []
+        for texts in rendered:
+            pairs = []
+            for prompt, response in texts:
+                prompt_ids = next(encoded) if prompt else []
+                if response is None:
+                    pairs.append((prompt_ids, []))
+                else:
+                    pairs.append((prompt_ids, (next(encoded) if response else []) + eos))
+            out.append(pairs)
+        return out
+
+    def supervised_from_turns(self, turns: list[tuple[list[int], list[int]]], eos_id: int | None, cutoff_len: int,
+                              train_on_prompt: bool = False, mask_history: bool = False) -> tuple[list[int], list[int]]:
+        """Ids and labels from :meth:`encode_turns`' pairs: truncation, masks and EOS as documented
+        in :meth:`encode_supervised` (which is this after encoding)."""
+        turns = [(p, r) for p, r in turns if r]
         final_eos = self.efficient_eos and eos_id is not None
         budget = cutoff_len - (1 if final_eos else 0)
         order = list(range(len(turns)))[::-1] if mask_history else list(range(len(turns)))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .media import mask_media_labels
-from .template import IGNORE_INDEX
+from .template import IGNORE_INDEX, Template
 
 #: What the whole length is measured against when the doctor wants untruncated lengths.
 NO_CUTOFF = 1 << 30
@@ -117,7 +117,7 @@ def _reply(example: dict, key: str) -> dict:
 
 
 def _trained(labels: list[int]) -> bool:
-    return any(label != IGNORE_INDEX for label in labels)
+    return labels.count(IGNORE_INDEX) != len(labels)
 
 
 def _media_of(example: dict, media) -> dict[str, list[str]]:
@@ -135,16 +135,27 @@ def expand_media(example: dict, media, model_path: str, tokenizer) -> dict:
 
 def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
                      report: bool = False) -> dict:
-    """``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
+    """A batch of conversations is rendered to text pieces and every piece encoded in one tokenizer
+    call when :func:`batch_encodable` says the ids cannot differ from one call per piece (the features
+    are the same; tests/test_batched_tokenize.py); otherwise row by row.
+
+    ``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
     (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
     dropped: a partial image cannot be fed to the model."""
+    examples = [json.loads(text) for text in batch["_example"]]
+    if media is None and batch_encodable(template, tokenizer):
+        return _reported(_supervised_batched(examples, template, tokenizer, settings), report)
+    return _reported(_supervised_rows(examples, template, tokenizer, settings, media, model_path), report)
+
+
+def _supervised_rows(examples: list[dict], template, tokenizer, settings: Settings, media=None, model_path: str = "") -> dict:
+    """:func:`supervised_batch` one row at a time (media rows, and templates or tokenizers that cannot batch)."""
     out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
     if media is not None:
         out.update({c: [] for c in media.modalities})
         media_ids = media.media_token_ids(tokenizer)
-    for text in batch["_example"]:
-        example = json.loads(text)
+    for example in examples:
         files = _media_of(example, media)
         example = expand_media(example, media, model_path, tokenizer)
         input_ids, labels, cut = encode_counted(template, tokenizer, example, settings)
@@ -160,7 +171,70 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
             if media is not None:
                 for column in media.modalities:
                     out[column].append(files.get(column, []))
-    return _reported(out, report)
+    return out
+
+
+#: The Template methods whose composition the batched path reproduces; a template class that overrides
+#: any of them encodes its own way and gets the per-row path.
+_BATCHED_METHODS = ("encode_supervised", "encode_turns", "encode_turns_many", "supervised_from_turns", "_encode",
+                    "_response_ids", "check_supervised")
+
+
+def batch_encodable(template, tokenizer) -> bool:
+    """Whether a batch of conversations can be encoded with one tokenizer call instead of one per text
+    piece and give the same ids: a fast (Rust) tokenizer, whose batch call encodes every text exactly
+    as its single call does, and a template that encodes through :class:`Template`'s own pieces."""
+    cls = type(template)
+    return (bool(getattr(tokenizer, "is_fast", False)) and isinstance(template, Template)
+            and all(getattr(cls, name) is getattr(Template, name) for name in _BATCHED_METHODS))
+
+
+def _supervised_batched(examples: list[dict], template, tokenizer, settings: Settings) -> dict:
+    """:func:`supervised_batch` for a whole batch at once: every row rendered to its text pieces, all
+    pieces encoded in one tokenizer call, then each row truncated and labelled as
+    :func:`encode_counted` does (uncut first; a row longer than cutoff_len is cut from the same pieces)."""
+    template.check_supervised(settings.train_on_prompt)
+    conversations = [(e["messages"], e.get("system") or settings.default_system, e.get("tools") or None) for e in examples]
+    eos_id = tokenizer.eos_token_id
+    out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
+    for turns in template.encode_turns_many(tokenizer, conversations, enable_thinking=settings.enable_thinking):
+        ids, labels = template.supervised_from_turns(turns, eos_id, NO_CUTOFF, settings.train_on_prompt, settings.mask_history)
+        cut = len(ids) > settings.cutoff_len
+        if cut:
+            ids, labels = template.supervised_from_turns(turns, eos_id, settings.cutoff_len, settings.train_on_prompt,
+                                                         settings.mask_history)
+        if _trained(labels):
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+            out[TRUNCATED].append(cut)
+    return out
+
+
+#: The Arrow type ``datasets`` infers for each of these columns from Python lists (its narrower
+#: "optimized" ints for input_ids and attention_mask).
+_ARROW_TYPES = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64", TRUNCATED: None}
+
+
+def as_arrow(featurize):
+    """``featurize`` returning an Arrow table of the types ``datasets.map`` would infer from its lists:
+    the same stored features, built by Arrow one column at a time instead of value by value in Python.
+    A batch with other columns, no rows, or values that do not fit those types (an id past int32)
+    is returned as lists, for datasets to type as before."""
+    import pyarrow as pa
+
+    def wrapped(batch: dict) -> dict:
+        out = featurize(batch)
+        if not out or set(out) - set(_ARROW_TYPES) or not all(isinstance(v, list) and v for v in out.values()):
+            return out
+        try:
+            return pa.table({column: pa.array(values, type=pa.bool_() if _ARROW_TYPES[column] is None
+                                              else pa.list_(getattr(pa, _ARROW_TYPES[column])()))
+                             for column, values in out.items()})
+        except (pa.ArrowInvalid, OverflowError, TypeError):
+            return out
+
+    return wrapped
 
 
 def _media_whole(input_ids: list[int], example: dict, media_ids: dict[int, int], tokenizer) -> bool:

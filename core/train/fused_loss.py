@@ -26,21 +26,34 @@ from ..errors import ConfigError, Problem
 from ..ranks import is_main_process
 
 IGNORE_INDEX = -100
-#: Rows per chunk: logits of CHUNK x vocabulary in fp32 at a time (128k vocabulary: 512 MiB at 1024 rows).
+#: Most rows per chunk (small vocabularies).
 CHUNK_ROWS = 1024
+#: Memory of one chunk's fp32 logits: the rows per chunk follow from the vocabulary (128k columns: 130
+#: rows, 64 MiB; the chunk's softmax and its gradient reuse that buffer, logsumexp needs one more like it).
+#: Larger chunks gain no speed on CPU (each is a large matrix product already) and cost memory: at 1024
+#: rows a 128k vocabulary took 512 MiB per buffer, most of a small model's step.
+CHUNK_BYTES = 64 << 20
 #: Below this vocabulary the logits are small and the plain loss is as good.
 MIN_VOCAB = 32_000
 _LOGIT_CHANGERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
-def linear_cross_entropy(hidden, weight, targets, bias=None, divisor=None, chunk_rows: int = CHUNK_ROWS):
+def chunk_rows_for(vocab: int) -> int:
+    """Rows of logits per chunk for a ``vocab``-column head: :data:`CHUNK_BYTES` of fp32, within 16..CHUNK_ROWS."""
+    return max(16, min(CHUNK_ROWS, CHUNK_BYTES // (4 * max(1, vocab))))
+
+
+def linear_cross_entropy(hidden, weight, targets, bias=None, divisor=None, chunk_rows: int | None = None):
     """Sum of cross-entropy(hidden @ weight.T + bias, targets) over targets != -100, divided by ``divisor``
-    (the count of such targets when None), without materialising more than ``chunk_rows`` rows of logits.
+    (the count of such targets when None), without materialising more than ``chunk_rows`` rows of logits
+    (default: :func:`chunk_rows_for` the vocabulary).
 
     ``hidden``: (N, H); ``weight``: (V, H); ``targets``: (N,).
     """
     import torch
 
+    if chunk_rows is None:
+        chunk_rows = chunk_rows_for(weight.shape[0])
     if divisor is None:
         divisor = (targets != IGNORE_INDEX).sum()
     divisor = torch.as_tensor(divisor, device=hidden.device, dtype=torch.float32)
@@ -74,7 +87,7 @@ def _function():
                     # d(sum CE)/d(logits) = softmax - one_hot, computed in place over the chunk's logits
                     grad = logits.sub_(lse[:, None]).exp_()
                     grad[torch.arange(t.numel(), device=t.device), t] -= 1
-                    grad = grad * scale
+                    grad.mul_(scale)  # in place: no second chunk-sized buffer
                     if want_h:
                         grad_h.index_copy_(0, index, (grad.to(weight.dtype) @ weight).to(hidden.dtype))
                     if want_w:
@@ -216,7 +229,7 @@ def decide(ctx, model, collator, args) -> tuple[bool, str]:
         return False, why_not
     if not wanted and vocab < MIN_VOCAB:
         return False, f"a {vocab:,}-token vocabulary has small logits"
-    return True, f"{vocab:,}-token vocabulary: logits computed {CHUNK_ROWS} target rows at a time, never in full"
+    return True, f"{vocab:,}-token vocabulary: logits computed {chunk_rows_for(vocab)} target rows at a time, never in full"
 
 
 def apply(ctx, trainer, model, collator) -> None:

@@ -1,0 +1,171 @@
+"""LLaVA 1.5 and LLaVA-NeXT (issue 17): llava-hf's published chat template ends every turn with a space
+the next word absorbs (" A USER:"), so the templates encode the conversation whole and cut it at
+character offsets (``encode_whole``); the ids are token for token what the model's own chat template +
+processor give, and the labels train exactly the replies' tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneforge.plan import prepare
+from tuneforge.plugin_manager import PluginManager
+
+from .conftest import ANCHOR
+from .test_vision_families import make_ctx
+
+FAMILIES = {"llava": "llava", "llava_next": "llava_next"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    return request.param, cached_tiny_model(request.param, "tiny")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+
+
+def parts(message: dict) -> dict:
+    """A message as the content parts llava-hf's template takes (it renders images first, then text)."""
+    pieces = message["content"].split("<image>")
+    out = [{"type": "image"} for _ in pieces[1:]]
+    text = "".join(pieces)
+    return {"role": message["role"], "content": out + ([{"type": "text", "text": text}] if text else [])}
+
+
+def features_of(ctx, examples):
+    from tuneforge.data.dataset import featurizer
+    from tuneforge.data.tokenize import Settings
+
+    return featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
+        {"_example": [json.dumps(e) for e in examples]})
+
+
+def test_ids_and_labels_are_the_published_template_and_processors_token_for_token(family):
+    from PIL import Image
+
+    from tuneforge.data.loading import load_examples
+    from tuneforge.data.media import load_processor
+    from tuneforge.data.template import IGNORE_INDEX
+
+    name, path = family
+    ctx = make_ctx(path, FAMILIES[name])
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    example = result.examples[0]  # "<image>Who are they?" -> reply, "What are they doing?<image>" -> reply
+    features = features_of(ctx, [example])
+    ids, labels = features["input_ids"][0], features["labels"][0]
+
+    processor = load_processor(str(path))
+    text = processor.tokenizer.apply_chat_template([parts(m) for m in example["messages"]], tokenize=False)
+    # the processor adds BOS itself, as processor.apply_chat_template(tokenize=True) does for this template
+    expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]])
+    expected = [int(i) for i in expected["input_ids"][0]]
+    assert ids[0] == ctx.tokenizer.bos_token_id
+    assert ctx.tokenizer.decode(ids) == ctx.tokenizer.decode(expected)
+    assert ids == expected
+
+    media = set(ctx.media.media_token_ids(ctx.tokenizer))
+    assert sum(i in media for i in ids) >= 2 * 16  # two images, 16+ tokens each
+    assert all(label == IGNORE_INDEX for i, label in zip(ids, labels) if i in media)
+    # trained: each reply with its leading space ("ASSISTANT:" + " A"), nothing of the prompts; the space
+    # after a reply is trained only where it is a token of its own (a token goes with the piece that
+    # holds its last character: a " USER" token is the next prompt's)
+    replies = [m["content"] for m in example["messages"] if m["role"] == "assistant"]
+    trained_runs, run = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            trained_runs.append(run)
+            run = []
+    if run:
+        trained_runs.append(run)
+    decoded = [ctx.tokenizer.decode(r) for r in trained_runs]
+    assert [d.rstrip(" ") for d in decoded] == [" " + replies[0], " " + replies[1]]
+    assert decoded[-1].endswith(" ") and "USER" not in "".join(decoded)
+
+
+def test_turn_by_turn_encoding_would_not_give_the_models_ids(family):
+    """Why ``encode_whole``: the pieces encoded one by one split " USER" into " " + "USER"."""
+    import dataclasses
+
+    name, path = family
+    ctx = make_ctx(path, FAMILIES[name], dataset="alpaca_en_demo")
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}]
+    whole = ctx.template.encode_supervised(ctx.tokenizer, messages)
+    piecewise = dataclasses.replace(ctx.template, encode_whole=False).encode_supervised(ctx.tokenizer, messages)
+    text = ctx.tokenizer.apply_chat_template([{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
+                                              for m in messages], tokenize=False)
+    assert whole[0] == ctx.tokenizer(text)["input_ids"]
+    assert piecewise[0] != whole[0]
+    # generation: the prompt ends with "ASSISTANT:", as the template's add_generation_prompt writes it
+    prompt = ctx.template.encode_prompt(ctx.tokenizer, messages[:3])
+    assert prompt == ctx.tokenizer(ctx.tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages[:3]],
+        tokenize=False, add_generation_prompt=True))["input_ids"]
+
+
+def test_the_collator_gives_the_model_its_pixels_and_they_change_the_loss(family):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from tuneforge.data.dataset import make_collator
+    from tuneforge.data.loading import load_examples
+
+    name, path = family
+    ctx = make_ctx(path, FAMILIES[name])
+    [result] = load_examples(ctx, ctx.plan.datasets)
+    features = features_of(ctx, result.examples[:2])
+    batch = make_collator(ctx, "supervised")([{k: features[k][i] for k in features} for i in range(2)])
+    assert "pixel_values" in batch and "token_type_ids" not in batch and "mm_token_type_ids" not in batch
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    with torch.no_grad():
+        loss = model(**batch).loss
+        blank = model(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).loss
+    assert torch.isfinite(loss) and abs(float(loss) - float(blank)) > 1e-6
+
+
+def test_the_tiny_llava_is_detected_and_chats_about_an_image(family):
+    from transformers import AutoTokenizer
+
+    from tuneforge.chat.engine import engine_for
+    from tuneforge.plugins.templates.builtin import tuneforge_detect_template
+
+    name, path = family
+    # llava-hf publishes one chat template for LLaVA 1.5 and LLaVA-NeXT on Vicuna: both detect as llava,
+    # which renders and masks the same text (the processor, not the template, sets the image tokens)
+    assert tuneforge_detect_template(AutoTokenizer.from_pretrained(path)) == "llava"
+    prepared = prepare(None, [f"model_name_or_path={path}", f"template={FAMILIES[name]}", "max_new_tokens=3",
+                              "do_sample=false"], manager=PluginManager(autoload=False), inference=True)
+    engine = engine_for(prepared)
+    messages = [{"role": "user", "content": "<image>Who is he?", "images": [str(ANCHOR / "mllm_demo_data" / "2.jpg")]}]
+    ids = engine.encode(messages)
+    assert engine.tokenizer.decode(ids).endswith("Who is he? ASSISTANT:")
+    [reply] = engine.generate(messages)
+    assert reply.completion_tokens > 0
+
+
+def test_no_multimodal_name_is_left_waiting_and_the_waiting_mechanism_still_refuses(manager):
+    """templates/_multimodal.yaml is empty now; a spec with an unavailable reason still stops at check."""
+    from tuneforge import ChatTemplateSpec
+    from tuneforge.plugins.templates.builtin import NEEDS_VISION, multimodal_names
+
+    assert multimodal_names() == {}
+    for name in FAMILIES.values():
+        assert manager.entry("template", name).spec.media is not None
+    import types
+
+    from tuneforge import hookimpl
+
+    plugin = types.ModuleType("future_vl_plugin")
+    plugin.tuneforge_chat_templates = hookimpl(lambda: [ChatTemplateSpec(
+        name="future_vl", description="", unavailable_reason=lambda: NEEDS_VISION)])
+    extended = PluginManager(autoload=False, extra_plugins=[("future_vl_plugin", plugin)])
+    assert extended.entry("template", "future_vl").status == f"unavailable: {NEEDS_VISION}"

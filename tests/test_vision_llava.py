@@ -169,3 +169,40 @@ def test_no_multimodal_name_is_left_waiting_and_the_waiting_mechanism_still_refu
         name="future_vl", description="", unavailable_reason=lambda: NEEDS_VISION)])
     extended = PluginManager(autoload=False, extra_plugins=[("future_vl_plugin", plugin)])
     assert extended.entry("template", "future_vl").status == f"unavailable: {NEEDS_VISION}"
+
+
+@pytest.mark.slow
+def test_sft_lora_on_mllm_demo_trains_and_lora_stays_off_the_vision_tower(tmp_path):
+    """12 steps (the replies carry no end-of-turn token to learn first, so the loss falls slower than
+    the ChatML families'): loss falls, the adapter is on the language model alone."""
+    from safetensors import safe_open
+
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    from .conftest import run_cli
+
+    config, out = tmp_path / "sft.yaml", tmp_path / "out"
+    config.write_text(f"""model_name_or_path: {cached_tiny_model("llava", "tiny")}
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+dataset: mllm_demo
+dataset_dir: {ANCHOR}
+template: llava
+output_dir: {out}
+per_device_train_batch_size: 3
+learning_rate: 1.0e-2
+max_steps: 12
+logging_steps: 1
+save_strategy: "no"
+report_to: none
+""")
+    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines() if "loss" in json.loads(line)]
+    assert len(losses) == 12 and min(losses[-3:]) < losses[0] - 0.3, losses
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if "vision_tower" in k or "multi_modal_projector" in k]
+    assert any("language_model" in k for k in keys)

@@ -1,7 +1,8 @@
 """LLaVA 1.5 and LLaVA-NeXT (issue 17): llava-hf's published chat template ends every turn with a space
 the next word absorbs (" A USER:"), so the templates encode the conversation whole and cut it at
 character offsets (``encode_whole``); the ids are token for token what the model's own chat template +
-processor give, and the labels train exactly the replies' tokens."""
+processor give, and the labels train exactly the replies' tokens. LLaVA-NeXT on Llama 3 goes through
+the same processor handler with the Llama 3 turns."""
 
 from __future__ import annotations
 
@@ -15,7 +16,17 @@ from tuneforge.plugin_manager import PluginManager
 from .conftest import ANCHOR
 from .test_vision_families import make_ctx
 
-FAMILIES = {"llava": "llava", "llava_next": "llava_next"}
+FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_next_llama3": "llava_next_llama3"}
+#: the Vicuna-style families (llava-hf's "USER: ... ASSISTANT:" template, encoded whole)
+VICUNA = {"llava", "llava_next"}
+
+
+def trained_text(name: str, reply: str, last: bool) -> str:
+    """What a reply trains, as text: llava's with its leading space (and, at the row's end, its last
+    space when that is a token of its own); Llama 3's with its <|eot_id|>."""
+    if name in VICUNA:
+        return " " + reply
+    return reply + "<|eot_id|>"
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -87,15 +98,19 @@ def test_ids_and_labels_are_the_published_template_and_processors_token_for_toke
     if run:
         trained_runs.append(run)
     decoded = [ctx.tokenizer.decode(r) for r in trained_runs]
-    assert [d.rstrip(" ") for d in decoded] == [" " + replies[0], " " + replies[1]]
-    assert decoded[-1].endswith(" ") and "USER" not in "".join(decoded)
+    assert [d.rstrip(" ") if name in VICUNA else d for d in decoded] == [trained_text(name, r, False) for r in replies]
+    if name in VICUNA:
+        assert decoded[-1].endswith(" ") and "USER" not in "".join(decoded)
 
 
-def test_turn_by_turn_encoding_would_not_give_the_models_ids(family):
+@pytest.mark.parametrize("name", sorted(VICUNA))
+def test_turn_by_turn_encoding_would_not_give_the_models_ids(name):
     """Why ``encode_whole``: the pieces encoded one by one split " USER" into " " + "USER"."""
     import dataclasses
 
-    name, path = family
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    path = cached_tiny_model(name, "tiny")
     ctx = make_ctx(path, FAMILIES[name], dataset="alpaca_en_demo")
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}]
@@ -141,13 +156,14 @@ def test_the_tiny_llava_is_detected_and_chats_about_an_image(family):
     name, path = family
     # llava-hf publishes one chat template for LLaVA 1.5 and LLaVA-NeXT on Vicuna: both detect as llava,
     # which renders and masks the same text (the processor, not the template, sets the image tokens)
-    assert tuneforge_detect_template(AutoTokenizer.from_pretrained(path)) == "llava"
+    assert tuneforge_detect_template(AutoTokenizer.from_pretrained(path)) == ("llava" if name in VICUNA else name)
     prepared = prepare(None, [f"model_name_or_path={path}", f"template={FAMILIES[name]}", "max_new_tokens=3",
                               "do_sample=false"], manager=PluginManager(autoload=False), inference=True)
     engine = engine_for(prepared)
     messages = [{"role": "user", "content": "<image>Who is he?", "images": [str(ANCHOR / "mllm_demo_data" / "2.jpg")]}]
     ids = engine.encode(messages)
-    assert engine.tokenizer.decode(ids).endswith("Who is he? ASSISTANT:")
+    assert engine.tokenizer.decode(ids).endswith("Who is he? ASSISTANT:" if name in VICUNA else
+                                                 "Who is he?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     [reply] = engine.generate(messages)
     assert reply.completion_tokens > 0
 

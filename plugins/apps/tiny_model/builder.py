@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next")
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next", "llava_next_llama3")
 #: Audio-language families: a feature extractor and processor beside the model (tiny_model/audio.py).
 AUDIO_FAMILIES = ("qwen2_audio", "qwen2_omni")
 SIZES = ("tiny", "small")
@@ -456,6 +456,25 @@ _FAMILIES["llava_next"] = {
         "processor_class": "LlavaNextProcessor",
     },
 }
+# LLaVA-NeXT on Llama 3 (llava-hf/llama3-llava-next-8b-hf): Llama 3's tokenizer plus <image>, the
+# published chat template (Llama 3 headers; a message's images first, "<image>\n" each, then its text and
+# <|eot_id|>; no BOS in the template: the processor adds it), LLaVA-NeXT's any-resolution tiles.
+_LLAVA_NEXT_LLAMA3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + '<|eot_id|>' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+_FAMILIES["llava_next_llama3"] = {
+    **_FAMILIES["llama3"],
+    "config_class": "LlavaNextConfig",
+    "tail_specials": _FAMILIES["llama3"]["tail_specials"] + ["<image>"],
+    "named_specials": {"image_token": "<image>"},
+    "template": _LLAVA_NEXT_LLAMA3_TEMPLATE,
+    "vision": _FAMILIES["llava_next"]["vision"],
+}
 
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
@@ -811,7 +830,8 @@ def _build_llava_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"], eos_token_id=stop_ids[0],
+    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"],
+                                               eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
                                                pad_token_id=text_kwargs["pad_token_id"])
     return model
 

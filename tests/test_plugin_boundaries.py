@@ -103,6 +103,8 @@ NOT_PLUGIN_NAMES = {
     ("plugins/apps/tiny_model/builder.py", "llava_next"): "a tiny-model family and the template it is built for",
     ("plugins/apps/tiny_model/cli.py", "llava_next_llama3"): "a tiny-model family",
     ("plugins/apps/tiny_model/builder.py", "llava_next_llama3"): "a tiny-model family and the template it is built for",
+    ("plugins/apps/tiny_model/cli.py", "llava_next_yi"): "a tiny-model family",
+    ("plugins/apps/tiny_model/builder.py", "llava_next_yi"): "a tiny-model family and the template it is built for",
     ("plugins/apps/tiny_model/cli.py", "intern_vl"): "a tiny-model family",
     ("plugins/apps/tiny_model/builder.py", "intern_vl"): "a tiny-model family and the template it is built for",
     ("core/data/media.py", "pt"): "return_tensors='pt' (PyTorch tensors from the model's processor)",

@@ -60,7 +60,7 @@ VISION_PENDING: set[str] = set()
 VISION_DONE = {"qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "intern_vl", "llava", "llava_next"}
 #: Multimodal templates whose own media handler is built in (tests/test_audio.py, tests/test_omni.py).
 WITH_MEDIA_HANDLER = {"qwen2_audio", "qwen2_omni", "qwen3_vl", "qwen3_vl_nothink", "gemma3", "intern_vl", "llava", "llava_next",
-                      "llava_next_llama3"}
+                      "llava_next_llama3", "llava_next_yi"}
 #: Multimodal names that are text templates with ``media_placeholders`` (no media handler yet: media rows are refused).
 WITH_PLACEHOLDERS = {
     "dots_ocr", "ernie_vl", "gemma3", "gemma4", "gemma4n", "glm4v", "glm4_5v", "glm_ocr", "granite3_vision", "intern_s1", "keye_vl",

@@ -16,7 +16,10 @@ from tuneforge.plugin_manager import PluginManager
 from .conftest import ANCHOR
 from .test_vision_families import make_ctx
 
-FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_next_llama3": "llava_next_llama3"}
+FAMILIES = {"llava": "llava", "llava_next": "llava_next", "llava_next_llama3": "llava_next_llama3",
+            "llava_next_yi": "llava_next_yi"}
+#: what ends a reply (trained with it), per family that is not Vicuna-style
+REPLY_END = {"llava_next_llama3": "<|eot_id|>", "llava_next_yi": "<|im_end|>\n"}
 #: the Vicuna-style families (llava-hf's "USER: ... ASSISTANT:" template, encoded whole)
 VICUNA = {"llava", "llava_next"}
 
@@ -26,7 +29,7 @@ def trained_text(name: str, reply: str, last: bool) -> str:
     space when that is a token of its own); Llama 3's with its <|eot_id|>."""
     if name in VICUNA:
         return " " + reply
-    return reply + "<|eot_id|>"
+    return reply + REPLY_END[name]
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -76,7 +79,8 @@ def test_ids_and_labels_are_the_published_template_and_processors_token_for_toke
     # the processor adds BOS itself, as processor.apply_chat_template(tokenize=True) does for this template
     expected = processor(text=[text], images=[Image.open(p).convert("RGB") for p in example["images"]])
     expected = [int(i) for i in expected["input_ids"][0]]
-    assert ids[0] == ctx.tokenizer.bos_token_id
+    if ctx.tokenizer.bos_token_id is not None:  # Yi's ChatML tokenizer has none
+        assert ids[0] == ctx.tokenizer.bos_token_id and ids[1] != ctx.tokenizer.bos_token_id
     assert ctx.tokenizer.decode(ids) == ctx.tokenizer.decode(expected)
     assert ids == expected
 
@@ -162,8 +166,9 @@ def test_the_tiny_llava_is_detected_and_chats_about_an_image(family):
     engine = engine_for(prepared)
     messages = [{"role": "user", "content": "<image>Who is he?", "images": [str(ANCHOR / "mllm_demo_data" / "2.jpg")]}]
     ids = engine.encode(messages)
-    assert engine.tokenizer.decode(ids).endswith("Who is he? ASSISTANT:" if name in VICUNA else
-                                                 "Who is he?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    prompt = engine.tokenizer.decode(ids)
+    assert prompt.endswith({"llava_next_llama3": "Who is he?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+                            "llava_next_yi": "Who is he?<|im_end|>\n<|im_start|>assistant\n"}.get(name, "Who is he? ASSISTANT:")), prompt
     [reply] = engine.generate(messages)
     assert reply.completion_tokens > 0
 

@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next", "llava_next_llama3")
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next", "llava_next_llama3", "llava_next_yi")
 #: Audio-language families: a feature extractor and processor beside the model (tiny_model/audio.py).
 AUDIO_FAMILIES = ("qwen2_audio", "qwen2_omni")
 SIZES = ("tiny", "small")
@@ -475,6 +475,26 @@ _FAMILIES["llava_next_llama3"] = {
     "template": _LLAVA_NEXT_LLAMA3_TEMPLATE,
     "vision": _FAMILIES["llava_next"]["vision"],
 }
+# LLaVA-NeXT on Yi-34B (llava-hf/llava-v1.6-34b-hf): a ChatML tokenizer without BOS (Qwen2's layout here;
+# Yi's adds none either) plus <image>, the ChatML chat template llava-hf converts the Yi checkpoints with
+# (a message's images first, "<image>\n" each, then its text and <|im_end|>\n).
+_LLAVA_NEXT_YI_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{{'<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_FAMILIES["llava_next_yi"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "LlavaNextConfig",
+    "tail_specials": _FAMILIES["qwen2"]["tail_specials"] + ["<image>"],
+    "named_specials": {"image_token": "<image>"},
+    "extra": {},
+    "template": _LLAVA_NEXT_YI_TEMPLATE,
+    "vision": _FAMILIES["llava_next"]["vision"],
+}
 
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
@@ -820,6 +840,7 @@ def _build_llava_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed
     vision = fam["vision"]
     text = {**text_kwargs, "model_type": "llama", "tie_word_embeddings": tie}
     text.pop("sliding_window", None)
+    text.pop("use_sliding_window", None)
     size, patch = vision["config"]["image_size"], vision["config"]["patch_size"]
     extra = {"image_grid_pinpoints": vision["grid_pinpoints"]} if "grid_pinpoints" in vision else {}
     config = config_cls(text_config=text, vision_config=dict(vision["config"]), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

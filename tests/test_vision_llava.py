@@ -227,3 +227,21 @@ report_to: none
         keys = list(f.keys())
     assert keys and not [k for k in keys if "vision_tower" in k or "multi_modal_projector" in k]
     assert any("language_model" in k for k in keys)
+
+
+def test_media_first_is_validated_and_is_part_of_the_data_cache_key():
+    from tuneforge import ChatTemplateSpec
+
+    base = {"format_user": "U: {{content}}\nA: ", "media": "processor", "media_placeholders": {"image": "<image>\n"}}
+    with pytest.raises(ValueError, match="template 'my_vl': media_first must be true or false"):
+        ChatTemplateSpec(name="my_vl", description="", definition={**base, "media_first": "yes"})
+    first = ChatTemplateSpec(name="my_vl", description="", definition={**base, "media_first": True}).media
+    in_place = ChatTemplateSpec(name="my_vl", description="", definition=base).media
+    assert first.first and not in_place.first and first.describe() != in_place.describe()
+    messages = [{"role": "user", "content": "What is it?<image>"}]
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+
+    path = str(cached_tiny_model("llava", "tiny"))
+    image = [str(ANCHOR / "mllm_demo_data" / "1.jpg")]
+    assert first.expand(messages, {"images": image}, path, None)[0]["content"].endswith("<image>\nWhat is it?")
+    assert in_place.expand(messages, {"images": image}, path, None)[0]["content"].startswith("What is it?<image>")

@@ -266,6 +266,9 @@ class ProcessorMedia(MediaHandler):
         self.first = first
         self.modalities = tuple(PLACEHOLDER_KEYS[k] for k in PROCESSOR_MODALITIES if k in self.placeholders)
 
+    def describe(self) -> dict:
+        return {"media_first": True} if self.first else {}
+
     def _image_texts(self, processor, paths: list[str]) -> list[str]:
         from ..errors import TuneforgeError
 

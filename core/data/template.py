@@ -21,6 +21,8 @@ are documented in ``docs/templates.md`` and listed in :data:`KEYS`. In short:
 Every exchange is rendered to text first, piece by piece (prompt, response), and each piece is
 encoded once with ``add_special_tokens=False``; so the boundary between prompt and response tokens is
 exact, the label mask never cuts a token in two, and ``decode`` of the pieces gives back the text.
+With ``encode_whole`` (LLaVA's turns end with a space the next word absorbs) the whole conversation is
+encoded in one call instead, and each token goes with the piece that holds its last character.
 
 Templates are data: nothing here branches on a template's name.
 """
@@ -379,7 +381,13 @@ class Template:
         text = "".join(p + (r or "") for p, r in texts)
         if not text:
             return [([], []) for _ in texts]
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        try:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:  # a slow (Python) tokenizer has no character offsets
+            from ..errors import TuneforgeError
+
+            raise TuneforgeError(f"template {self.name!r} sets encode_whole, which needs a fast tokenizer (character "
+                                 f"offsets); {type(tokenizer).__name__} has none: use the model's tokenizer.json") from None
         pieces: list[list[int]] = [[] for _ in bounds]
         slot = 0
         for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):

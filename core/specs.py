@@ -294,13 +294,13 @@ class ChatTemplateSpec(PluginSpec):
     tool_format_names: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if "media" in self.definition or "media_placeholders" in self.definition:
+        if {"media", "media_placeholders", "media_first"} & set(self.definition):
             from .data.media import media_from_definition
 
             if self.media is None:
                 object.__setattr__(self, "media", media_from_definition(self.name, self.definition))
             object.__setattr__(self, "definition", {k: v for k, v in self.definition.items()
-                                                    if k not in ("media", "media_placeholders")})
+                                                    if k not in ("media", "media_placeholders", "media_first")})
 
 
 @dataclass(frozen=True)

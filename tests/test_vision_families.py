@@ -383,7 +383,7 @@ def test_the_tiny_model_verb_offers_every_family_the_builder_makes():
     from tuneforge.plugins.apps.tiny_model import builder, cli
 
     assert cli.FAMILIES == builder.FAMILIES + builder.VISION_FAMILIES + builder.AUDIO_FAMILIES
-    assert {"qwen3_vl", "gemma3", "intern_vl"} <= set(builder.VISION_FAMILIES)
+    assert {"qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next", "llava_next_llama3", "llava_next_yi"} <= set(builder.VISION_FAMILIES)
 
 
 def test_qwen3_vl_thinking_is_qwen3s_reasoning_format_with_qwen3_vl_images(qwen3_vl):

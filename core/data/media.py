@@ -291,9 +291,15 @@ class ProcessorMedia(MediaHandler):
     is whichever of ``mm_token_type_ids`` / ``token_type_ids`` the processor itself returns.
     """
 
-    def __init__(self, placeholders: dict[str, str]):
+    def __init__(self, placeholders: dict[str, str], first: bool = False):
         self.placeholders = dict(placeholders)
+        #: ``media_first: true``: a message's images go before its text, whatever their place in it, as
+        #: chat templates that render image content parts first do (llava-hf's)
+        self.first = first
         self.modalities = tuple(PLACEHOLDER_KEYS[k] for k in PROCESSOR_MODALITIES if k in self.placeholders)
+
+    def describe(self) -> dict:
+        return {"media_first": True} if self.first else {}
 
     def _image_texts(self, processor, paths: list[str]) -> list[str]:
         from ..errors import TuneforgeError
@@ -317,7 +323,10 @@ class ProcessorMedia(MediaHandler):
         out = []
         for message in messages:
             pieces = message["content"].split("<image>")
-            content = pieces[0] + "".join(next(texts) + rest for rest in pieces[1:])
+            if self.first:
+                content = "".join(next(texts) for _ in pieces[1:]) + "".join(pieces)
+            else:
+                content = pieces[0] + "".join(next(texts) + rest for rest in pieces[1:])
             out.append({**message, "content": content})
         return out
 
@@ -391,10 +400,13 @@ def media_from_definition(name: str, definition: dict) -> MediaHandler | None:
             raise ValueError(f"{where}: media_placeholders.{key}: unknown medium; use {', '.join(PLACEHOLDER_KEYS)}")
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where}: media_placeholders.{key} must be a non-empty string, got {value!r}")
+    first = definition.get("media_first", False)
+    if not isinstance(first, bool):
+        raise ValueError(f"{where}: media_first must be true or false, got {first!r}")
     if "image" not in placeholders:
         raise ValueError(f"{where}: media_placeholders has no image entry; the processor handler feeds images "
                          "(video and audio entries are accepted but not fed yet)")
-    return ProcessorMedia(placeholders)
+    return ProcessorMedia(placeholders, first=first)
 
 
 #: The processor's own files: written beside a trained model so it reloads as the VLM it is.

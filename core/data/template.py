@@ -21,6 +21,8 @@ are documented in ``docs/templates.md`` and listed in :data:`KEYS`. In short:
 Every exchange is rendered to text first, piece by piece (prompt, response), and each piece is
 encoded once with ``add_special_tokens=False``; so the boundary between prompt and response tokens is
 exact, the label mask never cuts a token in two, and ``decode`` of the pieces gives back the text.
+With ``encode_whole`` (LLaVA's turns end with a space the next word absorbs) the whole conversation is
+encoded in one call instead, and each token goes with the piece that holds its last character.
 
 Templates are data: nothing here branches on a template's name.
 """
@@ -111,6 +113,10 @@ class Template:
     #: Reasoning templates: earlier replies keep their thoughts (LLaMA-Factory's preserve_thinking;
     #: the ``preserve_thinking`` config key sets it for a run). False: history replies lose them.
     preserve_thinking: bool = False
+    #: Encode the whole conversation in one call and split prompt/response tokens by character offsets
+    #: (each token goes with the piece that holds its last character), instead of piece by piece: for
+    #: chat formats whose turns end with a space the next word absorbs (LLaVA's ``... ASSISTANT: A USER:``).
+    encode_whole: bool = False
     # detection markers (see tuneforge.plugins.templates.builtin)
     detect: tuple[str, ...] = field(default=(), compare=False)
 
@@ -125,7 +131,7 @@ class Template:
         problems = []
         values: dict[str, Any] = {}
         for key, value in (definition or {}).items():
-            if key in ("media", "media_placeholders"):  # the template spec's media handler, not rendering
+            if key in ("media", "media_placeholders", "media_first"):  # the template spec's media handler, not rendering
                 continue
             if key not in known:
                 problems.append(f"unknown key {key!r}{did_you_mean(key, known)}")
@@ -394,6 +400,41 @@ class Template:
             ids.append(tokenizer.eos_token_id)
         return ids
 
+    def _encode_pieces(self, tokenizer, texts: list[tuple[str, str | None]]) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, response ids) per (prompt, response) text, EOS not added: piece by piece, or with
+        ``encode_whole`` the concatenated text encoded once and cut at the pieces' character offsets."""
+        if not self.encode_whole:
+            return [(self._encode(tokenizer, p), [] if r is None else self._encode(tokenizer, r)) for p, r in texts]
+        bounds, pos = [], 0  # the end offset of every piece, in order: prompt, response, prompt, ...
+        for prompt, response in texts:
+            pos += len(prompt)
+            bounds.append(pos)
+            pos += len(response or "")
+            bounds.append(pos)
+        text = "".join(p + (r or "") for p, r in texts)
+        if not text:
+            return [([], []) for _ in texts]
+        try:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:  # a slow (Python) tokenizer has no character offsets
+            from ..errors import TuneforgeError
+
+            raise TuneforgeError(f"template {self.name!r} sets encode_whole, which needs a fast tokenizer (character "
+                                 f"offsets); {type(tokenizer).__name__} has none: use the model's tokenizer.json") from None
+        pieces: list[list[int]] = [[] for _ in bounds]
+        slot = 0
+        for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            last = max(end - 1, start)
+            while slot < len(bounds) - 1 and last >= bounds[slot]:
+                slot += 1
+            pieces[slot].append(token)
+        return [(pieces[2 * i], pieces[2 * i + 1]) for i in range(len(texts))]
+
+    def _with_eos(self, tokenizer, ids: list[int]) -> list[int]:
+        if self.append_eos and tokenizer.eos_token_id is not None:
+            return ids + [tokenizer.eos_token_id]
+        return ids
+
     def encode_turns(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> list[tuple[list[int], list[int]]]:
         """Return ``[(prompt_ids, response_ids), ...]``, one pair per exchange (SFT view).
 
@@ -402,10 +443,9 @@ class Template:
         response that has none: in the response (trained) when ``enable_thinking``, else at the end
         of the prompt (not trained), and with ``enable_thinking=False`` existing thoughts are removed.
         """
-        pairs = []
-        for prompt, response in self._texts(tokenizer, messages, system, tools, enable_thinking, "all"):
-            pairs.append((self._encode(tokenizer, prompt), [] if response is None else self._response_ids(tokenizer, response)))
-        return pairs
+        texts = self._texts(tokenizer, messages, system, tools, enable_thinking, "all")
+        return [(p, [] if text[1] is None else self._with_eos(tokenizer, r))
+                for (p, r), text in zip(self._encode_pieces(tokenizer, texts), texts)]
 
     def encode_oneturn(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> tuple[list[int], list[int]]:
         """``(prompt_ids, response_ids)`` where only the last response is the target (preference data).
@@ -415,11 +455,12 @@ class Template:
         texts = self._texts(tokenizer, messages, system, tools, enable_thinking, "last")
         if not texts or texts[-1][1] is None:
             raise ValueError("encode_oneturn needs a conversation that ends with an assistant or function turn")
+        pieces = self._encode_pieces(tokenizer, texts)
         prompt_ids: list[int] = []
-        for prompt, response in texts[:-1]:
-            prompt_ids += self._encode(tokenizer, prompt) + self._response_ids(tokenizer, response)
-        prompt_ids += self._encode(tokenizer, texts[-1][0])
-        return prompt_ids, self._response_ids(tokenizer, texts[-1][1])
+        for prompt, response in pieces[:-1]:
+            prompt_ids += prompt + self._with_eos(tokenizer, response)
+        prompt_ids += pieces[-1][0]
+        return prompt_ids, self._with_eos(tokenizer, pieces[-1][1])
 
     def encode_prompt(self, tokenizer, messages: list[dict], system: str | None = None, tools: Any = None, *, enable_thinking: bool = True) -> list[int]:
         """Ids for generation: the history plus the last user (or observation) turn, ready for the reply.
@@ -427,11 +468,10 @@ class Template:
         History responses are rendered as at inference (reasoning templates drop their thoughts);
         with ``enable_thinking=False`` a reasoning template ends the prompt with an empty thought block.
         """
+        texts = self._prompt_texts(tokenizer, messages, system, tools, enable_thinking)
         ids: list[int] = []
-        for prompt, response in self._prompt_texts(tokenizer, messages, system, tools, enable_thinking):
-            ids += self._encode(tokenizer, prompt)
-            if response is not None:
-                ids += self._response_ids(tokenizer, response)
+        for (prompt, response), text in zip(self._encode_pieces(tokenizer, texts), texts):
+            ids += prompt + ([] if text[1] is None else self._with_eos(tokenizer, response))
         return ids
 
     def encode_supervised(
@@ -489,6 +529,9 @@ class Template:
         in parallel, without Python work per piece). The same ids as one :meth:`encode_turns` per
         conversation: each piece is still encoded on its own, only the calls are batched."""
         rendered = [self._texts(tokenizer, m, s, t, enable_thinking, "all") for m, s, t in conversations]
+        if self.encode_whole:  # one call per conversation: its pieces are cut from one encoding, not encoded alone
+            return [[(p, [] if text[1] is None else self._with_eos(tokenizer, r))
+                     for (p, r), text in zip(self._encode_pieces(tokenizer, texts), texts)] for texts in rendered]
         pieces = [text for texts in rendered for pair in texts for text in pair if text]
         from .batch_encode import encode_texts
 

@@ -28,7 +28,8 @@ def _load() -> tuple[tuple[str, dict], ...]:
 
 def _definitions() -> dict[str, dict]:
     """Template name -> its rendering definition (a fresh copy; the YAML files are read once)."""
-    return {name: {k: v for k, v in d.items() if k not in ("models", "media", "media_placeholders", "tool_format_names")}
+    return {name: {k: v for k, v in d.items()
+                   if k not in ("models", "media", "media_placeholders", "tool_format_names", "media_first")}
             for name, d in _load()}
 
 

@@ -55,7 +55,7 @@ from tuneforge.plugins.templates.reference import reference_jinja
 
 FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma")
 #: Vision-language families: loaded with AutoModelForImageTextToText, with an image processor beside.
-VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl")
+VISION_FAMILIES = ("qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next", "llava_next_llama3", "llava_next_yi")
 #: Audio-language families: a feature extractor and processor beside the model (tiny_model/audio.py).
 AUDIO_FAMILIES = ("qwen2_audio", "qwen2_omni")
 SIZES = ("tiny", "small")
@@ -409,6 +409,93 @@ _FAMILIES["intern_vl"] = {
     },
 }
 
+# LLaVA 1.5 and LLaVA-NeXT (llava-hf): a Llama-2-style tokenizer (<unk>, <s>, </s> first; BOS added by
+# the tokenizer) plus <image> and <pad> after the vocabulary, llava-hf's published chat template
+# ("USER: " + "<image>\n" per image + the text + " ", replies in {% generation %} blocks, generation
+# prompt "ASSISTANT:"), a two-layer CLIP tower on 32x32 images (8x8 patches: 16 image tokens, the CLS
+# token dropped as vision_feature_select_strategy "default" does) and the two-layer MLP projector.
+# LLaVA-NeXT tiles the image on the 32-pixel grid pinpoints (any-resolution), so its token count
+# depends on the image's size, as the real one's does.
+_LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+_FAMILIES["llava"] = {
+    **_FAMILIES["mistral"],
+    "config_class": "LlavaConfig",
+    "head_specials": ["<unk>", "<s>", "</s>"],
+    "tail_specials": ["<image>", "<pad>"],
+    "named_specials": {"image_token": "<image>"},
+    "pad": "<pad>",
+    "rope_theta": 10000.0,
+    "extra": {},
+    "template": _LLAVA_TEMPLATE,
+    # the chat format's own words, so the BPE learns " USER" and " ASSISTANT" as the real Llama
+    # tokenizer knows "▁US" (a reply's last space then joins the next turn's first token)
+    "corpus": ["USER: What is this? ASSISTANT: A dog. USER: And that? ASSISTANT: A cat. USER: Thanks."] * 20,
+    "vision": {
+        "config": {"model_type": "clip_vision_model", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "projection_dim": 64},
+        "processor_class": "LlavaProcessor",
+        "processor": {"patch_size": 8, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1,
+                      "image_token": "<image>"},
+    },
+}
+_FAMILIES["llava_next"] = {
+    **_FAMILIES["llava"],
+    "config_class": "LlavaNextConfig",
+    "vision": {
+        **_FAMILIES["llava"]["vision"],
+        "grid_pinpoints": [[32, 32], [32, 64], [64, 32], [64, 64]],
+        "processor_class": "LlavaNextProcessor",
+    },
+}
+# LLaVA-NeXT on Llama 3 (llava-hf/llama3-llava-next-8b-hf): Llama 3's tokenizer plus <image>, the
+# published chat template (Llama 3 headers; a message's images first, "<image>\n" each, then its text and
+# <|eot_id|>; no BOS in the template: the processor adds it), LLaVA-NeXT's any-resolution tiles.
+_LLAVA_NEXT_LLAMA3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + '<|eot_id|>' }}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+_FAMILIES["llava_next_llama3"] = {
+    **_FAMILIES["llama3"],
+    "config_class": "LlavaNextConfig",
+    "tail_specials": _FAMILIES["llama3"]["tail_specials"] + ["<image>"],
+    "named_specials": {"image_token": "<image>"},
+    "template": _LLAVA_NEXT_LLAMA3_TEMPLATE,
+    "vision": _FAMILIES["llava_next"]["vision"],
+}
+# LLaVA-NeXT on Yi-34B (llava-hf/llava-v1.6-34b-hf): a ChatML tokenizer without BOS (Qwen2's layout here;
+# Yi's adds none either) plus <image>, the ChatML chat template llava-hf converts the Yi checkpoints with
+# (a message's images first, "<image>\n" each, then its text and <|im_end|>\n).
+_LLAVA_NEXT_YI_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\\n' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{{'<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_FAMILIES["llava_next_yi"] = {
+    **_FAMILIES["qwen2"],
+    "config_class": "LlavaNextConfig",
+    "tail_specials": _FAMILIES["qwen2"]["tail_specials"] + ["<image>"],
+    "named_specials": {"image_token": "<image>"},
+    "extra": {},
+    "template": _LLAVA_NEXT_YI_TEMPLATE,
+    "vision": _FAMILIES["llava_next"]["vision"],
+}
+
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.
 # --------------------------------------------------------------------------------------------------
@@ -579,7 +666,7 @@ def _build_tokenizer(family: str, size: str):
         special_tokens=head,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(spec["bpe_vocab"]), trainer=trainer)
+    tok.train_from_iterator(_corpus(spec["bpe_vocab"]) + list(fam.get("corpus", [])) * 3, trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fam["tail_specials"]])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in fam["tail_plain"]])
 
@@ -669,6 +756,8 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
         return _build_gemma3_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
     if fam["config_class"] == "InternVLConfig":
         return _build_intern_vl_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
+    if fam["config_class"] in ("LlavaConfig", "LlavaNextConfig"):
+        return _build_llava_model(fam, config_cls, text_kwargs, tokenizer, seed, tie)
     # multimodal RoPE: the (temporal, height, width) sections must sum to head_dim / 2 (Qwen2-VL's
     # [16, 24, 24] is for head_dim 128; ours is 64)
     half = text_kwargs.get("head_dim", text_kwargs["hidden_size"] // text_kwargs["num_attention_heads"]) // 2
@@ -744,6 +833,30 @@ def _build_intern_vl_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, 
     return model
 
 
+def _build_llava_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    vision = fam["vision"]
+    text = {**text_kwargs, "model_type": "llama", "tie_word_embeddings": tie}
+    text.pop("sliding_window", None)
+    text.pop("use_sliding_window", None)
+    size, patch = vision["config"]["image_size"], vision["config"]["patch_size"]
+    extra = {"image_grid_pinpoints": vision["grid_pinpoints"]} if "grid_pinpoints" in vision else {}
+    config = config_cls(text_config=text, vision_config=dict(vision["config"]), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
+                        image_seq_length=(size // patch) ** 2, tie_word_embeddings=tie, **extra)
+    config.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
+    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"],
+                                               eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
+                                               pad_token_id=text_kwargs["pad_token_id"])
+    return model
+
+
 def _build_image_processor(family: str):
     """The image processor a vision family saves beside the model (None for text-only families).
 
@@ -763,6 +876,18 @@ def _build_image_processor(family: str):
         size = fam["vision"]["config"]["image_size"]
         image_processor = GotOcr2ImageProcessorPil(size={"height": size[0], "width": size[1]}, crop_to_patches=True,
                                                    min_patches=1, max_patches=2)
+        image_processor.processor_class = fam["vision"]["processor_class"]
+        return image_processor
+    if fam["config_class"] in ("LlavaConfig", "LlavaNextConfig"):
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        size = fam["vision"]["config"]["image_size"]
+        kwargs = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+        if "grid_pinpoints" in fam["vision"]:
+            image_processor = LlavaNextImageProcessorPil(image_grid_pinpoints=fam["vision"]["grid_pinpoints"], **kwargs)
+        else:
+            image_processor = CLIPImageProcessorPil(**kwargs)
         image_processor.processor_class = fam["vision"]["processor_class"]
         return image_processor
     if fam["config_class"] == "Gemma3Config":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tuneforge import CommandSpec, hookimpl
 
-FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma", "qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "qwen2_audio", "qwen2_omni")  # builder: FAMILIES + VISION_ + AUDIO_FAMILIES
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma", "qwen2_vl", "qwen3_vl", "gemma3", "intern_vl", "llava", "llava_next", "llava_next_llama3", "llava_next_yi", "qwen2_audio", "qwen2_omni")  # builder: FAMILIES + VISION_ + AUDIO_FAMILIES
 SIZES = ("tiny", "small")
 
 

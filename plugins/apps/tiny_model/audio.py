@@ -24,22 +24,17 @@ ENCODER = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "en
 
 
 def build_audio_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int):
-    import torch
-    from transformers import GenerationConfig, Qwen2AudioForConditionalGeneration
+    from transformers import Qwen2AudioForConditionalGeneration
 
     text_kwargs = dict(text_kwargs)
     text_kwargs.pop("use_sliding_window", None)
     config = config_cls(audio_config=dict(ENCODER), text_config={**text_kwargs, "model_type": "qwen2"},
                         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     config.tie_word_embeddings = text_kwargs.get("tie_word_embeddings", False)
-    config.dtype = torch.float32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2AudioForConditionalGeneration(config)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(
-        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], pad_token_id=text_kwargs["pad_token_id"],
-    )
+    from .builder import generation_config, seeded_model
+
+    model = seeded_model(Qwen2AudioForConditionalGeneration, config, seed)
+    model.generation_config = generation_config(fam, tokenizer, text_kwargs["pad_token_id"])
     return model
 
 

@@ -695,7 +695,7 @@ def _build_tokenizer(family: str, size: str):
 def _build_model(family: str, size: str, tokenizer, seed: int):
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     fam = _FAMILIES[family]
     spec = _SIZE_SPECS[size]
@@ -729,27 +729,45 @@ def _build_model(family: str, size: str, tokenizer, seed: int):
         from .audio import build_audio_model
 
         return build_audio_model(fam, config_cls, config_kwargs, tokenizer, seed)
-    config = config_cls(**config_kwargs)
-    config.dtype = torch.float32
+    model = seeded_model(lambda c: AutoModelForCausalLM.from_config(c, dtype=torch.float32), config_cls(**config_kwargs), seed)
+    model.generation_config = generation_config(fam, tokenizer, ids["pad"], bos_token_id=ids["bos"])
+    return model
 
-    # Seed a forked RNG so building a model does not disturb the caller's random state.
+
+def seeded_model(make, config, seed: int, after=None):
+    """``make(config)`` in float32, its random weights drawn from a forked RNG seeded with ``seed`` (so
+    building a model never disturbs the caller's random state); ``after(model)`` runs inside the fork."""
+    import torch
+
+    config.dtype = torch.float32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = make(config)
+        if after is not None:
+            after(model)
+    return model
+
+
+def generation_config(fam: dict, tokenizer, pad_token_id: int, bos_token_id: int | None = None, eos_list: bool = False):
+    """The family's stop tokens as the generation config's EOS (one id, or a list when there are several
+    or ``eos_list``), with its pad (and BOS) id."""
+    from transformers import GenerationConfig
 
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["bos"],
-        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
-        pad_token_id=ids["pad"],
-    )
-    return model
+    eos = stop_ids if eos_list or len(stop_ids) > 1 else stop_ids[0]
+    extra = {} if bos_token_id is None else {"bos_token_id": bos_token_id}
+    return GenerationConfig(**extra, eos_token_id=eos, pad_token_id=pad_token_id)
+
+
+def _image_text_to_text(config):
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
 
 
 def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int):
     """A vision-language model: the text kwargs become its text_config, plus the tiny vision tower."""
-    import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig
 
     tie = text_kwargs.pop("tie_word_embeddings")
     if fam["config_class"] == "Gemma3Config":
@@ -779,20 +797,13 @@ def _build_vision_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
     )
-    config.dtype = torch.float32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(
-        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], pad_token_id=text_kwargs["pad_token_id"],
-    )
+    model = seeded_model(_image_text_to_text, config, seed)
+    model.generation_config = generation_config(fam, tokenizer, text_kwargs["pad_token_id"])
     return model
 
 
 def _build_gemma3_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
     import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig
 
     vision = fam["vision"]
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in fam["named_specials"].items()}
@@ -801,41 +812,32 @@ def _build_gemma3_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, see
     config = config_cls(text_config=text, vision_config=dict(vision["config"]),
                         mm_tokens_per_image=vision["mm_tokens_per_image"], boi_token_index=ids["boi_token"],
                         eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"], tie_word_embeddings=tie)
-    config.dtype = torch.float32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+
+    def random_projector(model):
         # transformers initialises the projector's input projection to zeros (a trained checkpoint
         # overwrites it): random here, so the pixels reach the language model of the random tiny model
         with torch.no_grad():
             model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"], eos_token_id=stop_ids,
-                                               pad_token_id=text_kwargs["pad_token_id"])
+
+    model = seeded_model(_image_text_to_text, config, seed, after=random_projector)
+    model.generation_config = generation_config(fam, tokenizer, text_kwargs["pad_token_id"],
+                                                bos_token_id=text_kwargs["bos_token_id"], eos_list=True)
     return model
 
 
 def _build_intern_vl_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
-    import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig
 
     vision = fam["vision"]
     text = {**text_kwargs, "model_type": "qwen2", "tie_word_embeddings": tie}
     text.pop("use_sliding_window", None)
     config = config_cls(text_config=text, vision_config=dict(vision["config"]), image_seq_length=vision["image_seq_length"],
                         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), tie_word_embeddings=tie)
-    config.dtype = torch.float32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=text_kwargs["pad_token_id"])
+    model = seeded_model(_image_text_to_text, config, seed)
+    model.generation_config = generation_config(fam, tokenizer, text_kwargs["pad_token_id"], eos_list=True)
     return model
 
 
 def _build_llava_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int, tie: bool):
-    import torch
-    from transformers import AutoModelForImageTextToText, GenerationConfig
 
     vision = fam["vision"]
     text = {**text_kwargs, "model_type": "llama", "tie_word_embeddings": tie}
@@ -846,14 +848,9 @@ def _build_llava_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed
     config = config_cls(text_config=text, vision_config=dict(vision["config"]), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                         projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
                         image_seq_length=(size // patch) ** 2, tie_word_embeddings=tie, **extra)
-    config.dtype = torch.float32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(bos_token_id=text_kwargs["bos_token_id"],
-                                               eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0],
-                                               pad_token_id=text_kwargs["pad_token_id"])
+    model = seeded_model(_image_text_to_text, config, seed)
+    model.generation_config = generation_config(fam, tokenizer, text_kwargs["pad_token_id"],
+                                                bos_token_id=text_kwargs["bos_token_id"])
     return model
 
 

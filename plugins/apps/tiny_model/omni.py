@@ -32,8 +32,7 @@ AUDIO = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "enco
 
 
 def build_omni_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: int):
-    import torch
-    from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     text_kwargs = dict(text_kwargs)
     text_kwargs.pop("use_sliding_window", None)
@@ -51,14 +50,10 @@ def build_omni_model(fam: dict, config_cls, text_kwargs: dict, tokenizer, seed: 
         audio_end_token_id=ids["<|audio_eos|>"], vision_start_token_id=ids["<|vision_bos|>"],
         vision_end_token_id=ids["<|vision_eos|>"], tie_word_embeddings=tie,
     )
-    config.dtype = torch.float32
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in fam["stop"]]
-    model.generation_config = GenerationConfig(
-        eos_token_id=stop_ids if len(stop_ids) > 1 else stop_ids[0], pad_token_id=text_kwargs["pad_token_id"],
-    )
+    from .builder import generation_config, seeded_model
+
+    model = seeded_model(Qwen2_5OmniThinkerForConditionalGeneration, config, seed)
+    model.generation_config = generation_config(fam, tokenizer, text_kwargs["pad_token_id"])
     return model
 
 

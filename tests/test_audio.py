@@ -3,7 +3,6 @@ mllm_audio_demo as it is, audio_sampling_rate, bad audio rows, and media the tem
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -11,8 +10,9 @@ from tuneforge.errors import ConfigError, DataError, TuneforgeError
 from tuneforge.plan import prepare
 from tuneforge.plugin_manager import PluginManager
 
-from .conftest import ANCHOR, run_cli
+from .conftest import ANCHOR
 from .test_vision import make_ctx, private_cache  # noqa: F401 (fixture)
+from .multimodal import features_of, media_dataset, media_row, train_lora_sft
 
 av = pytest.importorskip("av")
 
@@ -46,28 +46,11 @@ def make_tone(path, seconds=1.0, rate=16000, hz=440.0):
 
 
 def sound_dir(tmp_path, rows):
-    (tmp_path / "snd").mkdir(exist_ok=True)
-    (tmp_path / "sounds.json").write_text(json.dumps(rows))
-    entry = {"file_name": "sounds.json", "formatting": "sharegpt", "columns": {"messages": "messages", "audios": "audios"},
-             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"sounds": entry}))
-    return tmp_path
+    return media_dataset(tmp_path, "sounds", "audios", "snd", rows)
 
 
 def sound_row(question="<audio>What is it?", answer="A tone.", audios=("snd/a.wav",)):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            "audios": list(audios)}
-
-
-def features_of(ctx):
-    from tuneforge.data.dataset import featurizer
-    from tuneforge.data.loading import load_examples
-    from tuneforge.data.tokenize import Settings
-
-    [result] = load_examples(ctx, ctx.plan.datasets)
-    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
-        {"_example": [json.dumps(e) for e in result.examples]})
-    return result, features
+    return media_row(question, answer, "audios", audios)
 
 
 def test_tiny_qwen2_audio_loads_with_its_processor_and_the_multimodal_lm_class(audio_model):
@@ -174,32 +157,6 @@ def test_media_a_template_does_not_take_is_a_check_error_naming_what_it_takes(au
 
 @pytest.mark.slow
 def test_sft_lora_on_mllm_audio_demo_loss_falls_and_lora_stays_off_the_audio_tower(audio_model, tmp_path):
-    config = tmp_path / "sft.yaml"
-    out = tmp_path / "out"
-    config.write_text(f"""model_name_or_path: {audio_model}
-stage: sft
-do_train: true
-finetuning_type: lora
-lora_target: all
-dataset: mllm_audio_demo
-dataset_dir: {ANCHOR}
-template: qwen2_audio
-cutoff_len: 1024
-output_dir: {out}
-per_device_train_batch_size: 3
-learning_rate: 1.0e-2
-max_steps: 12
-logging_steps: 3
-save_strategy: "no"
-report_to: none
-""")
-    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    _, losses, keys = train_lora_sft(audio_model, "qwen2_audio", "mllm_audio_demo", tmp_path)
     assert len(losses) >= 4 and losses[-1] < losses[0] - 0.5, losses
-    from safetensors import safe_open
-
-    with safe_open(out / "adapter_model.safetensors", "pt") as f:
-        keys = list(f.keys())
     assert keys and not [k for k in keys if "audio_tower" in k]

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from .conftest import ANCHOR, run_cli
+from .conftest import ANCHOR
 from .test_vision import make_ctx, private_cache  # noqa: F401 (fixture)
+from .multimodal import train_lora_sft
 
 av = pytest.importorskip("av")
 
@@ -151,33 +152,7 @@ def test_use_audio_in_video_with_a_template_without_audio_is_a_check_error():
 
 @pytest.mark.slow
 def test_sft_lora_on_mllm_video_audio_demo_with_audio_in_video_loss_falls(omni_model, tmp_path):
-    config = tmp_path / "sft.yaml"
-    out = tmp_path / "out"
-    config.write_text(f"""model_name_or_path: {omni_model}
-stage: sft
-do_train: true
-finetuning_type: lora
-lora_target: all
-dataset: mllm_video_audio_demo
-dataset_dir: {ANCHOR}
-template: qwen2_omni
-use_audio_in_video: true
-cutoff_len: 1024
-output_dir: {out}
-per_device_train_batch_size: 2
-learning_rate: 1.0e-2
-max_steps: 12
-logging_steps: 3
-save_strategy: "no"
-report_to: none
-""")
-    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    _, losses, keys = train_lora_sft(omni_model, "qwen2_omni", "mllm_video_audio_demo", tmp_path, batch_size=2,
+                                     extra="use_audio_in_video: true\n")
     assert len(losses) >= 4 and losses[-1] < losses[0] - 0.5, losses
-    from safetensors import safe_open
-
-    with safe_open(out / "adapter_model.safetensors", "pt") as f:
-        keys = list(f.keys())
     assert keys and not [k for k in keys if "audio_tower" in k or ".visual." in k]

@@ -3,15 +3,15 @@ decoded with PyAV, the video_* keys, bad video rows, the collator's video inputs
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
 from tuneforge.errors import DataError
 
-from .conftest import ANCHOR, run_cli
+from .conftest import ANCHOR
 from .test_vision import make_ctx, private_cache, vl_model  # noqa: F401 (fixtures)
+from .multimodal import features_of, media_dataset, media_row, train_lora_sft
 
 av = pytest.importorskip("av")
 
@@ -34,28 +34,11 @@ def make_video(path, frames=10, rate=5, size=(32, 32)):
 
 
 def video_dir(tmp_path, rows):
-    (tmp_path / "vid").mkdir(exist_ok=True)
-    (tmp_path / "clips.json").write_text(json.dumps(rows))
-    entry = {"file_name": "clips.json", "formatting": "sharegpt", "columns": {"messages": "messages", "videos": "videos"},
-             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"clips": entry}))
-    return tmp_path
+    return media_dataset(tmp_path, "clips", "videos", "vid", rows)
 
 
 def video_row(question="<video>What happens?", answer="It fades.", videos=("vid/a.mp4",)):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            "videos": list(videos)}
-
-
-def features_of(ctx):
-    from tuneforge.data.dataset import featurizer
-    from tuneforge.data.loading import load_examples
-    from tuneforge.data.tokenize import Settings
-
-    [result] = load_examples(ctx, ctx.plan.datasets)
-    features = featurizer(ctx, "supervised", Settings.from_config(ctx.config, "supervised"))(
-        {"_example": [json.dumps(e) for e in result.examples]})
-    return result, features
+    return media_row(question, answer, "videos", videos)
 
 
 def video_tokens(ctx, ids):
@@ -244,30 +227,7 @@ def test_an_image_given_as_a_video_is_named(vl_model, tmp_path):
 
 @pytest.mark.slow
 def test_sft_lora_on_mllm_video_demo_loss_falls(vl_model, tmp_path):
-    config = tmp_path / "sft.yaml"
-    out = tmp_path / "out"
-    config.write_text(f"""model_name_or_path: {vl_model}
-stage: sft
-do_train: true
-finetuning_type: lora
-lora_target: all
-dataset: mllm_video_demo
-dataset_dir: {ANCHOR}
-template: qwen2_vl
-cutoff_len: 1024
-video_fps: 1.0
-output_dir: {out}
-per_device_train_batch_size: 3
-learning_rate: 1.0e-2
-max_steps: 12
-logging_steps: 3
-save_strategy: "no"
-report_to: none
-""")
-    result = run_cli("train", str(config), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (out / "trainer_log.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    _, losses, _ = train_lora_sft(vl_model, "qwen2_vl", "mllm_video_demo", tmp_path, extra="video_fps: 1.0\n")
     assert len(losses) >= 4 and losses[-1] < losses[0] - 0.5, losses
 
 

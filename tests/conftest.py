@@ -27,7 +27,7 @@ if _WORKER:
 
 #: Files whose tests assert wall-clock limits (a server that stops within seconds, a browser that waits for
 #: a page): they run alone, after the parallel part (`-m serial`; README's test command).
-SERIAL_FILES = {"test_api.py", "test_webui.py", "test_webui_browser.py", "test_resume.py"}
+SERIAL_FILES = {"test_api.py", "test_webui.py", "test_webui_browser.py", "test_webui_vision_browser.py", "test_resume.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -60,6 +60,8 @@ def freeze_selector(config, num_layers: int):
     extra = names(config.get("freeze_extra_modules"))
 
     def trains(name: str) -> bool:
+        if _vision_side(name):  # a VLM's encoder layers are not the decoder layers counted here
+            return False
         found = LAYER.match(name)
         if found:
             return int(found.group(2)) in layers and (modules == ["all"] or any(contains(found.group(3), m) for m in modules))

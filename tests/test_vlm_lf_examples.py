@@ -90,3 +90,28 @@ def test_qwen3vl_lora_sft_then_merge_lora_export_then_inference_with_an_image(tm
             assert reply.completion_tokens > 0 and on_export == with_adapter
         finally:
             os.chdir(old)
+
+
+def test_qwen3vl_lora_dpo_trains_on_an_rlhf_v_layout_copy(tmp_path):
+    """train_lora/qwen3vl_lora_dpo.yaml as it is, but for its dataset: rlhf_v is on the hub (offline here),
+    so the same layout (a ranking sharegpt set with an images column) on the mllm_demo pictures."""
+    from tuneforge.train.pipeline import run_training
+
+    from .test_vision_use import picture_pairs
+
+    model = str(lf.tiny_model("qwen3_vl"))
+    data = picture_pairs(tmp_path / "data")
+    with lf.lf_root() as root:
+        old = os.getcwd()
+        os.chdir(root)
+        try:
+            prepared = _prepare("train_lora/qwen3vl_lora_dpo.yaml",
+                                [f"model_name_or_path={model}", "dataset=pairs", f"dataset_dir={data}",
+                                 f"output_dir={tmp_path / 'dpo'}", *lf.TRAIN_OVERRIDES, "save_strategy='no'"])
+            assert prepared.config.stage == "dpo" and prepared.config.template == "qwen3_vl_nothink"
+            run_training(prepared)
+        finally:
+            os.chdir(old)
+    logs = [json.loads(line) for line in (tmp_path / "dpo" / "trainer_log.jsonl").read_text().splitlines()]
+    rows = [r for r in logs if "loss" in r]
+    assert len(rows) == 2 and all("rewards/margins" in r for r in rows), rows

@@ -25,6 +25,10 @@ Every config ends in one outcome, and the scoreboard test (tests/test_lf_conform
 The v1/ folder holds LLaMA-Factory's next config format and accelerate/ holds launcher configs for
 ``accelerate launch``; both are listed, not run.
 
+Inference and merge configs of a vision-language family also run with ``--train``: `tuneforge chat
+--image` asks one question about an mllm_demo picture, `tuneforge export` merges the adapter and
+verifies the export on an image prompt; their outcome is "runs" when the command succeeds.
+
 The 2-step train adds these overrides to make a CPU run short (``TRAIN_OVERRIDES``): max_steps=2,
 max_samples=16, no gradient accumulation, a single preprocessing worker, no dataloader workers, no
 tracker. ``--skip-done`` trains only the configs without a "runs" result in bench/lf_conformance_train.json.
@@ -307,7 +311,21 @@ def check_all(only: str | None = None) -> list[Result]:
 # ----------------------------------------------------------------------------------------------- train
 
 
+#: The picture a multimodal inference config is asked about (LLaMA-Factory's mllm_demo image).
+CHAT_IMAGE = ANCHOR / "mllm_demo_data" / "1.jpg"
+
+
+def runs_as_a_user_would(result: Result) -> bool:
+    """Inference and merge configs of a vision-language family run (`tuneforge chat --image`,
+    `tuneforge export` with its image-prompt verification); the text ones are checked only."""
+    from tuneforge.plugins.apps.tiny_model.builder import VISION_FAMILIES
+
+    return result.kind in ("chat", "export") and result.family in VISION_FAMILIES
+
+
 def why_not_train(result: Result, data: dict) -> str | None:
+    if runs_as_a_user_would(result):
+        return None
     if result.kind == "chat":
         return "not run: an inference config (`tuneforge chat`), checked only"
     if result.kind == "export":
@@ -333,6 +351,11 @@ def train_one(result: Result, timeout: int = 900) -> str:
     with tempfile.TemporaryDirectory(prefix="lf-out-") as out, lf_root(data, result.family) as root:
         cmd = [sys.executable, "-m", "tuneforge.cli.main", "train", str(path),
                *overrides_for(result, Path(out) / "run"), *TRAIN_OVERRIDES]
+        if result.kind == "chat":  # one question about a picture, as `tuneforge chat --image` asks it
+            cmd = [sys.executable, "-m", "tuneforge.cli.main", "chat", str(path), *overrides_for(result, Path(out) / "run"),
+                   "max_new_tokens=4", "--query", "Who are they?", "--image", str(CHAT_IMAGE)]
+        elif result.kind == "export":  # merge, save, reload and verify (an image prompt for a VLM)
+            cmd = [sys.executable, "-m", "tuneforge.cli.main", "export", str(path), *overrides_for(result, Path(out) / "run")]
         try:
             proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -147,6 +147,10 @@ def prepare(
     warnings = _warnings(config, plan, manager) + relation_warnings(config) + model_warnings + version_warnings()
     if plan.template is not None and getattr(plan.template.spec, "notes", None) is not None:
         warnings += [f"template {plan.template.name}: {note}" for note in plan.template.spec.notes(config)]
+    from .data.media import processor_key_warnings  # image_do_pan_and_scan / crop_to_patches that do nothing
+
+    warnings += processor_key_warnings(config, plan.template.name if plan.template else None,
+                                       getattr(plan.template.spec, "media", None) if plan.template else None)
     return Prepared(config, plan, manager, warnings)
 
 

@@ -235,8 +235,10 @@ CONFORMANCE_KEYS = (
        "How new token rows start: noise_init (mean + noise), desc_init (mean of the description's tokens, "
        "from new_special_tokens_config), desc_init_w_noise (both).",
        choices=("noise_init", "desc_init", "desc_init_w_noise")),
-    _k("image_do_pan_and_scan", bool, False, "Multimodal (gemma3): pan and scan images.", effective=False),
-    _k("crop_to_patches", bool, False, "Multimodal (internvl): crop images to patches.", effective=False),
+    _k("image_do_pan_and_scan", bool, False, "Multimodal: the image processor's do_pan_and_scan (Gemma 3: a wide "
+       "or tall image also goes in as crops, each with its own image tokens); unset keeps the checkpoint's setting."),
+    _k("crop_to_patches", bool, False, "Multimodal: the image processor's crop_to_patches (InternVL: tiles plus a "
+       "thumbnail, each with its own image tokens); unset keeps the checkpoint's setting."),
     _k("use_audio_in_video", bool, False, "Multimodal: use the audio track of videos."),
     _k("audio_sampling_rate", int, 16000, "Multimodal: audio sampling rate.", min=1),
     _k("preserve_thinking", bool, False, "Keep the reasoning of earlier assistant turns in the prompt.",

@@ -36,6 +36,8 @@ class MediaHandler:
     """
 
     modalities: tuple[str, ...] = ("images",)
+    #: The :data:`PROCESSOR_IMAGE_KEYS` this handler passes to the model's image processor.
+    processor_image_keys: tuple[str, ...] = ()
     #: The run's preprocessing keys (:data:`OPTION_KEYS`), set on the copy :meth:`configured` makes.
     options: dict[str, Any] = {}
 
@@ -43,6 +45,8 @@ class MediaHandler:
         """A copy of this handler for a run: ``options`` holds the config's media preprocessing keys."""
         clone = copy.copy(self)
         clone.options = {key: config.get(key) for key in OPTION_KEYS if config.get(key) is not None}
+        is_set = getattr(config, "is_set", None)  # a key left unset keeps the checkpoint's own setting
+        clone.options.update({key: config.get(key) for key in PROCESSOR_IMAGE_KEYS if is_set and is_set(key)})
         return clone
 
     def open_image(self, path: str):
@@ -82,6 +86,22 @@ class MediaHandler:
 
 #: The config keys that change how media become model inputs (a handler reads them from ``options``).
 OPTION_KEYS = ("image_max_pixels", "image_min_pixels")
+#: LLaMA-Factory's image keys that are settings of the model's own image processor: config key -> the
+#: processor's argument. The processor handler passes one when the config sets it and the model's image
+#: processor has that setting (Gemma 3's pan and scan, InternVL's crops); else it says it has no effect.
+PROCESSOR_IMAGE_KEYS = {"image_do_pan_and_scan": "do_pan_and_scan", "crop_to_patches": "crop_to_patches"}
+
+
+def processor_key_warnings(config, template: str | None, media: "MediaHandler | None") -> list[str]:
+    """`tuneforge check`'s word on a :data:`PROCESSOR_IMAGE_KEYS` key set true under a template whose
+    media handler does not pass it to an image processor (it would do nothing)."""
+    out = []
+    for key, argument in PROCESSOR_IMAGE_KEYS.items():
+        if config.get(key) and key not in getattr(media, "processor_image_keys", ()):
+            out.append(f"{key} ({config.where(key)}) has no effect with template '{template}': its media handler does "
+                       f"not pass '{argument}' to an image processor (it acts with `media: processor` templates whose "
+                       "image processor has that setting: gemma3's pan and scan, intern_vl's crop_to_patches)")
+    return out
 
 
 def fit_pixels(image, max_pixels: int | None, min_pixels: int | None):
@@ -291,6 +311,8 @@ class ProcessorMedia(MediaHandler):
     is whichever of ``mm_token_type_ids`` / ``token_type_ids`` the processor itself returns.
     """
 
+    processor_image_keys = tuple(PROCESSOR_IMAGE_KEYS)
+
     def __init__(self, placeholders: dict[str, str], first: bool = False):
         self.placeholders = dict(placeholders)
         #: ``media_first: true``: a message's images go before its text, whatever their place in it, as
@@ -310,9 +332,25 @@ class ProcessorMedia(MediaHandler):
             raise TuneforgeError(f"media_placeholders.image is {placeholder!r}, but {type(processor).__name__} expands "
                                  f"{token!r}: the placeholder must contain the processor's image token")
         result = processor(text=[placeholder * len(paths)], images=[self.open_image(p) for p in paths],
-                           return_text_replacement_offsets=True)
+                           return_text_replacement_offsets=True, **self._image_kwargs(processor))
         replacements = [o["replacement"] for o in result["text_replacement_offsets"][0] if o["type"] == "image"]
         return [placeholder.replace(token, r, 1) for r in replacements]
+
+    def _image_kwargs(self, processor) -> dict[str, Any]:
+        """The image-processor settings the config sets (:data:`PROCESSOR_IMAGE_KEYS`) that this model's
+        image processor has; one it lacks is said once and left out."""
+        image_processor = getattr(processor, "image_processor", None)
+        kwargs = {}
+        for key, argument in PROCESSOR_IMAGE_KEYS.items():
+            if key not in self.options:
+                continue
+            if hasattr(image_processor, argument):
+                kwargs[argument] = bool(self.options[key])
+            elif self.options[key]:
+                _say_once(f"{key}: has no effect with {type(image_processor).__name__}, which has no "
+                          f"'{argument}' setting (it acts on image processors that have one: Gemma 3's pan and "
+                          "scan, InternVL's crop_to_patches)")
+        return kwargs
 
     def expand(self, messages, media, model_path, tokenizer):
         self._model_path = str(model_path)
@@ -355,8 +393,15 @@ class ProcessorMedia(MediaHandler):
             return {}
         processor = load_processor(model_path)
         result = processor(text=[self.placeholders["image"] * len(paths)], images=[self.open_image(p) for p in paths],
-                           return_tensors="pt")
+                           return_tensors="pt", **self._image_kwargs(processor))
         return {k: v for k, v in result.items() if k not in _TEXT_KEYS}
+
+
+@lru_cache(maxsize=32)
+def _say_once(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
 
 
 @lru_cache(maxsize=8)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from tuneforge import ConfigKey, TrainablePlan
-from tuneforge.plugin_helpers import split_names as names, world_size
+from tuneforge.plugin_helpers import ENCODER_PARTS, PROJECTOR_PARTS, split_names as names, world_size
 
 #: Keys that only mean something for LoRA-family methods, with LLaMA-Factory's error for each.
 LORA_ONLY = ("loraplus_lr_ratio", "use_dora", "use_rslora", "pissa_init")
@@ -60,6 +60,8 @@ def freeze_selector(config, num_layers: int):
     extra = names(config.get("freeze_extra_modules"))
 
     def trains(name: str) -> bool:
+        if _vision_side(name):  # a VLM's encoder layers are not the decoder layers counted here
+            return False
         found = LAYER.match(name)
         if found:
             return int(found.group(2)) in layers and (modules == ["all"] or any(contains(found.group(3), m) for m in modules))
@@ -207,3 +209,38 @@ def linear_module_names(model) -> list[str]:
 def matches_target(module_names: list[str], target: str) -> bool:
     """PEFT's rule for a list of targets: the module name is the target or ends with '.target'."""
     return any(n == target or n.endswith(f".{target}") for n in module_names)
+
+
+#: Module-path parts of a vision-language model's vision side (tower and projector), as in
+#: LLaMA-Factory: LoRA and OFT never go there unless asked (a lora_target naming such a module).
+VISION_PARTS = ENCODER_PARTS + PROJECTOR_PARTS
+
+
+def _vision_side(name: str) -> bool:
+    return any(part in VISION_PARTS for part in name.split("."))
+
+
+def language_linear_names(model) -> list[str] | None:
+    """Leaf names of the linear layers outside the vision side; None for a text-only model."""
+    import torch
+
+    names = [n for n, _ in model.named_modules() if n]
+    if not any(_vision_side(n) for n in names):
+        return None
+    output = model.get_output_embeddings()
+    found = set()
+    for full_name, module in model.named_modules():
+        kind = type(module).__name__
+        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
+        if linear and module is not output and full_name and not _vision_side(full_name):
+            found.add(full_name.split(".")[-1])
+    return sorted(found)
+
+
+def language_only_targets(targets: list[str]) -> str:
+    """A PEFT target regex (full match on the module path) for ``targets`` outside the vision side."""
+    import re
+
+    sides = "|".join(VISION_PARTS)
+    leaves = "|".join(re.escape(t) for t in targets)
+    return rf"^(?!(?:.*\.)?(?:{sides})\.).*\.(?:{leaves})$"

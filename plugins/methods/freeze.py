@@ -3,7 +3,8 @@
 ``freeze_trainable_modules`` narrows what trains inside those layers (``self_attn``, ``mlp``,
 ``q_proj``, ``mlp.up_proj``, ... or ``all``); ``freeze_extra_modules`` adds modules outside the
 decoder layers (``embed_tokens``, ``norm``, ``lm_head``). Names are checked against the model, and an
-unknown one is an error that lists the names the model has.
+unknown one is an error that lists the names the model has. On a vision-language model the layers are
+the language model's; the vision tower and projector stay frozen.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def apply(ctx, model):
     from tuneforge.errors import TuneforgeError
 
     config = ctx.config
-    num_layers = model.config.num_hidden_layers
+    num_layers = model.config.get_text_config().num_hidden_layers  # a VLM's: its language model's
     if config.use_llama_pro:
         print(f"use_llama_pro: training the expanded blocks {llama_pro_layer_ids(num_layers, config.freeze_trainable_layers)} "
               f"of {num_layers} layers")

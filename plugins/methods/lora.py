@@ -13,9 +13,9 @@ from functools import partial
 from pathlib import Path
 
 from tuneforge import AdapterSpec, ConfigKey, MethodSpec, TrainablePlan, hookimpl
-from tuneforge.plugin_helpers import ENCODER_PARTS, PROJECTOR_PARTS, quantized_by
+from tuneforge.plugin_helpers import quantized_by
 
-from ._common import linear_module_names, matches_target, names
+from ._common import language_linear_names, language_only_targets, linear_module_names, matches_target, names
 
 KEYS = (
     ConfigKey("lora_rank", int, 8, "Rank of the LoRA matrices."),
@@ -50,41 +50,6 @@ def effective(config, implied: dict):
     return config.with_values(**implied) if implied else config
 
 
-#: Module-path parts of a vision-language model's vision side (tower and projector), as in
-#: LLaMA-Factory: LoRA never goes there unless asked (a lora_target naming such a module).
-VISION_PARTS = ENCODER_PARTS + PROJECTOR_PARTS
-
-
-def _vision_side(name: str) -> bool:
-    return any(part in VISION_PARTS for part in name.split("."))
-
-
-def language_linear_names(model) -> list[str] | None:
-    """Leaf names of the linear layers outside the vision side; None for a text-only model."""
-    import torch
-
-    names = [n for n, _ in model.named_modules() if n]
-    if not any(_vision_side(n) for n in names):
-        return None
-    output = model.get_output_embeddings()
-    found = set()
-    for full_name, module in model.named_modules():
-        kind = type(module).__name__
-        linear = isinstance(module, torch.nn.Linear) or ("Linear" in kind and "Embedding" not in kind)
-        if linear and module is not output and full_name and not _vision_side(full_name):
-            found.add(full_name.split(".")[-1])
-    return sorted(found)
-
-
-def _language_only(targets: list[str]) -> str:
-    """A PEFT target regex (full match on the module path) for ``targets`` outside the vision side."""
-    import re
-
-    sides = "|".join(VISION_PARTS)
-    leaves = "|".join(re.escape(t) for t in targets)
-    return rf"^(?!(?:.*\.)?(?:{sides})\.).*\.(?:{leaves})$"
-
-
 def lora_config(config, model):
     from peft import LoraConfig, TaskType
 
@@ -108,7 +73,7 @@ def lora_config(config, model):
             raise TuneforgeError(f"additional_target: no module named {', '.join(unknown)} in this model "
                                  f"(modules outside the decoder layers: {', '.join(outside)})")
     if language is not None and isinstance(targets, list):
-        targets = _language_only(targets)
+        targets = language_only_targets(targets)
     init = True
     if config.pissa_init:
         init = "pissa" if config.pissa_iter == -1 else f"pissa_niter_{config.pissa_iter}"

@@ -21,7 +21,8 @@ KEYS = (
     ConfigKey("oft_block_size", int, 32,
               "OFT: size of each orthogonal block; 0 derives it from oft_rank (set exactly one)."),
     ConfigKey("oft_target", (str, list), "all",
-              "OFT: modules to adapt: 'all' (every linear layer but the output head) or a comma list of names."),
+              "OFT: modules to adapt: 'all' (every linear layer but the output head; on a vision-language model "
+              "those of the language model only) or a comma list of names."),
     ConfigKey("module_dropout", float, 0.0, "OFT: probability of dropping a whole adapted block during training."),
     ConfigKey("additional_target", (str, list), None,
               "Modules trained fully and saved with the adapter (PEFT modules_to_save)."),
@@ -35,18 +36,21 @@ def oft_config(config, model):
 
     from tuneforge.errors import TuneforgeError
 
-    from ._common import linear_module_names, matches_target
+    from ._common import language_linear_names, language_only_targets, linear_module_names, matches_target
 
     targets = names(config.oft_target) or ["all"]
     module_names = [n for n, _ in model.named_modules() if n]
+    language = language_linear_names(model)  # a vision-language model: 'all' stays off the vision side
     if targets == ["all"]:
-        targets = linear_module_names(model)
+        targets = language if language is not None else linear_module_names(model)
     else:
         unknown = [t for t in targets if not matches_target(module_names, t)]
         if unknown:
             raise TuneforgeError(f"oft_target: no module named {', '.join(unknown)} in this model; "
                                  f"its linear layers are: {', '.join(linear_module_names(model))} (or use 'all')")
-    _fit_blocks(config, model, targets)
+    _fit_blocks(config, model, targets, vision_too=language is None)
+    if language is not None:
+        targets = language_only_targets(targets)
     return OFTConfig(
         task_type=TaskType.CAUSAL_LM,
         r=config.oft_rank,
@@ -57,9 +61,11 @@ def oft_config(config, model):
     )
 
 
-def _fit_blocks(config, model, targets) -> None:
+def _fit_blocks(config, model, targets, vision_too: bool = True) -> None:
     """PEFT needs the block size to divide every adapted layer's input width: say which one does not."""
     import torch
+
+    from ._common import _vision_side
 
     from tuneforge.errors import TuneforgeError
 
@@ -67,6 +73,8 @@ def _fit_blocks(config, model, targets) -> None:
     rank = config.oft_rank
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] not in targets:
+            continue
+        if not vision_too and _vision_side(name):
             continue
         width = module.in_features
         if block and width % block:

@@ -10,6 +10,9 @@ and embeddings cast to fp32) and the method then puts its adapters on the quanti
 Gradient checkpointing is left to the trainer (on by default, as in LLaMA-Factory), which also makes
 the inputs require grad. bitsandbytes 0.50 has a CPU backend: 4-bit and 8-bit both train on CPU.
 
+On a vision- or audio-language model (a template with a media handler) only the language model is
+quantized: the encoders and the projector keep their weights (``vision_side_skips``).
+
 A checkpoint saved already quantized with bitsandbytes is recognised from its config.json and loaded as
 it is (transformers reads its ``quantization_config``).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tuneforge import ConfigKey, QuantizerSpec, Requirement, hookimpl
+from tuneforge.plugin_helpers import ENCODER_PARTS, PROJECTOR_PARTS
 
 from ._common import device_map, log_once, recognizer
 
@@ -30,6 +34,13 @@ KEYS = (
 )
 
 
+def vision_side_skips() -> list[str]:
+    """Modules a multimodal model keeps unquantized, as LLaMA-Factory does: its vision/audio encoders
+    and projector (transformers' skip patterns: a regex from the start of the module path), and the
+    output head, which transformers skips by default only when no list is given."""
+    return [rf"(?:.*\.)?{part}" for part in ENCODER_PARTS + PROJECTOR_PARTS] + ["lm_head"]
+
+
 def load_kwargs(ctx) -> dict:
     if ctx.plan.prequantized:  # the checkpoint's own quantization_config applies
         return device_map(ctx)
@@ -38,15 +49,17 @@ def load_kwargs(ctx) -> dict:
 
     config = ctx.config
     compute = ctx.compute_dtype or torch.float32
+    skip = vision_side_skips() if ctx.media is not None else None
     if config.quantization_bit == 4:
         quantization = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=config.quantization_type,
             bnb_4bit_use_double_quant=bool(config.double_quantization),
             bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=skip,
         )
     else:
-        quantization = BitsAndBytesConfig(load_in_8bit=True)
+        quantization = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return {"quantization_config": quantization, **device_map(ctx)}
 
 

@@ -195,8 +195,8 @@ EXPORT_KEYS = (
     _k("export_device", str, "cpu", "Device used to merge: cpu, or auto (device_map auto).", choices=("cpu", "auto")),
     _k("export_quantization_bit", int, None, "Quantize the exported model to this many bits (a quantizer plugin's export_quantize).", min=1),
     _k("export_quantization_dataset", str, None, "Calibration data for export quantization."),
-    _k("export_quantization_nsamples", int, 128, "Calibration samples (GPTQ export).", min=1),
-    _k("export_quantization_maxlen", int, 1024, "Calibration sequence length in tokens (GPTQ export).", min=1),
+    _k("export_quantization_nsamples", int, 128, "Calibration samples of a quantizing export.", min=1),
+    _k("export_quantization_maxlen", int, 1024, "Calibration sequence length in tokens of a quantizing export.", min=1),
     _k("export_legacy_format", bool, False, "Save .bin instead of safetensors."),
     _k("export_hub_model_id", str, None, "Push the export to this hub repo."),
 )

@@ -144,7 +144,11 @@ def choose(page, elem_id: str, *options: str) -> None:
     box = element(page, elem_id).locator("input").first
     for option in options:
         box.click()
-        page.get_by_role("option", name=option, exact=True).click()
+        item = page.get_by_role("option", name=option, exact=True)
+        if not item.count():  # gradio lists the first 100 options (the template dropdown has more): type to filter
+            box.fill("")
+            box.press_sequentially(option)
+        item.click()
         wait_idle(page, 200)
     page.keyboard.press("Escape")
     wait_idle(page)

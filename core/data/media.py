@@ -38,11 +38,13 @@ class MediaHandler:
     modalities: tuple[str, ...] = ("images",)
     #: The :data:`PROCESSOR_IMAGE_KEYS` this handler passes to the model's image processor.
     processor_image_keys: tuple[str, ...] = ()
-    #: The run's preprocessing keys (:data:`OPTION_KEYS`), set on the copy :meth:`configured` makes.
+    #: The run's preprocessing keys (:data:`OPTION_KEYS`), set on the copy :meth:`configure` makes.
     options: dict[str, Any] = {}
 
-    def configured(self, config) -> "MediaHandler":
-        """A copy of this handler for a run: ``options`` holds the config's media preprocessing keys."""
+    def configure(self, config) -> "MediaHandler":
+        """A copy of this handler for one run: ``options`` holds the config's image preprocessing keys,
+        which :meth:`open_image` applies. A handler whose output depends on more keys (``video_fps``...)
+        extends it: ``configured = super().configure(config)``, then sets what it reads."""
         clone = copy.copy(self)
         clone.options = {key: config.get(key) for key in OPTION_KEYS if config.get(key) is not None}
         is_set = getattr(config, "is_set", None)  # a key left unset keeps the checkpoint's own setting
@@ -57,11 +59,6 @@ class MediaHandler:
         with Image.open(path) as image:
             image = image.convert("RGB")
         return fit_pixels(image, self.options.get("image_max_pixels"), self.options.get("image_min_pixels"))
-
-    def configure(self, config) -> "MediaHandler":
-        """The handler for one run's config (a handler whose output depends on keys such as
-        ``video_fps`` returns a copy that knows them); the default ignores the config."""
-        return self
 
     def describe(self) -> dict:
         """The settings that decide the features (part of the tokenised-data cache key)."""

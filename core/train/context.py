@@ -30,8 +30,7 @@ class RunContext:
         entry = self.plan.template if self.plan is not None else None
         media = getattr(entry.spec, "media", None) if entry is not None else None
         if media is not None:
-            media = media.configure(self.config)  # the handler's own keys (video_fps, audio_sampling_rate...)
-            media = media.configured(self.config)  # the image size keys every handler's open_image applies
+            media = media.configure(self.config)
         return media
 
     @property

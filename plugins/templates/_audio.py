@@ -65,7 +65,7 @@ class Qwen2AudioMedia(MediaHandler):
     settings = AudioSettings()
 
     def configure(self, config):
-        configured = type(self)()
+        configured = super().configure(config)
         configured.settings = AudioSettings.from_config(config)
         return configured
 

@@ -77,7 +77,7 @@ class Qwen2OmniMedia(MediaHandler):
     audio_in_video = False
 
     def configure(self, config):
-        configured = type(self)()
+        configured = super().configure(config)
         configured.video_settings = VideoSettings.from_config(config)
         configured.audio_settings = AudioSettings.from_config(config)
         configured.audio_in_video = bool(config.get("use_audio_in_video"))

@@ -175,7 +175,7 @@ class Qwen2VLVideoMedia(Qwen2VLMedia):
     settings = VideoSettings()
 
     def configure(self, config):
-        configured = type(self)()
+        configured = super().configure(config)
         configured.settings = VideoSettings.from_config(config)
         return configured
 

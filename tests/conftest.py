@@ -49,6 +49,27 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh tokenised-data cache for one test (modules that want it for every test use
+    ``pytestmark = pytest.mark.usefixtures("private_cache")``)."""
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def data_context(**values):
+    """A run context with the tokenizer and template loaded (no model), as `tuneforge data` builds it."""
+    from tuneforge.plan import prepare
+    from tuneforge.plugin_manager import PluginManager
+    from tuneforge.train.context import RunContext
+    from tuneforge.train.model import load_tokenizer
+
+    prepared = prepare(None, [f"{k}={v}" for k, v in values.items()], manager=PluginManager(autoload=False))
+    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
+    load_tokenizer(ctx)
+    return ctx
+
+
+@pytest.fixture
 def manager():
     """A fresh plugin manager with the built-ins only."""
     from tuneforge.plugin_manager import PluginManager

@@ -3,7 +3,6 @@ mllm_audio_demo as it is, audio_sampling_rate, bad audio rows, and media the tem
 
 from __future__ import annotations
 
-
 import pytest
 
 from tuneforge.errors import ConfigError, DataError, TuneforgeError
@@ -11,8 +10,10 @@ from tuneforge.plan import prepare
 from tuneforge.plugin_manager import PluginManager
 
 from .conftest import ANCHOR
-from .test_vision import make_ctx, private_cache  # noqa: F401 (fixture)
+from .test_vision import make_ctx
 from .multimodal import features_of, media_dataset, media_row, train_lora_sft
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 av = pytest.importorskip("av")
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
-import time
 
-from .conftest import ANCHOR, REPO, run_cli
+from .conftest import ANCHOR, run_cli
 
 HEAVY = ("torch", "transformers", "peft", "trl", "datasets")
 

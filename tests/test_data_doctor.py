@@ -11,7 +11,9 @@ import yaml
 from tuneforge.data.doctor import render_marked, run_doctor
 
 from .conftest import ANCHOR, run_cli
-from .test_data_pipeline import make_ctx, private_cache  # noqa: F401
+from .test_data_pipeline import make_ctx
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_data_command_prints_counts_stats_and_a_marked_example(tiny_model, tmp_path):

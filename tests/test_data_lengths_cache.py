@@ -10,7 +10,9 @@ from tuneforge.data import doctor
 from tuneforge.data.doctor import run_doctor
 
 from .conftest import ANCHOR
-from .test_data_pipeline import make_ctx, private_cache  # noqa: F401
+from .test_data_pipeline import make_ctx
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture

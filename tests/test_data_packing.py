@@ -11,7 +11,9 @@ from tuneforge.data.dataset import build_datasets
 from tuneforge.data.packing import greedy_knapsack, pack_batch
 from tuneforge.data.template import IGNORE_INDEX
 
-from .test_data_pipeline import make_ctx, private_cache  # noqa: F401  (the fixture keeps the cache in tmp_path)
+from .test_data_pipeline import make_ctx
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 # The tiny model keeps llama3's 128k vocabulary, so logits are large: keep the batches small.
 ROWS = [{"instruction": f"What is {a} plus {b}?" * (1 + a % 3), "input": "", "output": f"{a} plus {b} is {a + b}."}

@@ -14,25 +14,17 @@ from tuneforge.errors import ConfigError
 from tuneforge.plan import prepare
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.train.context import RunContext
-from tuneforge.train.model import load_tokenizer
 
-from .conftest import ANCHOR
+from .conftest import ANCHOR, data_context
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def make_ctx(tiny_model, dataset_dir, **overrides) -> RunContext:
     """A run context with the tokenizer and template loaded (no model), as `tuneforge data` builds it."""
     base = dict(model_name_or_path=str(tiny_model), template="llama3", dataset_dir=str(dataset_dir), cutoff_len=128)
-    base.update(overrides)
-    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=PluginManager(autoload=False))
-    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
-    load_tokenizer(ctx)
-    return ctx
+    return data_context(**{**base, **overrides})
 
 
 def rows(n, tag="", start=0):

@@ -20,7 +20,9 @@ from tuneforge.train.noise import BNB_LOGGER, silence_known_noise
 from tuneforge.train.outputs import plot_loss, smooth_curve
 
 from .conftest import REPO
-from .test_data_pipeline import make_ctx, private_cache, rows  # noqa: F401 (private_cache is a fixture)
+from .test_data_pipeline import make_ctx, rows  # noqa: F401 (rows is a fixture)
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture

@@ -9,8 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from .conftest import ANCHOR
-from .test_vision import make_ctx, private_cache  # noqa: F401 (fixture)
+from .test_vision import make_ctx
 from .multimodal import train_lora_sft
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 av = pytest.importorskip("av")
 

@@ -3,7 +3,6 @@ config and the run manifest (core/train/tracking.py)."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import yaml

@@ -10,8 +10,10 @@ import pytest
 from tuneforge.errors import DataError
 
 from .conftest import ANCHOR
-from .test_vision import make_ctx, private_cache, vl_model  # noqa: F401 (fixtures)
+from .test_vision import make_ctx, vl_model  # noqa: F401 (vl_model is a fixture)
 from .multimodal import features_of, media_dataset, media_row, train_lora_sft
+
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 av = pytest.importorskip("av")
 

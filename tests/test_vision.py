@@ -4,7 +4,6 @@ the qwen2_vl template's media handler, and sft + LoRA on mllm_demo."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -12,9 +11,8 @@ from tuneforge.errors import ConfigError, DataError
 from tuneforge.plan import prepare
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.train.context import RunContext
-from tuneforge.train.model import load_tokenizer
 
-from .conftest import ANCHOR, run_cli
+from .conftest import ANCHOR, data_context, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +22,13 @@ def vl_model():
     return cached_tiny_model("qwen2_vl", "tiny")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def make_ctx(model, dataset_dir, **overrides) -> RunContext:
     base = dict(model_name_or_path=str(model), template="qwen2_vl", dataset_dir=str(dataset_dir), dataset="mllm_demo",
                 cutoff_len=1024)
-    base.update(overrides)
-    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=PluginManager(autoload=False))
-    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
-    load_tokenizer(ctx)
-    return ctx
+    return data_context(**{**base, **overrides})
 
 
 def image_dir(tmp_path, rows, formatting="sharegpt", sizes=((60, 40), (30, 90))):

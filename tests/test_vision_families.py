@@ -8,13 +8,12 @@ import json
 
 import pytest
 
-from tuneforge.errors import ConfigError
 from tuneforge.plan import prepare
 from tuneforge.plugin_manager import PluginManager
 from tuneforge.train.context import RunContext
 from tuneforge.train.model import load_tokenizer
 
-from .conftest import ANCHOR, run_cli
+from .conftest import ANCHOR, data_context, run_cli
 
 #: tiny-model family -> the template that serves it (the Instruct / chat variant the tiny model copies).
 FAMILIES = {"qwen3_vl": "qwen3_vl_nothink", "gemma3": "gemma3", "intern_vl": "intern_vl"}
@@ -34,19 +33,13 @@ def qwen3_vl():
     return cached_tiny_model("qwen3_vl", "tiny")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def make_ctx(model, template, **overrides) -> RunContext:
     base = dict(model_name_or_path=str(model), template=template, dataset_dir=str(ANCHOR), dataset="mllm_demo",
                 cutoff_len=2048)
-    base.update(overrides)
-    prepared = prepare(None, [f"{k}={v}" for k, v in base.items()], manager=PluginManager(autoload=False))
-    ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=False)
-    load_tokenizer(ctx)
-    return ctx
+    return data_context(**{**base, **overrides})
 
 
 def content_parts(message: dict) -> dict:

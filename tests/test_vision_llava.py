@@ -39,9 +39,7 @@ def family(request):
     return request.param, cached_tiny_model(request.param, "tiny")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def parts(message: dict) -> dict:

@@ -16,9 +16,7 @@ from tuneforge.train.model import load_tokenizer
 from .conftest import ANCHOR
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,40 @@ def test_collator_concatenates_rows_restarts_positions_and_masks_each_first_labe
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
     assert "attention_mask" not in batch and batch["use_cache"] is False
+    assert "cu_seq_lens_q" not in batch
+    bounded = FlatteningCollator(0, boundaries=True)([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
+    assert bounded["cu_seq_lens_q"].tolist() == bounded["cu_seq_lens_k"].tolist() == [0, 3, 5]
+    assert bounded["max_length_q"] == bounded["max_length_k"] == 3
+
+
+def test_sdpa_per_row_keeps_rows_apart_from_the_boundaries_alone(tiny_model):
+    """row_attention.py: the flattened loss equals the padded one with the rows' own sdpa calls. Without
+    the position restarts (so masking_utils' mask is causal over the whole batch) only the boundaries
+    keep rows apart: RoPE attention depends on relative positions, so shifted rows give the same loss,
+    and plain sdpa on the same inputs leaks across rows (the check can fail)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.data.collator import PadCollator
+    from tuneforge.train import row_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(10, 1000, (n,), generator=g).tolist() for n in (30, 5, 52, 11)]
+    features = [{"input_ids": r, "labels": [IGNORE_INDEX] * 2 + r[2:]} for r in rows]
+    flat = FlatteningCollator(0, boundaries=True)(features)
+    without_restarts = {k: v for k, v in flat.items() if k != "position_ids"}
+    with torch.no_grad():
+        padded = model(**PadCollator(0)(features)).loss.item()
+        leaky = model(**without_restarts).loss.item()
+        model.set_attn_implementation(row_attention.register())
+        per_row = model(**flat).loss.item()
+        per_row_no_restarts = model(**without_restarts).loss.item()
+        # a padded batch (attention mask, no boundaries) is transformers' sdpa unchanged
+        padded_again = model(**PadCollator(0)(features)).loss.item()
+    assert per_row == pytest.approx(padded, abs=1e-5)
+    assert per_row_no_restarts == pytest.approx(padded, abs=1e-4)
+    assert abs(leaky - padded) > 1e-3
+    assert padded_again == pytest.approx(padded, abs=1e-6)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -98,6 +132,10 @@ def test_per_step_losses_equal_the_padded_run(tiny_model, data_dir, tmp_path, ca
     assert "padding-free batching: on" in capsys.readouterr().out
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    assert batch["cu_seq_lens_q"].tolist()[-1] == batch["input_ids"].shape[1]
+    # attention ran per row while training (row_attention.py); the model is sdpa again afterwards
+    assert trainer.model.config._attn_implementation == "sdpa"
+    assert any(type(c).__name__ == "PlainAttentionAfterTraining" for c in trainer.callback_handler.callbacks)
     assert len(step_losses(flat)) == 3
     assert step_losses(flat) == pytest.approx(step_losses(padded), abs=1e-5)
     # the same non-pad tokens were counted

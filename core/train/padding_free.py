@@ -9,6 +9,11 @@ row. Each row's first label is -100: padded, no token predicts it (the causal sh
 flattened it would be predicted from the previous row's last token. The loss is then the padded
 batch's loss, token for token (tests/test_padding_free.py checks per-step losses to 1e-5).
 
+The batch also carries the row boundaries (``cu_seq_lens_q``/``_k``, ``max_length_q``/``_k``: the
+flash-attention kwargs), so flash-attention reads them directly, and an sdpa model is switched for
+training to row_attention.py's sdpa-per-row, which costs each row its own length instead of the
+dense mask's batch length squared.
+
 This is transformers' ``DataCollatorWithFlattening`` / TRL's ``padding_free`` layout; it differs from
 ``neat_packing`` in working per batch (rows stay rows in the data, no re-packing, no cutoff change).
 
@@ -25,9 +30,11 @@ from __future__ import annotations
 
 import inspect
 import sys
+from itertools import accumulate
 
 from ..errors import ConfigError, Problem
 from ..ranks import is_main_process
+from . import row_attention
 from .fused_loss import base_model
 
 IGNORE_INDEX = -100
@@ -40,10 +47,12 @@ _STATEFUL_MARKERS = ("mamba", "ssm", "linear_attn", "linear_conv", "conv_kernel"
 
 
 class FlatteningCollator:
-    """Features -> one row: ``input_ids``, ``labels`` and ``position_ids`` of shape (1, total tokens)."""
+    """Features -> one row: ``input_ids``, ``labels`` and ``position_ids`` of shape (1, total tokens);
+    with ``boundaries`` also the flash-attention kwargs that give where each row starts."""
 
-    def __init__(self, pad_token_id: int | None = None):
+    def __init__(self, pad_token_id: int | None = None, boundaries: bool = False):
         self.pad_token_id = pad_token_id
+        self.boundaries = boundaries
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -56,13 +65,18 @@ class FlatteningCollator:
             ids += row
             labels += [IGNORE_INDEX] + list(feature["labels"][1:])
             positions += range(len(row))
-        return {
+        batch = {
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
             # transformers detects the restarts only without a KV cache (see data/packing.py)
             "use_cache": False,
         }
+        if self.boundaries:
+            lengths = [len(feature["input_ids"]) for feature in features]
+            starts = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32)
+            batch.update(cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=max(lengths), max_length_k=max(lengths))
+        return batch
 
 
 def model_problem(model) -> str | None:
@@ -129,12 +143,31 @@ def apply(ctx, trainer, model, collator) -> None:
                 and type(collator).__name__ == "PadCollator" and is_main_process():
             print(f"padding-free batching: off ({why})", flush=True)
         return
-    trainer.tuneforge_train_collator = FlatteningCollator(collator.pad_token_id)
+    base = base_model(model)
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(base.forward).parameters.values())
+    trainer.tuneforge_train_collator = FlatteningCollator(collator.pad_token_id, boundaries=takes_kwargs)
+    if takes_kwargs and getattr(base.config, "_attn_implementation", None) == "sdpa":
+        _attention_per_row_while_training(trainer, base)
     if trainer.args.include_num_input_tokens_seen == "non_padding":
         # a flattened batch has no padding; counting ids != pad would miss real tokens equal to the pad id
         trainer.args.include_num_input_tokens_seen = "all"
     if is_main_process():
         print(f"padding-free batching: on ({why}; padding_free: false to pad instead)", flush=True)
+
+
+def _attention_per_row_while_training(trainer, model) -> None:
+    """sdpa per row (row_attention.py) from the start of training to its end; then sdpa again, so
+    what is saved, exported or generated afterwards is the model as loaded."""
+    from transformers import TrainerCallback
+
+    class PlainAttentionAfterTraining(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            model.set_attn_implementation(row_attention.register())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            model.set_attn_implementation("sdpa")
+
+    trainer.add_callback(PlainAttentionAfterTraining())
 
 
 def training_kwargs(ctx, kwargs: dict) -> None:

@@ -66,6 +66,8 @@ def tuneforge_child(args) -> None:
     from tuneforge.train.context import RunContext
     from tuneforge.train.model import load_tokenizer
 
+    import datasets  # noqa: F401  -- imported before the clock starts, as LLaMA-Factory's get_dataset import does
+
     def build():
         overrides = [f"model_name_or_path={args.model}", f"template={TEMPLATES.get(args.family, 'default')}",
                      "dataset=bench_rows", f"dataset_dir={args.data}", f"cutoff_len={args.cutoff_len}",

@@ -169,6 +169,30 @@ def test_arrow_handover_stores_the_features_datasets_infers_from_lists(tokenizer
     assert isinstance(huge({})["input_ids"], list)
 
 
+def test_in_process_tokenising_stores_what_datasets_map_stores(tokenizers):
+    """dataset.py's one-process path (the example dicts straight to the featurizer, no JSON column, no
+    datasets.map) gives the same table, row order included, and falls back to datasets.map when a batch
+    is not an Arrow table."""
+    from functools import partial
+
+    from datasets import Dataset
+
+    from tuneforge.data.dataset import _tokenise_here
+    from tuneforge.data.tokenize import as_arrow
+
+    tokenizer = tokenizers["llama3"]
+    featurize = as_arrow(partial(supervised_batch, template=_template("llama3", tokenizer), tokenizer=tokenizer,
+                                 settings=SETTINGS["truncated"], report=True))
+    mapped = Dataset.from_dict({"_example": BATCH["_example"]}).map(
+        featurize, batched=True, batch_size=16, remove_columns=["_example"], load_from_cache_file=False)
+    here = _tokenise_here(featurize, [dict(e) for e in EXAMPLES], 16, "test rows")
+    assert len(here) == len(mapped) > 16 * 4
+    assert here.features == mapped.features
+    assert here.data.table.equals(mapped.data.table)
+    lists = partial(supervised_batch, template=_template("llama3", tokenizer), tokenizer=tokenizer, settings=SETTINGS["plain"])
+    assert _tokenise_here(lists, EXAMPLES[:20], 16, "test rows") is None
+
+
 @pytest.mark.parametrize("name,family,label", [("llama3", "llama3", "truncated"), ("auto", "qwen3", "mask_history")])
 def test_data_doctor_lengths_from_the_batched_path_equal_the_per_row_lengths(name, family, label, tokenizers):
     from tuneforge.data.doctor import lengths_batch

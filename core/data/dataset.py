@@ -138,15 +138,54 @@ def _map_kwargs(config, rows: int | None, fingerprint: str) -> dict:
     return kwargs
 
 
+def _tokenise_here(featurize, examples: list[dict], batch_size: int, label: str):
+    """What ``datasets.map(featurize, batched=True)`` gives for one process, without its round trip
+    through a JSON column: the example dicts go to the featurizer as they are and the Arrow tables it
+    returns are joined in order. (Two batches at a time on two threads, one encoding in Rust while the
+    other runs Python, measured slower on two cores than this loop: the Rust batch call already uses
+    every core.) None when a batch did not come back as an Arrow table (``as_arrow`` leaves values that
+    do not fit its types to datasets' own typing): the caller maps with datasets instead, so the
+    stored features are the same either way."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+    from datasets.utils import tqdm as hf_tqdm
+
+    size = max(1, batch_size or 1000)
+    tables = []
+    with hf_tqdm(total=len(examples), desc=f"Tokenising {label}", unit=" examples") as bar:
+        for start in range(0, len(examples), size):
+            batch = examples[start : start + size]
+            out = featurize({"_example": batch})
+            bar.update(len(batch))
+            if isinstance(out, pa.Table):
+                tables.append(out)
+            elif any(out.values()):  # rows, but not as Arrow: let datasets type them
+                return None
+    if not tables:
+        return None
+    return Dataset(InMemoryTable(pa.concat_tables(tables)))
+
+
 def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str, notes: list[str] | None = None):
-    """Tokenise (and pack) a dataset of JSON examples; report rows cutoff_len truncates and rows that
-    lose every trained token (printed, and added to ``notes`` so a run from the cache repeats them)."""
+    """Tokenise (and pack) examples -- a list of example dicts, or a dataset of them JSON-encoded (the
+    mixes only datasets can sample) -- and report rows cutoff_len truncates and rows that lose every
+    trained token (printed, and added to ``notes`` so a run from the cache repeats them)."""
     config = ctx.config
     featurize = featurizer(ctx, kind, settings, report=True)
-    if stage_data_kind(ctx, kind) is None:  # the built-in featurizers' int columns: handed over as Arrow
+    builtin = stage_data_kind(ctx, kind) is None
+    if builtin:  # the built-in featurizers' int columns: handed over as Arrow
         featurize = as_arrow(featurize)
-    features = raw.map(featurize, remove_columns=["_example"], desc=f"Tokenising {label}",
-                       **_map_kwargs(config, len(raw), f"{fingerprint[:24]}-{label.split()[0]}-tokens"))
+    rows = len(raw)
+    map_kwargs = _map_kwargs(config, rows, f"{fingerprint[:24]}-{label.split()[0]}-tokens")
+    features = None
+    if isinstance(raw, list):
+        if builtin and "num_proc" not in map_kwargs:
+            features = _tokenise_here(featurize, raw, config.preprocessing_batch_size, label)
+        if features is None:
+            raw = _examples_dataset(raw)
+    if features is None:
+        features = raw.map(featurize, remove_columns=["_example"], desc=f"Tokenising {label}", **map_kwargs)
     if TRUNCATED in features.column_names:
         truncated = sum(features[TRUNCATED])
         features = features.remove_columns([TRUNCATED])
@@ -157,10 +196,10 @@ def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint:
             if notes is not None:
                 notes.append(note)
     if kind != "text":
-        dropped = len(raw) - len(features)
+        dropped = rows - len(features)
         why = "the prompt is longer than" if kind == "prompt" else "no response token is left within"
         if dropped:
-            _say(f"{label}: {dropped} of {len(raw)} row(s) dropped: {why} cutoff_len={settings.cutoff_len}; raise cutoff_len to keep them")
+            _say(f"{label}: {dropped} of {rows} row(s) dropped: {why} cutoff_len={settings.cutoff_len}; raise cutoff_len to keep them")
         if not len(features):
             lost = "every prompt is longer than" if kind == "prompt" else "no row has a response token within"
             raise DataError(f"{label}: {lost} cutoff_len={settings.cutoff_len}; raise cutoff_len "
@@ -186,7 +225,7 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
             continue
         results = load_examples(ctx, plans, kind)
         notes += [skip_summary(r) for r in results if r.bad]
-        parts = [_examples_dataset(r.examples) for r in results]
+        parts = [r.examples for r in results]
         if split == "eval" and len(parts) > 1:
             # Each evaluation dataset on its own as well (eval_{i}), for eval_on_each_dataset; "eval" is
             # their concatenation. Built whatever that key says, so the cached entry serves both.
@@ -197,7 +236,11 @@ def preprocess(ctx, kind: str, settings: Settings, fingerprint: str = "") -> tup
             out.update({f"eval_{i}": features for i, features in enumerate(each)})
             out[split] = concatenate_datasets(each)
             continue
-        raw = _mix(parts, ctx.config, strategy=None if split == "train" else "concat")
+        strategy = ctx.config.mix_strategy if split == "train" else "concat"
+        if len(parts) == 1 or strategy == "concat":  # in order: the lists themselves
+            raw = [example for part in parts for example in part]
+        else:
+            raw = _mix([_examples_dataset(part) for part in parts], ctx.config, strategy=strategy)
         out[split] = _featurize(ctx, kind, settings, raw, "training data" if split == "train" else "evaluation data",
                                 fingerprint, notes)
     if "train" not in out:

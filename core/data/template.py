@@ -32,11 +32,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 IGNORE_INDEX = -100
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_PLACEHOLDER_WHOLE = re.compile(r"(\{\{\s*(\w+)\s*\}\})")
 
 #: Placeholders each kind of slot may use.
 _SLOT_VARS = {
@@ -57,6 +59,13 @@ _DEFAULT_TOOLS = (
     '(e.g. ```{"input": "hello world", "num_beams": 5}```)\n```\n'
 )
 _DEFAULT_TOOL = "> Tool Name: {{name}}\nTool Description: {{description}}\nTool Args: {{parameters}}\n"
+
+
+@lru_cache(maxsize=4096)
+def _slot_parts(slot: str) -> tuple[str, ...]:
+    """``slot`` split at its placeholders: literal text, then per placeholder its text as written and its
+    name, then literal text again (a slot is parsed once, then filled by joining)."""
+    return tuple(_PLACEHOLDER_WHOLE.split(slot))
 
 
 @dataclass(frozen=True)
@@ -189,14 +198,18 @@ class Template:
 
     @staticmethod
     def _fill(slot: str, values: dict[str, str]) -> str:
-        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), slot)
+        """``slot`` with each ``{{name}}`` in ``values`` replaced (others left as written)."""
+        parts = _slot_parts(slot)
+        if len(parts) == 1:
+            return slot
+        return "".join(part if i % 3 == 0 else values.get(part, parts[i - 1]) for i, part in enumerate(parts) if i % 3 != 1)
 
     def _message(self, slot: str, content: str, tokenizer, idx: int = 0, name: str = "") -> str:
-        return self._fill(slot, {
-            "content": content, "idx": str(idx), "name": name,
-            "bos_token": getattr(tokenizer, "bos_token", None) or "",
-            "eos_token": getattr(tokenizer, "eos_token", None) or "",
-        })
+        values = {"content": content, "idx": str(idx), "name": name}
+        if "_token" in slot:  # transformers' attribute lookup is slow: only when the slot asks
+            values["bos_token"] = getattr(tokenizer, "bos_token", None) or ""
+            values["eos_token"] = getattr(tokenizer, "eos_token", None) or ""
+        return self._fill(slot, values)
 
     @property
     def empty_thought(self) -> str:

@@ -1,8 +1,8 @@
 """Turn converted examples into model inputs: ids and labels for each kind of stage.
 
-The functions named ``*_batch`` take a batch of JSON-encoded examples (``{"_example": [str, ...]}``,
-the column :mod:`tuneforge.data.dataset` maps over with ``datasets.map(batched=True)``) and return
-the feature columns, LLaMA-Factory's names throughout:
+The functions named ``*_batch`` take a batch of examples (``{"_example": [...]}``: JSON strings, the
+column :mod:`tuneforge.data.dataset` maps over with ``datasets.map(batched=True)``, or the example
+dicts themselves when it tokenises a list in this process) and return the feature columns, LLaMA-Factory's names throughout:
 
 - supervised: ``input_ids``, ``attention_mask``, ``labels`` (prompt tokens -100 unless
   ``train_on_prompt``; ``mask_history`` trains only the last turn; truncation to ``cutoff_len`` is the
@@ -25,6 +25,7 @@ import inspect
 import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import chain
 
 from .media import mask_media_labels
 from .template import IGNORE_INDEX, Template
@@ -120,6 +121,11 @@ def _trained(labels: list[int]) -> bool:
     return labels.count(IGNORE_INDEX) != len(labels)
 
 
+def examples_of(batch: dict) -> list[dict]:
+    """The batch's examples: its ``_example`` items, parsed where they are JSON strings."""
+    return [item if isinstance(item, dict) else json.loads(item) for item in batch["_example"]]
+
+
 def _media_of(example: dict, media) -> dict[str, list[str]]:
     return {c: example[c] for c in media.modalities if example.get(c)} if media is not None else {}
 
@@ -143,7 +149,7 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
     (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
     dropped: a partial image cannot be fed to the model."""
-    examples = [json.loads(text) for text in batch["_example"]]
+    examples = examples_of(batch)
     if media is None and batch_encodable(template, tokenizer):
         return _reported(_supervised_batched(examples, template, tokenizer, settings), report)
     return _reported(_supervised_rows(examples, template, tokenizer, settings, media, model_path), report)
@@ -216,9 +222,28 @@ def _supervised_batched(examples: list[dict], template, tokenizer, settings: Set
 _ARROW_TYPES = {"input_ids": "int32", "attention_mask": "int8", "labels": "int64", TRUNCATED: None}
 
 
+def _list_column(values: list[list[int]], arrow_type: str):
+    """An Arrow list column of ``arrow_type`` ints from Python lists: one flat numpy buffer and its
+    offsets (a few times faster than Arrow converting value by value). OverflowError when a value
+    does not fit the type."""
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise OverflowError("more values than an Arrow list column holds")
+    if arrow_type == "int8" and all(row.count(1) == len(row) for row in values):  # an attention mask of ones
+        flat = np.ones(int(offsets[-1]), dtype=np.int8)
+    else:
+        flat = np.fromiter(chain.from_iterable(values), dtype=getattr(np, arrow_type), count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
+
+
 def as_arrow(featurize):
     """``featurize`` returning an Arrow table of the types ``datasets.map`` would infer from its lists:
-    the same stored features, built by Arrow one column at a time instead of value by value in Python.
+    the same stored features, built by Arrow from flat buffers instead of value by value in Python.
     A batch with other columns, no rows, or values that do not fit those types (an id past int32)
     is returned as lists, for datasets to type as before."""
     import pyarrow as pa
@@ -228,10 +253,10 @@ def as_arrow(featurize):
         if not out or set(out) - set(_ARROW_TYPES) or not all(isinstance(v, list) and v for v in out.values()):
             return out
         try:
-            return pa.table({column: pa.array(values, type=pa.bool_() if _ARROW_TYPES[column] is None
-                                              else pa.list_(getattr(pa, _ARROW_TYPES[column])()))
+            return pa.table({column: pa.array(values, type=pa.bool_()) if _ARROW_TYPES[column] is None
+                             else _list_column(values, _ARROW_TYPES[column])
                              for column, values in out.items()})
-        except (pa.ArrowInvalid, OverflowError, TypeError):
+        except (pa.ArrowInvalid, OverflowError, TypeError, ValueError):
             return out
 
     return wrapped
@@ -311,8 +336,7 @@ def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, medi
     out = {f"{side}_{name}": [] for side in ("chosen", "rejected") for name in ("input_ids", "attention_mask", "labels")}
     out[TRUNCATED] = []
     media_ids = _media_setup(out, media, tokenizer)
-    for text in batch["_example"]:
-        example = json.loads(text)
+    for example in examples_of(batch):
         files = _media_of(example, media)
         example = expand_media(example, media, model_path, tokenizer)
         encoded = encode_pair(template, tokenizer, example, settings) or {
@@ -336,7 +360,7 @@ def pairwise_batch(batch: dict, *, template, tokenizer, settings: Settings, medi
 def kto_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
               report: bool = False) -> dict:
     """``media``: as in :func:`supervised_batch`; a row's KL row keeps its prompt, so its media too."""
-    examples = [json.loads(text) for text in batch["_example"]]
+    examples = examples_of(batch)
     others = examples[::-1]
     names = ("input_ids", "attention_mask", "labels")
     out = {**{n: [] for n in names}, **{f"kl_{n}": [] for n in names}, "kto_tags": [], TRUNCATED: []}
@@ -365,8 +389,7 @@ def kto_batch(batch: dict, *, template, tokenizer, settings: Settings, media=Non
 
 def prompt_batch(batch: dict, *, template, tokenizer, settings: Settings, report: bool = False) -> dict:
     out = {"input_ids": [], "attention_mask": [], "reference_ids": []}
-    for text in batch["_example"]:
-        example = json.loads(text)
+    for example in examples_of(batch):
         messages = example["messages"]
         reply = messages[-1]["content"] if messages[-1].get("role") == "assistant" else ""
         if reply:
@@ -389,7 +412,7 @@ def text_token_ids(texts: list[str], tokenizer) -> list[list[int]]:
 
 
 def text_batch(batch: dict, *, tokenizer, settings: Settings, report: bool = False) -> dict:
-    texts = [json.loads(text)["text"] for text in batch["_example"]]
+    texts = [example["text"] for example in examples_of(batch)]
     rows = text_token_ids(texts, tokenizer)
     size = settings.cutoff_len
     if settings.packing:  # chunked, not truncated: nothing is lost

@@ -18,7 +18,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tuneforge.data.template import Template
-from tuneforge.data.tokenize import Settings, _supervised_rows, batch_encodable, supervised_batch
+from tuneforge.data.tokenize import Settings, _supervised_rows, as_arrow, batch_encodable, supervised_batch
 from tuneforge.data.tokenizer_template import TokenizerTemplate
 from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
 from tuneforge.plugins.templates.builtin import _definitions
@@ -115,6 +115,9 @@ def test_batched_features_equal_the_per_row_features(name, family, settings, tok
                 assert got == want, f"{name}/{label}: row {i} column {column} differs"
         if setting.cutoff_len == 48:
             assert sum(batched["_truncated"]) > 100  # the truncation path really ran
+        # the Arrow table built from flat arrays holds exactly these rows, typed as datasets types the lists
+        table = supervised_batch(BATCH, template=template, tokenizer=tokenizer, settings=setting, report=True, arrow=True)
+        assert table.equals(as_arrow(lambda batch: per_row)(BATCH)), f"{name}/{label}: the Arrow table differs"
 
 
 def test_batched_path_refuses_what_the_template_refuses(tokenizers):

@@ -562,6 +562,22 @@ class Template:
             out.append(pairs)
         return out
 
+    def uncut_segments(self, turns: list[tuple[list[int], list[int]]], train_on_prompt: bool = False,
+                       mask_history: bool = False) -> list[tuple[list[int], bool]] | None:
+        """:meth:`supervised_from_turns` with no cutoff, as pieces: ``(ids, trained)`` in order, the
+        labels being the ids where trained and IGNORE_INDEX elsewhere. Lets a batch build its label
+        arrays without a Python list per row. None when labels are not that simple (efficient_eos puts
+        EOS labels on prompt tokens): use :meth:`supervised_from_turns`."""
+        if self.efficient_eos:
+            return None
+        turns = [(p, r) for p, r in turns if r]
+        last = len(turns) - 1
+        out: list[tuple[list[int], bool]] = []
+        for index, (prompt_ids, response_ids) in enumerate(turns):
+            out.append((prompt_ids, train_on_prompt))
+            out.append((response_ids, not mask_history or index == last))
+        return out
+
     def supervised_from_turns(self, turns: list[tuple[list[int], list[int]]], eos_id: int | None, cutoff_len: int,
                               train_on_prompt: bool = False, mask_history: bool = False) -> tuple[list[int], list[int]]:
         """Ids and labels from :meth:`encode_turns`' pairs: truncation, masks and EOS as documented

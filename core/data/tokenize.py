@@ -140,7 +140,7 @@ def expand_media(example: dict, media, model_path: str, tokenizer) -> dict:
 
 
 def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, media=None, model_path: str = "",
-                     report: bool = False) -> dict:
+                     report: bool = False, arrow: bool = False):
     """A batch of conversations is rendered to text pieces and every piece encoded in one tokenizer
     call when :func:`batch_encodable` says the ids cannot differ from one call per piece (the features
     are the same; tests/test_batched_tokenize.py); otherwise row by row.
@@ -148,10 +148,12 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
     ``media`` (the template's MediaHandler, multimodal models): placeholders become the model's
     media tokens before encoding, their labels are masked, and the row keeps its files in ``images``
     (the collator turns them into pixel values). A row whose media tokens ``cutoff_len`` would cut is
-    dropped: a partial image cannot be fed to the model."""
+    dropped: a partial image cannot be fed to the model. ``arrow``: an Arrow table where the batched path
+    can build one without per-row lists (:func:`as_arrow` takes it as it is)."""
     examples = examples_of(batch)
     if media is None and batch_encodable(template, tokenizer):
-        return _reported(_supervised_batched(examples, template, tokenizer, settings), report)
+        out = _supervised_batched(examples, template, tokenizer, settings, arrow=arrow)
+        return out.drop_columns([TRUNCATED]) if not report and not isinstance(out, dict) else _reported(out, report)
     return _reported(_supervised_rows(examples, template, tokenizer, settings, media, model_path), report)
 
 
@@ -195,26 +197,79 @@ def batch_encodable(template, tokenizer) -> bool:
             and all(getattr(cls, name) is getattr(Template, name) for name in _BATCHED_METHODS))
 
 
-def _supervised_batched(examples: list[dict], template, tokenizer, settings: Settings) -> dict:
+def _supervised_batched(examples: list[dict], template, tokenizer, settings: Settings, arrow: bool = False):
     """:func:`supervised_batch` for a whole batch at once: every row rendered to its text pieces, all
     pieces encoded in one tokenizer call, then each row truncated and labelled as
-    :func:`encode_counted` does (uncut first; a row longer than cutoff_len is cut from the same pieces)."""
+    :func:`encode_counted` does (uncut first; a row longer than cutoff_len is cut from the same pieces).
+    ``arrow``: the columns as one Arrow table built from flat arrays (:func:`_segments_table`)."""
     template.check_supervised(settings.train_on_prompt)
     conversations = [(e["messages"], e.get("system") or settings.default_system, e.get("tools") or None) for e in examples]
     eos_id = tokenizer.eos_token_id
-    out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
+    rows: list[tuple[list, bool]] = []  # per kept row: its (ids, labels) pieces (labels True/False: the ids/ignored) and cut
     for turns in template.encode_turns_many(tokenizer, conversations, enable_thinking=settings.enable_thinking):
+        segments = template.uncut_segments(turns, settings.train_on_prompt, settings.mask_history)
+        if segments is not None and sum(len(ids) for ids, _ in segments) <= settings.cutoff_len:
+            if any(trained and ids for ids, trained in segments):
+                rows.append((segments, False))
+            continue
         ids, labels = template.supervised_from_turns(turns, eos_id, NO_CUTOFF, settings.train_on_prompt, settings.mask_history)
         cut = len(ids) > settings.cutoff_len
         if cut:
             ids, labels = template.supervised_from_turns(turns, eos_id, settings.cutoff_len, settings.train_on_prompt,
                                                          settings.mask_history)
         if _trained(labels):
-            out["input_ids"].append(ids)
-            out["attention_mask"].append([1] * len(ids))
-            out["labels"].append(labels)
-            out[TRUNCATED].append(cut)
+            rows.append(([(ids, labels)], cut))
+    if arrow and rows:
+        table = _segments_table(rows)
+        if table is not None:
+            return table
+    out = {"input_ids": [], "attention_mask": [], "labels": [], TRUNCATED: []}
+    for segments, cut in rows:
+        ids, labels = [], []
+        for piece, piece_labels in segments:
+            ids += piece
+            labels += piece if piece_labels is True else [IGNORE_INDEX] * len(piece) if piece_labels is False else piece_labels
+        out["input_ids"].append(ids)
+        out["attention_mask"].append([1] * len(ids))
+        out["labels"].append(labels)
+        out[TRUNCATED].append(cut)
     return out
+
+
+def _segments_table(rows: list[tuple[list, bool]]):
+    """The supervised columns of ``rows`` (see :func:`_supervised_batched`) as the Arrow table
+    :func:`as_arrow` would build from their lists, without those lists: the ids of every piece in one
+    flat array, the labels a copy of it with ignored pieces set to IGNORE_INDEX (and explicit labels
+    written in), rows cut from it by their offsets. None when an id does not fit int32."""
+    import numpy as np
+    import pyarrow as pa
+
+    pieces = [piece for segments, _ in rows for piece, _ in segments]
+    modes = np.fromiter((0 if labels is True else 1 if labels is False else 2 for segments, _ in rows for _, labels in segments),
+                        dtype=np.int8, count=len(pieces))
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    total = int(lengths.sum())
+    if total > np.iinfo(np.int32).max:
+        return None
+    ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
+    if total and (ids.max() > np.iinfo(np.int32).max or ids.min() < np.iinfo(np.int32).min):
+        return None
+    labels = ids.copy()
+    per_token = np.repeat(modes, lengths)
+    labels[per_token == 1] = IGNORE_INDEX
+    if (modes == 2).any():
+        labels[per_token == 2] = np.fromiter(chain.from_iterable(l for segments, _ in rows for _, l in segments
+                                                                 if l is not True and l is not False), dtype=np.int64)
+    row_lengths = np.fromiter((sum(len(piece) for piece, _ in segments) for segments, _ in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(row_lengths, out=offsets[1:])
+    offsets = pa.array(offsets)
+    return pa.table({
+        "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids.astype(np.int32))),
+        "attention_mask": pa.ListArray.from_arrays(offsets, pa.array(np.ones(total, dtype=np.int8))),
+        "labels": pa.ListArray.from_arrays(offsets, pa.array(labels)),
+        TRUNCATED: pa.array([cut for _, cut in rows], type=pa.bool_()),
+    })
 
 
 #: The Arrow type ``datasets`` infers for each of these columns from Python lists (its narrower
@@ -250,6 +305,8 @@ def as_arrow(featurize):
 
     def wrapped(batch: dict) -> dict:
         out = featurize(batch)
+        if isinstance(out, pa.Table):
+            return out
         if not out or set(out) - set(_ARROW_TYPES) or not all(isinstance(v, list) and v for v in out.values()):
             return out
         try:

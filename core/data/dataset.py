@@ -142,14 +142,15 @@ def _map_kwargs(config, rows: int | None, fingerprint: str) -> dict:
     return kwargs
 
 
-def _tokenise_here(featurize, examples: list[dict], batch_size: int, label: str):
+def _tokenise_here(featurize, examples: list[dict], batch_size: int, label: str, fingerprint: str | None = None):
     """What ``datasets.map(featurize, batched=True)`` gives for one process, without its round trip
     through a JSON column: the example dicts go to the featurizer as they are and the Arrow tables it
     returns are joined in order. (Two batches at a time on two threads, one encoding in Rust while the
     other runs Python, measured slower on two cores than this loop: the Rust batch call already uses
     every core.) None when a batch did not come back as an Arrow table (``as_arrow`` leaves values that
     do not fit its types to datasets' own typing): the caller maps with datasets instead, so the
-    stored features are the same either way."""
+    stored features are the same either way. ``fingerprint``: the new dataset's (datasets would
+    otherwise hash the whole table to make one: a second per 50,000 rows)."""
     import pyarrow as pa
     from datasets import Dataset
     from datasets.table import InMemoryTable
@@ -178,7 +179,7 @@ def _tokenise_here(featurize, examples: list[dict], batch_size: int, label: str)
             gc.unfreeze()
     if not tables:
         return None
-    return Dataset(InMemoryTable(pa.concat_tables(tables)))
+    return Dataset(InMemoryTable(pa.concat_tables(tables)), fingerprint=fingerprint or uuid.uuid4().hex)
 
 
 def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint: str, notes: list[str] | None = None):
@@ -195,13 +196,14 @@ def _featurize(ctx, kind: str, settings: Settings, raw, label: str, fingerprint:
     features = None
     if isinstance(raw, list):
         if builtin and "num_proc" not in map_kwargs:
-            features = _tokenise_here(featurize, raw, config.preprocessing_batch_size, label)
+            features = _tokenise_here(featurize, raw, config.preprocessing_batch_size, label,
+                                      map_kwargs.get("new_fingerprint"))
         if features is None:
             raw = _examples_dataset(raw)
     if features is None:
         features = raw.map(featurize, remove_columns=["_example"], desc=f"Tokenising {label}", **map_kwargs)
     if TRUNCATED in features.column_names:
-        truncated = sum(features[TRUNCATED])
+        truncated = features.data.column(TRUNCATED).to_pylist().count(True)  # Arrow, not row by row
         features = features.remove_columns([TRUNCATED])
         if truncated:
             note = (f"{label}: {truncated} of {len(features)} row(s) truncated to cutoff_len={settings.cutoff_len} "

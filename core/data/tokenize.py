@@ -2,7 +2,8 @@
 
 The functions named ``*_batch`` take a batch of examples (``{"_example": [...]}``: JSON strings, the
 column :mod:`tuneforge.data.dataset` maps over with ``datasets.map(batched=True)``, or the example
-dicts themselves when it tokenises a list in this process) and return the feature columns, LLaMA-Factory's names throughout:
+dicts themselves when it tokenises a list in this process) and return the feature columns,
+LLaMA-Factory's names throughout:
 
 - supervised: ``input_ids``, ``attention_mask``, ``labels`` (prompt tokens -100 unless
   ``train_on_prompt``; ``mask_history`` trains only the last turn; truncation to ``cutoff_len`` is the
@@ -152,8 +153,7 @@ def supervised_batch(batch: dict, *, template, tokenizer, settings: Settings, me
     can build one without per-row lists (:func:`as_arrow` takes it as it is)."""
     examples = examples_of(batch)
     if media is None and batch_encodable(template, tokenizer):
-        out = _supervised_batched(examples, template, tokenizer, settings, arrow=arrow)
-        return out.drop_columns([TRUNCATED]) if not report and not isinstance(out, dict) else _reported(out, report)
+        return _reported(_supervised_batched(examples, template, tokenizer, settings, arrow=arrow), report)
     return _reported(_supervised_rows(examples, template, tokenizer, settings, media, model_path), report)
 
 
@@ -335,9 +335,13 @@ def _media_setup(out: dict, media, tokenizer) -> dict[int, int]:
     return media.media_token_ids(tokenizer)
 
 
-def _reported(out: dict, report: bool) -> dict:
-    if not report:
-        out.pop(TRUNCATED, None)
+def _reported(out, report: bool):
+    """``out`` (columns, or an Arrow table) without the TRUNCATED column unless ``report``."""
+    if report:
+        return out
+    if not isinstance(out, dict):
+        return out.drop_columns([TRUNCATED])
+    out.pop(TRUNCATED, None)
     return out
 
 

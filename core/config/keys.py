@@ -44,7 +44,7 @@ RUN_KEYS = (
        "model supports it exactly (see docs/training.md); false: pad as LLaMA-Factory does."),
     _k("fused_loss", bool, None,
        "pt/sft: compute the LM head and cross-entropy together, a chunk of target rows at a time, so the full "
-       "logits never exist (the plain loss to float rounding). Unset: on for vocabularies of 32k tokens or more "
+       "logits never exist (the plain loss to float rounding). Unset: on for vocabularies of 8k tokens or more "
        "where the model allows it; false: the model's own loss."),
     _k("group_by_length", bool, False,
        "Batch rows of similar length together (train_sampling_strategy: group_by_length): less padding, "

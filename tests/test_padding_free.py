@@ -108,6 +108,30 @@ def test_flattened_forward_equals_padded_forward(tiny_model, attn):
     assert abs(leaky.item() - padded.item()) > 1e-3
 
 
+def test_sdpa_per_row_keeps_a_sliding_window_for_rows_longer_than_it():
+    """A sliding-window model (Mistral, window 8 here) with rows longer than the window: each row gets its
+    own window mask, so the per-row loss still equals transformers' padded one (which masks by window)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.data.collator import PadCollator
+    from tuneforge.plugins.apps.tiny_model.builder import cached_tiny_model
+    from tuneforge.train import row_attention
+
+    model = AutoModelForCausalLM.from_pretrained(cached_tiny_model("mistral"), dtype=torch.float32, attn_implementation="sdpa")
+    model.config.sliding_window = 8
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(10, 1000, (n,), generator=g).tolist() for n in (30, 5, 21)]
+    features = [{"input_ids": r, "labels": [IGNORE_INDEX] * 2 + r[2:]} for r in rows]
+    with torch.no_grad():
+        padded = model(**PadCollator(0)(features)).loss.item()
+        model.set_attn_implementation(row_attention.register())
+        per_row = model(**FlatteningCollator(0, boundaries=True)(features)).loss.item()
+        model.config.sliding_window = None
+        unwindowed = model(**FlatteningCollator(0, boundaries=True)(features)).loss.item()
+    assert per_row == pytest.approx(padded, abs=1e-5)
+    assert abs(unwindowed - padded) > 1e-4  # the window matters for these rows: the check can fail
+
+
 def test_models_with_state_across_tokens_are_refused():
     from transformers import JambaConfig, JambaForCausalLM
 

@@ -38,7 +38,7 @@ from typing import Any
 IGNORE_INDEX = -100
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-_PLACEHOLDER_WHOLE = re.compile(r"(\{\{\s*(\w+)\s*\}\})")
+_PLACEHOLDER_WHOLE = re.compile(f"({_PLACEHOLDER.pattern})")  # the same, keeping each placeholder as written
 
 #: Placeholders each kind of slot may use.
 _SLOT_VARS = {
@@ -199,10 +199,12 @@ class Template:
     @staticmethod
     def _fill(slot: str, values: dict[str, str]) -> str:
         """``slot`` with each ``{{name}}`` in ``values`` replaced (others left as written)."""
-        parts = _slot_parts(slot)
-        if len(parts) == 1:
-            return slot
-        return "".join(part if i % 3 == 0 else values.get(part, parts[i - 1]) for i, part in enumerate(parts) if i % 3 != 1)
+        parts = _slot_parts(slot)  # literal, (as written, name, literal) per placeholder
+        out = [parts[0]]
+        for i in range(1, len(parts), 3):
+            written, name, literal = parts[i : i + 3]
+            out += (values.get(name, written), literal)
+        return "".join(out)
 
     def _message(self, slot: str, content: str, tokenizer, idx: int = 0, name: str = "") -> str:
         values = {"content": content, "idx": str(idx), "name": name}

@@ -248,8 +248,10 @@ def _segments_table(rows: list[tuple[list, bool]]):
     modes = np.fromiter((0 if labels is True else 1 if labels is False else 2 for segments, _ in rows for _, labels in segments),
                         dtype=np.int8, count=len(pieces))
     lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-    total = int(lengths.sum())
-    if total > np.iinfo(np.int32).max:
+    row_lengths = np.fromiter((sum(len(piece) for piece, _ in segments) for segments, _ in rows), dtype=np.int64, count=len(rows))
+    try:
+        offsets, total = _offsets(row_lengths)
+    except OverflowError:
         return None
     ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int64, count=total)
     if total and (ids.max() > np.iinfo(np.int32).max or ids.min() < np.iinfo(np.int32).min):
@@ -260,10 +262,6 @@ def _segments_table(rows: list[tuple[list, bool]]):
     if (modes == 2).any():
         labels[per_token == 2] = np.fromiter(chain.from_iterable(l for segments, _ in rows for _, l in segments
                                                                  if l is not True and l is not False), dtype=np.int64)
-    row_lengths = np.fromiter((sum(len(piece) for piece, _ in segments) for segments, _ in rows), dtype=np.int64, count=len(rows))
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(row_lengths, out=offsets[1:])
-    offsets = pa.array(offsets)
     return pa.table({
         "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids.astype(np.int32))),
         "attention_mask": pa.ListArray.from_arrays(offsets, pa.array(np.ones(total, dtype=np.int8))),
@@ -284,16 +282,24 @@ def _list_column(values: list[list[int]], arrow_type: str):
     import numpy as np
     import pyarrow as pa
 
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    offsets, total = _offsets(np.fromiter(map(len, values), dtype=np.int64, count=len(values)))
+    if arrow_type == "int8" and all(row.count(1) == len(row) for row in values):  # an attention mask of ones
+        flat = np.ones(total, dtype=np.int8)
+    else:
+        flat = np.fromiter(chain.from_iterable(values), dtype=getattr(np, arrow_type), count=total)
+    return pa.ListArray.from_arrays(offsets, pa.array(flat))
+
+
+def _offsets(lengths):
+    """``(Arrow int32 offsets of rows with these lengths, their total)``; OverflowError past int32."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if offsets[-1] > np.iinfo(np.int32).max:
         raise OverflowError("more values than an Arrow list column holds")
-    if arrow_type == "int8" and all(row.count(1) == len(row) for row in values):  # an attention mask of ones
-        flat = np.ones(int(offsets[-1]), dtype=np.int8)
-    else:
-        flat = np.fromiter(chain.from_iterable(values), dtype=getattr(np, arrow_type), count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat))
+    return pa.array(offsets.astype(np.int32)), int(offsets[-1])
 
 
 def as_arrow(featurize):

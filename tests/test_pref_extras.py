@@ -33,6 +33,18 @@ def rows(batch):
     return batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 
+@pytest.fixture(scope="module")
+def scored(trained):
+    """The trained run's trainer and batch, the objective with both extras off, the batch's policy and
+    reference log-probs, and its number of pairs."""
+    trainer, batch, _ = trained
+    with torch.no_grad():
+        policy = trainer.policy_logps(trainer.model, *rows(batch))
+        reference = trainer.reference_logps(trainer.model, *rows(batch))
+    plain = dataclasses.replace(trainer.objective, ld_alpha=None, bco_weight=0.0)
+    return trainer, batch, plain, policy, reference, batch["input_ids"].shape[0] // 2
+
+
 def test_the_run_logs_the_bco_term(trained):
     trainer, _, out = trained
     logs = train_logs(out)
@@ -41,14 +53,10 @@ def test_the_run_logs_the_bco_term(trained):
     assert trainer.objective.bco_baseline.count == 2  # one update per training batch
 
 
-def test_ld_alpha_weights_the_tail_of_the_longer_reply(trained):
-    trainer, batch, _ = trained
-    plain = dataclasses.replace(trainer.objective, ld_alpha=None, bco_weight=0.0)
+def test_ld_alpha_weights_the_tail_of_the_longer_reply(scored):
+    trainer, batch, plain, policy, reference, pairs = scored
     model = trainer.model
     with torch.no_grad():
-        policy = trainer.policy_logps(model, *rows(batch))
-        reference = trainer.reference_logps(model, *rows(batch))
-        pairs = batch["input_ids"].shape[0] // 2
         lengths = policy.tokens.tolist()
         assert any(lengths[i] != lengths[i + pairs] for i in range(pairs)), lengths  # the rule has something to do
         # LD-DPO by hand: the first min(len chosen, len rejected) labelled tokens count once, the rest alpha times.
@@ -69,14 +77,10 @@ def test_ld_alpha_weights_the_tail_of_the_longer_reply(trained):
     assert abs(ld_loss.item() - plain_loss.item()) > 1e-4
 
 
-def test_pref_bco_weight_mixes_bco_into_the_dpo_loss(trained):
-    trainer, batch, _ = trained
-    plain = dataclasses.replace(trainer.objective, ld_alpha=None, bco_weight=0.0)
+def test_pref_bco_weight_mixes_bco_into_the_dpo_loss(scored):
+    trainer, batch, plain, policy, reference, pairs = scored
     model = trainer.model
     with torch.no_grad():
-        policy = trainer.policy_logps(model, *rows(batch))
-        reference = trainer.reference_logps(model, *rows(batch))
-        pairs = batch["input_ids"].shape[0] // 2
         chosen = plain.beta * (policy.total[:pairs] - reference.total[:pairs])
         rejected = plain.beta * (policy.total[pairs:] - reference.total[pairs:])
         dpo = -F.logsigmoid(chosen - rejected)

@@ -467,14 +467,17 @@ _LLAVA_NEXT_LLAMA3_TEMPLATE = (
     "{{ content['text'] + '<|eot_id|>' }}{% endfor %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
-_FAMILIES["llava_next_llama3"] = {
-    **_FAMILIES["llama3"],
-    "config_class": "LlavaNextConfig",
-    "tail_specials": _FAMILIES["llama3"]["tail_specials"] + ["<image>"],
-    "named_specials": {"image_token": "<image>"},
-    "template": _LLAVA_NEXT_LLAMA3_TEMPLATE,
-    "vision": _FAMILIES["llava_next"]["vision"],
-}
+
+
+def _llava_next_on(text_family: str, template: str, **more) -> dict:
+    """LLaVA-NeXT's vision tower on a text family: its tokenizer plus <image>, and ``template``."""
+    return {**_FAMILIES[text_family], "config_class": "LlavaNextConfig",
+            "tail_specials": _FAMILIES[text_family]["tail_specials"] + ["<image>"],
+            "named_specials": {"image_token": "<image>"}, "template": template,
+            "vision": _FAMILIES["llava_next"]["vision"], **more}
+
+
+_FAMILIES["llava_next_llama3"] = _llava_next_on("llama3", _LLAVA_NEXT_LLAMA3_TEMPLATE)
 # LLaVA-NeXT on Yi-34B (llava-hf/llava-v1.6-34b-hf): a ChatML tokenizer without BOS (Qwen2's layout here;
 # Yi's adds none either) plus <image>, the ChatML chat template llava-hf converts the Yi checkpoints with
 # (a message's images first, "<image>\n" each, then its text and <|im_end|>\n).
@@ -486,15 +489,7 @@ _LLAVA_NEXT_YI_TEMPLATE = (
     "{{ content['text'] }}{% endfor %}{{'<|im_end|>' + '\\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-_FAMILIES["llava_next_yi"] = {
-    **_FAMILIES["qwen2"],
-    "config_class": "LlavaNextConfig",
-    "tail_specials": _FAMILIES["qwen2"]["tail_specials"] + ["<image>"],
-    "named_specials": {"image_token": "<image>"},
-    "extra": {},
-    "template": _LLAVA_NEXT_YI_TEMPLATE,
-    "vision": _FAMILIES["llava_next"]["vision"],
-}
+_FAMILIES["llava_next_yi"] = _llava_next_on("qwen2", _LLAVA_NEXT_YI_TEMPLATE, extra={})
 
 # --------------------------------------------------------------------------------------------------
 # Training corpus for the BPE tokenizer: fixed text, written for this project.

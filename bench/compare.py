@@ -43,6 +43,11 @@ RUN_DEFAULTS = {"save_steps": "1000000", "report_to": "none", "plot_loss": "fals
 
 
 def child(framework: str, out: str, warmup: int, threads: int, argv: list[str]) -> None:
+    if framework == "tuneforge":  # what `tuneforge train` does between validating the config and loading torch
+        from tuneforge.plan import prepare
+        from tuneforge.train.host_memory import before_torch
+
+        before_torch(prepare(argv[0], argv[1:]).config)
     import torch
 
     torch.set_num_threads(threads)

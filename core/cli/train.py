@@ -19,6 +19,9 @@ def run(args) -> int:
 
     prepared = prepare(args.config, args.overrides, blocked=args.disable_plugin)  # every problem before any launch
     config = prepared.config
+    from ..train.host_memory import before_torch
+
+    before_torch(config)  # torch reads its allocator setting once, when it loads
     if not config.get("dataset") and not (config.get("do_predict") and not config.get("do_train")):
         from ..errors import ConfigError, Problem
 

@@ -46,6 +46,11 @@ RUN_KEYS = (
        "pt/sft: compute the LM head and cross-entropy together, a chunk of target rows at a time, so the full "
        "logits never exist (the plain loss to float rounding). Unset: on for vocabularies of 8k tokens or more "
        "where the model allows it; false: the model's own loss."),
+    _k("release_cpu_memory", bool, None,
+       "Training on CPU (Linux, glibc): freed tensor buffers of 1 MiB or more go back to the system at once "
+       "(a fixed mmap threshold, transparent huge pages) instead of leaving holes in the heap, so peak RSS "
+       "follows the live tensors; steps get somewhat slower. Unset: on where it works (see docs/performance.md); "
+       "false: the C library's default."),
     _k("group_by_length", bool, False,
        "Batch rows of similar length together (train_sampling_strategy: group_by_length): less padding, "
        "a less random order."),

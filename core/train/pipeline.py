@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..plan import Prepared
 from ..ranks import is_main_process
+from . import host_memory
 from .context import RunContext
 from .model import load_model
 
@@ -17,8 +18,11 @@ def run_training(prepared: Prepared) -> RunContext:
 
     transformers.set_seed(prepared.config.seed)
     ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=True)
-    load_model(ctx)
     main = is_main_process()
+    released = host_memory.apply(ctx)
+    if released and main:
+        print(f"cpu memory: {released}", flush=True)
+    load_model(ctx)
     if ctx.config.print_param_status and main:
         for name, param in ctx.model.named_parameters():
             print(f"{name}: {param.dtype} {param.device} trainable={param.requires_grad}")

@@ -1,0 +1,87 @@
+"""release_cpu_memory: freed tensor buffers of 1 MiB or more go back to the system on CPU training.
+
+What it changes is where buffers live, never a value: the training tests run with it on (every
+`tuneforge train` subprocess of the suite). Here: that the threshold takes effect (a fragmented heap
+keeps freed buffers resident, the fixed threshold returns them), that `train` turns it on by default
+and says so, and that false leaves the C library alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ANCHOR, REPO, run_cli
+
+from tuneforge.train import host_memory
+
+pytestmark = pytest.mark.skipif(not host_memory.supported()[0], reason=f"release_cpu_memory: {host_memory.supported()[1]}")
+
+# Sixty 3 MiB buffers, then a 512 KiB one above them in the heap, then the sixty freed: how much RSS is
+# given back. One 8 MiB buffer freed first raises glibc's dynamic mmap threshold, as the first training
+# steps do, so by default the 3 MiB buffers come from the heap and stay resident under the small one.
+_FRAGMENT = """
+import sys, torch
+from tuneforge.train.host_memory import set_mmap_threshold
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+if sys.argv[1] == "fixed":
+    assert set_mmap_threshold(1 << 20)
+warm = torch.ones(2 << 20); del warm
+buffers = [torch.ones(3 << 18) for _ in range(60)]
+pin = torch.ones(1 << 17)  # 512 KiB: below both thresholds, taken from the top of the heap
+full = rss()
+del buffers
+print((full - rss()) >> 20)
+"""
+
+
+def _returned_mib(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _FRAGMENT, mode], capture_output=True, text=True, check=True, cwd=REPO)
+    return int(out.stdout.split()[-1])
+
+
+def test_fixed_threshold_gives_freed_buffers_back_where_the_default_heap_keeps_them():
+    kept, returned = _returned_mib("default"), _returned_mib("fixed")
+    assert returned >= 160, returned  # 180 MiB freed
+    assert kept <= 40, kept
+
+
+def _config(tiny_model, tmp_path, name, **extra):
+    import yaml
+
+    config = {"model_name_or_path": str(tiny_model), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+              "dataset": "alpaca_en_demo", "dataset_dir": str(ANCHOR), "template": "llama3", "cutoff_len": 64,
+              "max_samples": 8, "per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1,
+              "output_dir": str(tmp_path / name), "report_to": "none", **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_turns_it_on_by_default_and_says_so_false_keeps_the_default(tiny_model, tmp_path):
+    on = run_cli("train", str(_config(tiny_model, tmp_path, "on")), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert "cpu memory: freed tensor buffers of 1 MiB or more go back to the system (huge pages)" in on.stdout
+    off = run_cli("train", str(_config(tiny_model, tmp_path, "off", release_cpu_memory=False)),
+                  env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert "cpu memory:" not in off.stdout
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / name / "trainer_log.jsonl").read_text().splitlines()
+               if '"loss"' in line] for name in ("on", "off")]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]  # the same values, only their buffers live elsewhere
+
+
+def test_without_huge_pages_for_torch_the_threshold_is_left_alone(tiny_model, monkeypatch):
+    """In a process that loaded torch before `train` could ask for huge pages (a Python caller, this
+    test), the threshold would cost more speed than it saves: left alone."""
+    from tests.conftest import data_context
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    ctx = data_context(model_name_or_path=tiny_model, template="llama3")
+    ctx.training = True
+    assert host_memory.apply(ctx) is None

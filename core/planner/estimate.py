@@ -118,8 +118,8 @@ def compute_dtype(config) -> str:
 
 
 def optimizer_name(config) -> str:
-    """hf_trainer passes optim: adamw_torch unless the config sets one."""
-    return str(config.values.get("optim") or "adamw_torch")
+    """Unset, transformers' default (as LLaMA-Factory runs): fused AdamW, the same two states."""
+    return str(config.values.get("optim") or "adamw_torch_fused")
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,27 @@ def test_models_with_state_across_tokens_are_refused():
     assert problem is not None and "mamba" in problem
 
 
+def test_training_runs_the_attention_per_row_with_the_batch_boundaries(tiny_model, data_dir, tmp_path, monkeypatch):
+    """Every forward of training goes through row_attention.rows_attention with its batch's four rows (a
+    spy around the real function: what it computes is unchanged), not through plain sdpa."""
+    from tuneforge.train import row_attention
+    from tuneforge.train.fused_loss import base_model
+
+    rows_seen = []
+    real = row_attention.rows_attention
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        bounds = kwargs.get("cu_seq_lens_q")
+        rows_seen.append(None if bounds is None else len(bounds) - 1)
+        return real(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(row_attention, "rows_attention", spy)  # register() hands transformers this one
+    ctx = train(tiny_model, data_dir, tmp_path / "flat", max_steps=2)
+    layers = base_model(ctx.model).config.num_hidden_layers
+    assert rows_seen == [4] * (2 * layers)
+    assert base_model(ctx.model).config._attn_implementation == "sdpa"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {"finetuning_type": "lora"},

@@ -66,7 +66,7 @@ def _config(tiny_model, tmp_path, name, **extra):
 def test_train_turns_it_on_by_default_and_says_so_false_keeps_the_default(tiny_model, tmp_path):
     on = run_cli("train", str(_config(tiny_model, tmp_path, "on")), env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
     assert on.returncode == 0, on.stderr[-3000:]
-    assert "cpu memory: freed tensor buffers of 1 MiB or more go back to the system (huge pages)" in on.stdout
+    assert "cpu memory: freed tensor buffers of 1 MiB or more go back to the system (huge pages)" in on.stdout, on.stdout
     off = run_cli("train", str(_config(tiny_model, tmp_path, "off", release_cpu_memory=False)),
                   env={"TUNEFORGE_CACHE": str(tmp_path / "cache")})
     assert off.returncode == 0, off.stderr[-3000:]
@@ -76,12 +76,18 @@ def test_train_turns_it_on_by_default_and_says_so_false_keeps_the_default(tiny_m
     assert len(losses[0]) == 2 and losses[0] == losses[1]  # the same values, only their buffers live elsewhere
 
 
-def test_without_huge_pages_for_torch_the_threshold_is_left_alone(tiny_model, monkeypatch):
+def test_without_huge_pages_for_torch_the_threshold_is_left_alone_and_true_says_why(tiny_model, monkeypatch):
     """In a process that loaded torch before `train` could ask for huge pages (a Python caller, this
-    test), the threshold would cost more speed than it saves: left alone."""
+    test), the threshold would cost more speed than it saves: left alone, silently by default, said
+    when the config asks for it."""
     from tests.conftest import data_context
 
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     ctx = data_context(model_name_or_path=tiny_model, template="llama3")
     ctx.training = True
     assert host_memory.apply(ctx) is None
+    ctx = data_context(model_name_or_path=tiny_model, template="llama3", release_cpu_memory=True)
+    ctx.training = True
+    said = host_memory.apply(ctx)
+    assert said.startswith("release_cpu_memory: true does nothing here: torch was loaded before") and \
+        "THP_MEM_ALLOC_ENABLE=1" in said

@@ -44,7 +44,7 @@ def supported() -> tuple[bool, str]:
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False, "needs Linux with glibc"
     if not huge_pages_available():
-        return False, "transparent huge pages are off (without them the fresh mappings cost a third of the speed)"
+        return False, "needs transparent huge pages, which are off (without them the fresh mappings cost a third of the speed)"
     return True, ""
 
 
@@ -71,19 +71,26 @@ def set_mmap_threshold(nbytes: int) -> bool:
 
 
 def apply(ctx) -> str | None:
-    """When training runs on CPU and the config allows: fix the threshold. Returns what was done.
+    """When training runs on CPU and the config allows: fix the threshold. Returns what ``train`` says.
 
     Only where torch was asked for huge pages before it loaded (:func:`before_torch`, or the user's
     own ``THP_MEM_ALLOC_ENABLE=1``): without them the threshold would cost more speed than it is worth.
+    A ``release_cpu_memory: true`` that cannot act says why.
     """
     import torch
 
-    if not ctx.training or torch.cuda.is_available() or not wanted(ctx.config):
+    asked = ctx.config.get("release_cpu_memory") is True
+    if not ctx.training or ctx.config.get("release_cpu_memory") is False:
         return None
+    if torch.cuda.is_available():
+        return "release_cpu_memory: true does nothing on a GPU (its tensors are not in the heap)" if asked else None
+    can, why = supported()
+    if not can:
+        return f"release_cpu_memory: true does nothing here: it {why}" if asked else None
     if os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
-        return None
+        return ("release_cpu_memory: true does nothing here: torch was loaded before `train` could ask it for "
+                "huge pages (set THP_MEM_ALLOC_ENABLE=1 before importing torch)") if asked else None
     if not set_mmap_threshold(THRESHOLD):
-        return None
+        return "release_cpu_memory: true does nothing here: glibc refused the mmap threshold" if asked else None
     return (f"freed tensor buffers of {THRESHOLD >> 20} MiB or more go back to the system (huge pages): "
-            "lower peak RSS, slightly slower steps; "
-            "release_cpu_memory: false keeps the C library's default")
+            "lower peak RSS, somewhat slower steps; release_cpu_memory: false keeps the C library's default")

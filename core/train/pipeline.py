@@ -18,11 +18,11 @@ def run_training(prepared: Prepared) -> RunContext:
 
     transformers.set_seed(prepared.config.seed)
     ctx = RunContext(prepared.config, prepared.plan, prepared.manager, training=True)
+    load_model(ctx)
     main = is_main_process()
     said = host_memory.apply(ctx)
     if said and main:
         print(f"cpu memory: {said}", flush=True)
-    load_model(ctx)
     if ctx.config.print_param_status and main:
         for name, param in ctx.model.named_parameters():
             print(f"{name}: {param.dtype} {param.device} trainable={param.requires_grad}")

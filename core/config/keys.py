@@ -47,10 +47,10 @@ RUN_KEYS = (
        "logits never exist (the plain loss to float rounding). Unset: on for vocabularies of 8k tokens or more "
        "where the model allows it; false: the model's own loss."),
     _k("release_cpu_memory", bool, None,
-       "Training on CPU (Linux, glibc): freed tensor buffers of 1 MiB or more go back to the system at once "
-       "(a fixed mmap threshold, transparent huge pages) instead of leaving holes in the heap, so peak RSS "
-       "follows the live tensors; steps get somewhat slower. Unset: on where it works (see docs/performance.md); "
-       "false: the C library's default."),
+       "Training on CPU (Linux, glibc): the tensor buffers of 1 MiB or more that the forward makes (the "
+       "activations kept for backward) get their own memory mapping, returned to the system when freed, "
+       "instead of leaving holes in the heap, so peak RSS follows the live tensors; steps get somewhat slower. "
+       "Unset: on where transparent huge pages exist (see docs/training.md); false: the C library's default."),
     _k("group_by_length", bool, False,
        "Batch rows of similar length together (train_sampling_strategy: group_by_length): less padding, "
        "a less random order."),

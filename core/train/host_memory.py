@@ -14,7 +14,7 @@ gradients, the optimizer step: short-lived, freed roughly in the order made) sta
 the threshold fixed at :data:`OTHER_THRESHOLD` so glibc no longer moves it. Fresh mappings must be
 faulted in, which costs time; torch's ``THP_MEM_ALLOC_ENABLE`` (transparent huge pages for buffers of
 2 MiB and more) faults them 2 MiB at a time. Measured, same run (single runs): every buffer of 1 MiB
-or more mapped, 467 tokens/s at 969-1011 MiB peak; only the forward's, 518 at 1020; the heap alone,
+or more mapped, 467 tokens/s at 969-1011 MiB peak; only the forward's, 515-523 at 1014-1018; the heap alone,
 568 at 1233; without huge pages the mappings cost a third of the speed, so the default needs them.
 
 torch reads ``THP_MEM_ALLOC_ENABLE`` once, at its first allocation: :func:`before_torch` must run

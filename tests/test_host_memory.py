@@ -20,10 +20,10 @@ from tuneforge.train import host_memory
 
 pytestmark = pytest.mark.skipif(not host_memory.supported()[0], reason=f"release_cpu_memory: {host_memory.supported()[1]}")
 
-# Sixty 3 MiB buffers made inside a module's forward (or after it), then a 512 KiB one above them in
-# the heap, then the sixty freed: how much RSS is given back. One 8 MiB buffer freed first raises
-# glibc's dynamic mmap threshold, as the first training steps do, so by default the 3 MiB buffers come
-# from the heap and stay resident under the small one.
+# Sixty 3 MiB buffers made inside a module's forward (or after it), then a 16 MiB one above them in
+# the heap, then the sixty freed: how much RSS is given back. By default one 24 MiB buffer freed first
+# raises glibc's moving mmap threshold, as the first training steps do, so the 3 MiB buffers come from
+# the heap and stay resident under the pin.
 _FRAGMENT = """
 import sys, torch
 from tuneforge.train import host_memory
@@ -36,18 +36,19 @@ class Keeps(torch.nn.Module):
         self.kept = [torch.ones(3 << 18) for _ in range(60)]
         return x
 model = Keeps()
-if sys.argv[1] != "default":  # as apply() does for the trained model
+if sys.argv[1] == "default":  # glibc's threshold moves up to 24 MiB, as in the first training steps
+    warm = torch.ones(6 << 20); del warm
+else:  # as apply() does for the trained model
     assert host_memory.set_mmap_threshold(host_memory.OTHER_THRESHOLD)
     model.register_forward_pre_hook(host_memory._forward_begins)
     model.register_forward_hook(host_memory._forward_ends)
-warm = torch.ones(2 << 20); del warm
 if sys.argv[1] == "after-forward":
     model(torch.ones(1))
     del model.kept
     model.kept = [torch.ones(3 << 18) for _ in range(60)]
 else:
     model(torch.ones(1))
-pin = torch.ones(1 << 17)  # 512 KiB: below both thresholds, taken from the top of the heap
+pin = torch.ones(4 << 20)  # 16 MiB: below both thresholds, larger than any hole: from the top of the heap
 full = rss()
 del model.kept
 print((full - rss()) >> 20)

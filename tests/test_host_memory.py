@@ -25,7 +25,10 @@ pytestmark = pytest.mark.skipif(not host_memory.supported()[0], reason=f"release
 # raises glibc's moving mmap threshold, as the first training steps do, so the 3 MiB buffers come from
 # the heap and stay resident under the pin.
 _FRAGMENT = """
-import sys, torch
+import os, sys, types
+if sys.argv[1] != "default":
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # as `tuneforge train` asks before torch loads
+import torch
 from tuneforge.train import host_memory
 def rss():
     for line in open("/proc/self/status"):
@@ -38,10 +41,9 @@ class Keeps(torch.nn.Module):
 model = Keeps()
 if sys.argv[1] == "default":  # glibc's threshold moves up to 24 MiB, as in the first training steps
     warm = torch.ones(6 << 20); del warm
-else:  # as apply() does for the trained model
-    assert host_memory.set_mmap_threshold(host_memory.OTHER_THRESHOLD)
-    model.register_forward_pre_hook(host_memory._forward_begins)
-    model.register_forward_hook(host_memory._forward_ends)
+else:  # what `train` does once the model is loaded
+    said = host_memory.apply(types.SimpleNamespace(training=True, config={}, model=model))
+    assert said.startswith("the forward's tensor buffers of 1 MiB or more go back"), said
 if sys.argv[1] == "after-forward":
     model(torch.ones(1))
     del model.kept
